@@ -1,0 +1,1 @@
+"""Pure OCPP-J core: parsing, identity, correlation. No I/O, no clock reads."""

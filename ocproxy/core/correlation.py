@@ -1,0 +1,176 @@
+"""Per-connection pairing of responses with the CALLs they answer.
+
+A CALLRESULT carries no action: it is only typed by its CALL. The correlator keeps
+the outstanding CALLs of one connection, per direction, and for every observed frame
+says which CALL it answers, how long that took, and what was odd about it (unknown
+id, duplicate, late, answer to a SEND). Time is whatever the caller passes in: the
+correlator reads no clock, so it is tested with literal timestamps.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ocproxy.core.frames import (
+    Call,
+    CallError,
+    CallResult,
+    Direction,
+    Frame,
+    Malformed,
+    MessageType,
+    Send,
+)
+
+# How many answered / sent ids to remember per direction, to tell a duplicate or an
+# answer-to-a-SEND from an unknown id. Bounded because chargers stay connected for days.
+_MEMORY = 4096
+
+
+class Pairing(StrEnum):
+    """How a response relates to the CALL it claims to answer."""
+
+    MATCHED = "matched"
+    LATE = "late"  # answers a CALL that expire() had already declared timed out
+    DUPLICATE = "duplicate"  # that CALL was already answered
+    UNKNOWN_ID = "unknown_id"  # no CALL (or CALLRESULT, for CALLRESULTERROR) with this id
+    ANSWERS_SEND = "answers_send"  # SEND must never be answered
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    seq: int
+    message_id: str
+    action: str
+    ts: float
+    direction: Direction
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """What the correlator learnt from one frame.
+
+    ``action`` is the frame's own action for a CALL/SEND and its CALL's action for a
+    response. ``outstanding`` counts CALLs already open in the same direction when a
+    CALL was seen (more than zero breaks the one-outstanding-CALL rule).
+    """
+
+    action: str | None = None
+    request_seq: int | None = None
+    latency_ms: float | None = None
+    pairing: Pairing | None = None
+    outstanding: int = 0
+
+
+_NOTHING = Correlation()
+
+
+class Correlator:
+    """Pairs the frames of one connection. Feed every frame in ``seq`` order."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[Direction, str], PendingCall] = {}
+        self._timed_out: OrderedDict[tuple[Direction, str], PendingCall] = OrderedDict()
+        # (call direction, id) -> (call, seq of its first response)
+        self._answered: OrderedDict[tuple[Direction, str], tuple[PendingCall, int]] = (
+            OrderedDict()
+        )
+        self._sent: OrderedDict[tuple[Direction, str], PendingCall] = OrderedDict()
+
+    def observe(self, frame: Frame, direction: Direction, seq: int, ts: float) -> Correlation:
+        """Account for one frame; ``ts`` is when the proxy received it, in seconds."""
+        if isinstance(frame, Call):
+            return self._call(frame.message_id, frame.action, direction, seq, ts)
+        if isinstance(frame, Send):
+            _remember(self._sent, (direction, frame.message_id),
+                      PendingCall(seq, frame.message_id, frame.action, ts, direction))
+            return Correlation(action=frame.action)
+        if isinstance(frame, CallResult) or (isinstance(frame, CallError) and not frame.result_error):
+            return self._response(frame.message_id, direction, seq, ts)
+        if isinstance(frame, CallError):
+            return self._result_error(frame.message_id, direction)
+        return self._malformed(frame, direction, seq, ts)
+
+    def outstanding(self, direction: Direction) -> list[PendingCall]:
+        """CALLs sent in ``direction`` that are neither answered nor timed out, oldest first."""
+        return sorted(
+            (call for call in self._pending.values() if call.direction is direction),
+            key=lambda call: call.seq,
+        )
+
+    def expire(self, now: float, timeout_s: float) -> list[PendingCall]:
+        """Declare CALLs older than ``timeout_s`` at ``now`` timed out; return them."""
+        expired = [call for call in self._pending.values() if now - call.ts > timeout_s]
+        for call in sorted(expired, key=lambda c: c.seq):
+            key = (call.direction, call.message_id)
+            del self._pending[key]
+            _remember(self._timed_out, key, call)
+        return sorted(expired, key=lambda c: c.seq)
+
+    def _call(
+        self, message_id: str, action: str, direction: Direction, seq: int, ts: float
+    ) -> Correlation:
+        outstanding = sum(1 for call in self._pending.values() if call.direction is direction)
+        # A reused id replaces the older CALL: a retry is answered by the newest copy.
+        self._pending[(direction, message_id)] = PendingCall(seq, message_id, action, ts, direction)
+        return Correlation(action=action, outstanding=outstanding)
+
+    def _response(
+        self, message_id: str, direction: Direction, seq: int, ts: float
+    ) -> Correlation:
+        key = (direction.reverse, message_id)
+        call = self._pending.pop(key, None)
+        if call is not None:
+            _remember(self._answered, key, (call, seq))
+            return _paired(call, ts, Pairing.MATCHED)
+        call = self._timed_out.pop(key, None)
+        if call is not None:
+            _remember(self._answered, key, (call, seq))
+            return _paired(call, ts, Pairing.LATE)
+        answered = self._answered.get(key)
+        if answered is not None:
+            return _paired(answered[0], ts, Pairing.DUPLICATE)
+        sent = self._sent.get(key)
+        if sent is not None:
+            return _paired(sent, ts, Pairing.ANSWERS_SEND)
+        return Correlation(pairing=Pairing.UNKNOWN_ID)
+
+    def _result_error(self, message_id: str, direction: Direction) -> Correlation:
+        # A CALLRESULTERROR answers a CALLRESULT that travelled the other way, i.e. the
+        # answer to a CALL that went in the CALLRESULTERROR's own direction.
+        answered = self._answered.get((direction, message_id))
+        if answered is None:
+            return Correlation(pairing=Pairing.UNKNOWN_ID)
+        call, response_seq = answered
+        return Correlation(action=call.action, request_seq=response_seq, pairing=Pairing.MATCHED)
+
+    def _malformed(
+        self, frame: Malformed, direction: Direction, seq: int, ts: float
+    ) -> Correlation:
+        # A broken answer still answers its CALL: pair it when type and id are readable,
+        # so the CALL is not reported as unanswered and the row still gets its action.
+        if frame.message_id is None:
+            return _NOTHING
+        if frame.message_type in (MessageType.CALLRESULT, MessageType.CALLERROR):
+            return self._response(frame.message_id, direction, seq, ts)
+        if frame.message_type in (MessageType.CALL, MessageType.SEND):
+            return Correlation(action=frame.action)
+        return _NOTHING
+
+
+def _paired(call: PendingCall, ts: float, pairing: Pairing) -> Correlation:
+    return Correlation(
+        action=call.action,
+        request_seq=call.seq,
+        latency_ms=round((ts - call.ts) * 1000.0, 3),
+        pairing=pairing,
+    )
+
+
+def _remember[K, V](memory: OrderedDict[K, V], key: K, value: V) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > _MEMORY:
+        memory.popitem(last=False)

@@ -1,0 +1,66 @@
+"""What a relay (the proxy, or the mitmproxy addon) reports to the recorder.
+
+Plain frozen values with explicit timestamps, so the same recorder serves every
+source and tests can feed it literal events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ocproxy.core.frames import Direction, Opcode
+
+
+class ClosedBy(StrEnum):
+    CHARGER = "charger"
+    CSMS = "csms"
+    PROXY = "proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOpened:
+    connection_id: str
+    ts: float
+    identity: str
+    path: str
+    remote_addr: str | None
+    offered_subprotocols: tuple[str, ...]
+    subprotocol: str | None
+    upstream_url: str | None
+    # 101 when both legs are open; otherwise the status the charger got (401, 502, ...).
+    handshake_status: int
+    # (name, value) pairs in received order, Authorization password already removed.
+    request_headers: tuple[tuple[str, str], ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()
+    source: str = "proxy"
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReceived:
+    """One whole WebSocket message as the proxy received it, before forwarding."""
+
+    connection_id: str
+    seq: int
+    ts: float
+    direction: Direction
+    opcode: Opcode | None
+    # The message as received: ``str`` for text, ``bytes`` for binary; None when only
+    # the size is known (a message over the size limit).
+    data: str | bytes | None
+    size: int
+    too_large: bool = False
+    identity: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    connection_id: str
+    ts: float
+    code: int | None
+    reason: str | None
+    closed_by: ClosedBy
+
+
+RecorderEvent = ConnectionOpened | FrameReceived | ConnectionClosed

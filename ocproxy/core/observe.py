@@ -1,0 +1,136 @@
+"""Turn a received message into the facts the recording stores: parse, then correlate.
+
+Pure: the same function runs in the proxy's recorder thread, in the mitmproxy addon
+and in tests, so every source records the same columns for the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ocproxy.core.correlation import Correlator
+from ocproxy.core.events import FrameReceived
+from ocproxy.core.frames import Call, CallError, CallResult, Malformed, ParseStatus, Send, parse_frame
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedFrame:
+    """One row of the ``frames`` table, before storage."""
+
+    connection_id: str
+    seq: int
+    ts: float
+    direction: str
+    opcode: str | None
+    raw: bytes | None
+    size: int
+    message_type: int | None
+    message_id: str | None
+    action: str | None
+    parse_status: str
+    parse_detail: str | None
+    payload: str | None
+    error_code: str | None
+    error_description: str | None
+    request_seq: int | None
+    latency_ms: float | None
+    pairing: str | None
+    identity: str = ""
+
+
+def observe(event: FrameReceived, correlator: Correlator) -> ObservedFrame:
+    """Parse and correlate one message of a connection; feed messages in ``seq`` order."""
+    raw = _raw_bytes(event.data)
+    if event.too_large or event.data is None:
+        return _too_large(event, raw)
+    frame = parse_frame(event.data)
+    correlation = correlator.observe(frame, event.direction, event.seq, event.ts)
+    payload: Any = None
+    error_code = error_description = None
+    if isinstance(frame, Call | Send | CallResult):
+        payload = frame.payload
+    elif isinstance(frame, CallError):
+        payload = frame.error_details
+        error_code, error_description = frame.error_code, frame.error_description
+    malformed = frame if isinstance(frame, Malformed) else None
+    return ObservedFrame(
+        connection_id=event.connection_id,
+        seq=event.seq,
+        ts=event.ts,
+        direction=str(event.direction),
+        opcode=None if event.opcode is None else str(event.opcode),
+        raw=raw,
+        size=event.size,
+        message_type=frame.message_type,
+        message_id=_text(frame.message_id),
+        action=_text(correlation.action),
+        parse_status=str(malformed.status if malformed else ParseStatus.OK),
+        parse_detail=malformed.detail if malformed else None,
+        payload=None if payload is None else _compact_json(payload),
+        error_code=_text(error_code),
+        error_description=_text(error_description),
+        request_seq=correlation.request_seq,
+        latency_ms=correlation.latency_ms,
+        pairing=None if correlation.pairing is None else str(correlation.pairing),
+        identity=event.identity,
+    )
+
+
+def _too_large(event: FrameReceived, raw: bytes | None) -> ObservedFrame:
+    return ObservedFrame(
+        connection_id=event.connection_id,
+        seq=event.seq,
+        ts=event.ts,
+        direction=str(event.direction),
+        opcode=None if event.opcode is None else str(event.opcode),
+        raw=raw,
+        size=event.size,
+        message_type=None,
+        message_id=None,
+        action=None,
+        parse_status=str(ParseStatus.TOO_LARGE),
+        parse_detail=f"message of {event.size} bytes exceeds the size limit",
+        payload=None,
+        error_code=None,
+        error_description=None,
+        request_seq=None,
+        latency_ms=None,
+        pairing=None,
+        identity=event.identity,
+    )
+
+
+def _raw_bytes(data: str | bytes | None) -> bytes | None:
+    if data is None:
+        return None
+    if isinstance(data, str):
+        # websockets decoded a valid UTF-8 text frame; encoding it again gives back the
+        # exact bytes on the wire (strict UTF-8 round-trips losslessly).
+        return data.encode("utf-8", "surrogatepass")
+    return bytes(data)
+
+
+def _compact_json(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if _encodable(text):
+        return text
+    # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 column can hold;
+    # ASCII-escaped JSON keeps the same value.
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
+def _text(value: str | None) -> str | None:
+    """The string itself, or a printable stand-in when it holds lone surrogates."""
+    if value is None or _encodable(value):
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

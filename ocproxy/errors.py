@@ -1,0 +1,32 @@
+"""The exception tree of ocproxy.
+
+Library errors (duckdb, websockets, tomllib, OSError) are translated at the boundary
+with ``raise ... from`` so that callers only ever need to catch these::
+
+    OcproxyError
+    ├── ConfigError        bad command line value or config file    (CLI exit code 2)
+    ├── RecorderError      the recording cannot be opened or written (CLI exit code 1)
+    └── ProxyError         the proxy cannot start (e.g. port in use) (CLI exit code 1)
+
+Peer data never raises: a malformed frame is a value (``core.frames.Malformed``).
+"""
+
+
+class OcproxyError(Exception):
+    """Base of every error ocproxy raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(OcproxyError):
+    """A command-line option or config file is invalid."""
+
+    exit_code = 2
+
+
+class RecorderError(OcproxyError):
+    """The DuckDB recording cannot be opened, migrated or written."""
+
+
+class ProxyError(OcproxyError):
+    """The proxy cannot start or run (listen address in use, ...)."""

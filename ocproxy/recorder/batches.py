@@ -1,0 +1,114 @@
+"""Batched appends through Arrow: ~100x faster than row-at-a-time INSERT in DuckDB."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow as pa
+
+from ocproxy.core.events import ConnectionClosed, ConnectionOpened
+from ocproxy.core.handshake import ocpp_version
+from ocproxy.core.observe import ObservedFrame
+
+_TS = pa.timestamp("us", tz="UTC")
+
+_FRAME_SCHEMA = pa.schema(
+    [
+        ("connection_id", pa.string()),
+        ("seq", pa.int64()),
+        ("ts", _TS),
+        ("direction", pa.string()),
+        ("opcode", pa.string()),
+        ("raw", pa.binary()),
+        ("size", pa.int64()),
+        ("message_type", pa.int16()),
+        ("message_id", pa.string()),
+        ("action", pa.string()),
+        ("parse_status", pa.string()),
+        ("parse_detail", pa.string()),
+        ("payload", pa.string()),
+        ("error_code", pa.string()),
+        ("error_description", pa.string()),
+        ("request_seq", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("pairing", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Batch:
+    opens: list[ConnectionOpened] = field(default_factory=list)
+    frames: list[ObservedFrame] = field(default_factory=list)
+    closes: list[ConnectionClosed] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.opens) + len(self.frames) + len(self.closes)
+
+
+def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: str) -> None:
+    """Append one batch in one transaction: opens, then frames, then closes."""
+    db.execute("BEGIN TRANSACTION")
+    try:
+        if batch.opens:
+            _append_opens(db, batch.opens, run_id, source)
+        if batch.frames:
+            frames = _frames_table(batch.frames)
+            db.register("_ocproxy_frames_batch", frames)
+            db.execute("INSERT INTO frames BY NAME SELECT * FROM _ocproxy_frames_batch")
+            db.unregister("_ocproxy_frames_batch")
+        if batch.closes:
+            _append_closes(db, batch.closes)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _frames_table(frames: list[ObservedFrame]) -> pa.Table:
+    columns = {name: [getattr(f, name) for f in frames] for name in _FRAME_SCHEMA.names}
+    columns["ts"] = [_utc(f.ts) for f in frames]
+    return pa.table(columns, schema=_FRAME_SCHEMA)
+
+
+def _append_opens(
+    db: duckdb.DuckDBPyConnection, opens: list[ConnectionOpened], run_id: str, source: str
+) -> None:
+    # Opens and closes are few (one per connection), so executemany is fast enough.
+    db.executemany(
+        "INSERT INTO connection_opens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            [
+                e.connection_id,
+                e.run_id or run_id,
+                e.source or source,
+                e.identity,
+                e.path,
+                e.remote_addr,
+                list(e.offered_subprotocols),
+                e.subprotocol,
+                None if ocpp_version(e.subprotocol) is None else str(ocpp_version(e.subprotocol)),
+                e.upstream_url,
+                _utc(e.ts),
+                e.handshake_status,
+                json.dumps([list(h) for h in e.request_headers]),
+                json.dumps([list(h) for h in e.response_headers]),
+            ]
+            for e in opens
+        ],
+    )
+
+
+def _append_closes(db: duckdb.DuckDBPyConnection, closes: list[ConnectionClosed]) -> None:
+    db.executemany(
+        "INSERT INTO connection_closes VALUES (?, ?, ?, ?, ?)",
+        [[e.connection_id, _utc(e.ts), e.code, e.reason, str(e.closed_by)] for e in closes],
+    )
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)

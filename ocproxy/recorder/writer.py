@@ -1,0 +1,277 @@
+"""The recorder: one thread owns the DuckDB connection; everyone else enqueues.
+
+After datasette's ``database.py``: a queue in front of a single writer thread. The
+event loop calls :meth:`Recorder.submit`, which never blocks and never drops; the
+bound is enforced by :meth:`Recorder.wait_for_room`, which the relay awaits before
+reading the next message when the queue is over its limit (backpressure, counted).
+
+The writer thread parses and correlates (``core.observe``), so that work stays off
+the event loop, and appends batches through Arrow, flushed by size and by age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ocproxy import __version__
+from ocproxy.core.correlation import Correlator
+from ocproxy.core.events import ConnectionClosed, ConnectionOpened, FrameReceived, RecorderEvent
+from ocproxy.core.observe import ObservedFrame, observe
+from ocproxy.errors import RecorderError
+from ocproxy.recorder import batches
+from ocproxy.recorder.migrations import migrate
+
+DEFAULT_DB = "ocproxy.duckdb"
+
+
+class Sink:
+    """Receives what the recorder processed, on the writer thread. Override what you need."""
+
+    def on_open(self, event: ConnectionOpened) -> None:
+        """A connection was opened (or refused: see ``handshake_status``)."""
+
+    def on_frame(self, frame: ObservedFrame) -> None:
+        """A frame was parsed and correlated (it is written with the next batch)."""
+
+    def on_close(self, event: ConnectionClosed) -> None:
+        """A connection was closed."""
+
+    def on_error(self, message: str) -> None:
+        """Recording failed; ``message`` says what and how many rows were lost."""
+
+
+@dataclass
+class RecorderStats:
+    run_id: str
+    connections: int = 0
+    frames_recorded: int = 0
+    frames_lost: int = 0
+    backpressure_waits: int = 0
+    backpressure_wait_s: float = 0.0
+    max_queue_depth: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+_STOP = object()
+
+
+class Recorder:
+    """Records events into a DuckDB file from a single writer thread."""
+
+    def __init__(
+        self,
+        path: str | Path = DEFAULT_DB,
+        *,
+        source: str = "proxy",
+        settings: dict[str, Any] | None = None,
+        queue_limit: int = 10_000,
+        batch_rows: int = 5_000,
+        flush_interval: float = 0.25,
+        sinks: list[Sink] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.source = source
+        self.settings = settings or {}
+        self.queue_limit = queue_limit
+        self.batch_rows = batch_rows
+        self.flush_interval = flush_interval
+        self.sinks = list(sinks or [])
+        self.stats = RecorderStats(run_id=str(uuid.uuid4()))
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # Two single-writer counters instead of a shared one: the loop thread only
+        # increments _submitted, the writer thread only _processed.
+        self._submitted = 0
+        self._processed = 0
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.stats.run_id
+
+    @property
+    def depth(self) -> int:
+        """Events submitted but not yet processed."""
+        return self._submitted - self._processed
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> Recorder:
+        """Open (creating and migrating) the database on the writer thread; raise if it can't."""
+        self._thread = threading.Thread(target=self._run, name="ocproxy-recorder", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self._thread.join()
+            raise RecorderError(
+                f"cannot open recording {self.path}: {self._start_error}"
+            ) from self._start_error
+        return self
+
+    def close(self) -> RecorderStats:
+        """Process everything submitted, flush, write the run's stats and close the file."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        return self.stats
+
+    def __enter__(self) -> Recorder:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- producer side (event loop thread) ---------------------------------------
+
+    def submit(self, event: RecorderEvent) -> None:
+        """Enqueue an event; never blocks, never drops. Call from one thread only."""
+        self._submitted += 1
+        depth = self._submitted - self._processed
+        if depth > self.stats.max_queue_depth:
+            self.stats.max_queue_depth = depth
+        self._queue.put(event)
+
+    @property
+    def congested(self) -> bool:
+        return self.depth >= self.queue_limit
+
+    async def wait_for_room(self) -> None:
+        """Wait while the queue is at its limit; each wait is counted in the stats."""
+        if not self.congested:
+            return
+        started = time.perf_counter()
+        self.stats.backpressure_waits += 1
+        while self.congested and self._thread is not None and self._thread.is_alive():
+            await asyncio.sleep(0.002)
+        self.stats.backpressure_wait_s += time.perf_counter() - started
+
+    # -- writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            db = self._open()
+        except BaseException as exc:  # reported to start() and re-raised there
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop(db)
+        finally:
+            self._write_stats(db)
+            db.close()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        if self.path.parent and not self.path.parent.exists():
+            raise FileNotFoundError(f"directory {self.path.parent} does not exist")
+        try:
+            db = duckdb.connect(str(self.path))
+        except duckdb.Error as exc:
+            raise RecorderError(_first_line(exc)) from exc
+        try:
+            migrate(db)
+            db.execute(
+                "INSERT INTO runs VALUES (?, now(), ?, ?, ?)",
+                [self.run_id, __version__, self.source, json.dumps(self.settings, default=str)],
+            )
+        except duckdb.Error as exc:
+            db.close()
+            raise RecorderError(_first_line(exc)) from exc
+        return db
+
+    def _loop(self, db: duckdb.DuckDBPyConnection) -> None:
+        buffer = batches.Batch()
+        correlators: dict[str, Correlator] = {}
+        deadline = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._flush(db, buffer)
+                return
+            if item is not None:
+                self._handle(item, buffer, correlators)  # type: ignore[arg-type]
+                self._processed += 1
+                if deadline is None:
+                    deadline = time.monotonic() + self.flush_interval
+            if buffer.size >= self.batch_rows or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
+                self._flush(db, buffer)
+                buffer = batches.Batch()
+                deadline = None
+
+    def _handle(
+        self, event: RecorderEvent, buffer: batches.Batch, correlators: dict[str, Correlator]
+    ) -> None:
+        if isinstance(event, FrameReceived):
+            correlator = correlators.setdefault(event.connection_id, Correlator())
+            frame = observe(event, correlator)
+            buffer.frames.append(frame)
+            for sink in self.sinks:
+                sink.on_frame(frame)
+        elif isinstance(event, ConnectionOpened):
+            correlators[event.connection_id] = Correlator()
+            buffer.opens.append(event)
+            self.stats.connections += 1
+            for sink in self.sinks:
+                sink.on_open(event)
+        else:
+            correlators.pop(event.connection_id, None)
+            buffer.closes.append(event)
+            for sink in self.sinks:
+                sink.on_close(event)
+
+    def _flush(self, db: duckdb.DuckDBPyConnection, buffer: batches.Batch) -> None:
+        if not buffer.size:
+            return
+        try:
+            batches.append(db, buffer, run_id=self.run_id, source=self.source)
+        except Exception as exc:  # disk full, file gone: fail loudly, count, keep relaying
+            self.stats.frames_lost += len(buffer.frames)
+            message = (
+                f"recording to {self.path} failed, {len(buffer.frames)} frames lost: "
+                f"{_first_line(exc)}"
+            )
+            self.stats.errors.append(message)
+            for sink in self.sinks:
+                sink.on_error(message)
+            return
+        self.stats.frames_recorded += len(buffer.frames)
+
+    def _write_stats(self, db: duckdb.DuckDBPyConnection) -> None:
+        stats = self.stats
+        try:
+            db.execute(
+                "INSERT INTO run_stats VALUES (?, now(), ?, ?, ?, ?, ?, ?)",
+                [
+                    stats.run_id,
+                    stats.connections,
+                    stats.frames_recorded,
+                    stats.frames_lost,
+                    stats.backpressure_waits,
+                    stats.backpressure_wait_s * 1000.0,
+                    stats.max_queue_depth,
+                ],
+            )
+        except duckdb.Error as exc:
+            stats.errors.append(f"cannot write run stats: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
