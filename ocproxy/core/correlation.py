@@ -74,9 +74,7 @@ class Correlator:
         self._pending: dict[tuple[Direction, str], PendingCall] = {}
         self._timed_out: OrderedDict[tuple[Direction, str], PendingCall] = OrderedDict()
         # (call direction, id) -> (call, seq of its first response)
-        self._answered: OrderedDict[tuple[Direction, str], tuple[PendingCall, int]] = (
-            OrderedDict()
-        )
+        self._answered: OrderedDict[tuple[Direction, str], tuple[PendingCall, int]] = OrderedDict()
         self._sent: OrderedDict[tuple[Direction, str], PendingCall] = OrderedDict()
 
     def observe(self, frame: Frame, direction: Direction, seq: int, ts: float) -> Correlation:
@@ -84,10 +82,15 @@ class Correlator:
         if isinstance(frame, Call):
             return self._call(frame.message_id, frame.action, direction, seq, ts)
         if isinstance(frame, Send):
-            _remember(self._sent, (direction, frame.message_id),
-                      PendingCall(seq, frame.message_id, frame.action, ts, direction))
+            _remember(
+                self._sent,
+                (direction, frame.message_id),
+                PendingCall(seq, frame.message_id, frame.action, ts, direction),
+            )
             return Correlation(action=frame.action)
-        if isinstance(frame, CallResult) or (isinstance(frame, CallError) and not frame.result_error):
+        if isinstance(frame, CallResult) or (
+            isinstance(frame, CallError) and not frame.result_error
+        ):
             return self._response(frame.message_id, direction, seq, ts)
         if isinstance(frame, CallError):
             return self._result_error(frame.message_id, direction)
@@ -117,9 +120,7 @@ class Correlator:
         self._pending[(direction, message_id)] = PendingCall(seq, message_id, action, ts, direction)
         return Correlation(action=action, outstanding=outstanding)
 
-    def _response(
-        self, message_id: str, direction: Direction, seq: int, ts: float
-    ) -> Correlation:
+    def _response(self, message_id: str, direction: Direction, seq: int, ts: float) -> Correlation:
         key = (direction.reverse, message_id)
         call = self._pending.pop(key, None)
         if call is not None:

@@ -12,6 +12,7 @@ still *parsed* as one; whether it is allowed there is the auditor's judgement.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -186,9 +187,14 @@ def parse_value(value: Any) -> Frame:
     return _parse_typed(message_type, value)
 
 
+_Bad = Callable[[ParseStatus, str], Malformed]
+
+
 def _parse_typed(message_type: MessageType, value: list[Any]) -> Frame:
     message_id = _str_or_none(value, 1)
-    action = _str_or_none(value, 2) if message_type in (MessageType.CALL, MessageType.SEND) else None
+    action = (
+        _str_or_none(value, 2) if message_type in (MessageType.CALL, MessageType.SEND) else None
+    )
 
     def bad(status: ParseStatus, detail: str) -> Malformed:
         return Malformed(status, detail, int(message_type), message_id, action)
@@ -214,7 +220,9 @@ def _parse_typed(message_type: MessageType, value: list[Any]) -> Frame:
     return _parse_error(message_type, message_id, value, bad)
 
 
-def _parse_request(message_type: MessageType, message_id: str, value: list[Any], bad: Any) -> Frame:
+def _parse_request(
+    message_type: MessageType, message_id: str, value: list[Any], bad: _Bad
+) -> Frame:
     action, payload = value[2], value[3]
     if not isinstance(action, str):
         return bad(ParseStatus.ACTION_NOT_STRING, f"action is {_json_type(action)}")
@@ -225,7 +233,7 @@ def _parse_request(message_type: MessageType, message_id: str, value: list[Any],
     return Call(message_id, action, payload)
 
 
-def _parse_error(message_type: MessageType, message_id: str, value: list[Any], bad: Any) -> Frame:
+def _parse_error(message_type: MessageType, message_id: str, value: list[Any], bad: _Bad) -> Frame:
     code, description, details = value[2], value[3], value[4]
     if not isinstance(code, str):
         return bad(ParseStatus.ERROR_CODE_NOT_STRING, f"error code is {_json_type(code)}")

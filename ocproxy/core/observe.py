@@ -12,7 +12,15 @@ from typing import Any
 
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import FrameReceived
-from ocproxy.core.frames import Call, CallError, CallResult, Malformed, ParseStatus, Send, parse_frame
+from ocproxy.core.frames import (
+    Call,
+    CallError,
+    CallResult,
+    Malformed,
+    ParseStatus,
+    Send,
+    parse_frame,
+)
 
 
 @dataclass(frozen=True, slots=True)

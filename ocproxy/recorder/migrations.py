@@ -78,7 +78,7 @@ def m001_initial(db: duckdb.DuckDBPyConnection) -> None:
             opcode VARCHAR,           -- 'text' or 'binary'
             raw BLOB,                 -- the exact bytes received
             size BIGINT,
-            message_type SMALLINT,    -- 2 CALL, 3 CALLRESULT, 4 CALLERROR, 5 CALLRESULTERROR, 6 SEND
+            message_type SMALLINT,    -- 2 CALL 3 CALLRESULT 4 CALLERROR 5 CALLRESULTERROR 6 SEND
             message_id VARCHAR,
             action VARCHAR,           -- for a response: the action of its CALL
             parse_status VARCHAR,     -- 'ok' or why the frame is malformed

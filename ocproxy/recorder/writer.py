@@ -152,7 +152,9 @@ class Recorder:
             return
         started = time.perf_counter()
         self.stats.backpressure_waits += 1
-        while self.congested and self._thread is not None and self._thread.is_alive():
+        # Polling, not an Event: waking the loop from the writer thread on every batch
+        # would cost more than this loop does in the rare congested case.
+        while self.congested and self._thread is not None and self._thread.is_alive():  # noqa: ASYNC110
             await asyncio.sleep(0.002)
         self.stats.backpressure_wait_s += time.perf_counter() - started
 

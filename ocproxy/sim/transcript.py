@@ -12,6 +12,7 @@ from typing import Literal
 
 from websockets.asyncio.connection import Connection
 from websockets.http11 import Request
+from websockets.protocol import State
 
 Direction = Literal["to_csms", "to_charger"]
 Side = Literal["charger", "csms"]
@@ -75,8 +76,10 @@ class RecordingConnection:
         return data
 
     async def send(self, data: str | bytes) -> None:
-        # Recorded before the await: websockets writes an unfragmented frame to the
-        # transport synchronously on entry, so this keeps transcript order == wire
-        # order even when the listener and the session task send concurrently.
-        self.transcript.append(self._outgoing, _as_text(data))
+        # Recorded before the await: on an open connection websockets writes an
+        # unfragmented frame to the transport synchronously on entry, so this keeps
+        # transcript order == wire order even when two tasks send concurrently. On a
+        # connection that is not open send() raises without writing: nothing to record.
+        if self._connection.state is State.OPEN:
+            self.transcript.append(self._outgoing, _as_text(data))
         await self._connection.send(data)

@@ -1,0 +1,1 @@
+"""The asyncio relay: websockets legs, handshake mirroring, sessions, the server."""

@@ -1,0 +1,144 @@
+"""Proxy settings: from the command line, a TOML file, or both (the command line wins).
+
+A config file lets one proxy front chargers of several networks::
+
+    listen = "0.0.0.0:9000"
+    db = "site.duckdb"
+    upstream = "wss://default-csms.example.net/ocpp"   # for identities no route matches
+
+    [[route]]
+    identity = "ACME-*"                                # fnmatch pattern, first match wins
+    upstream = "wss://acme-csms.example.net/ocpp"
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ocproxy.errors import ConfigError
+from ocproxy.recorder import DEFAULT_DB
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Route:
+    identity: str  # fnmatch pattern, case-sensitive like identities
+    upstream: str
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9000
+    upstream: str | None = None
+    routes: tuple[Route, ...] = ()
+    db: str = DEFAULT_DB
+    connect_timeout: float = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    close_timeout: float = 10.0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    queue_limit: int = 10_000
+    quiet: bool = False
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def upstream_for(self, identity: str) -> str | None:
+        """The upstream base URL for a charger identity: first matching route, else default."""
+        for route in self.routes:
+            if fnmatch.fnmatchcase(identity, route.identity):
+                return route.upstream
+        return self.upstream
+
+    def validate(self) -> ProxyConfig:
+        if self.upstream is None and not self.routes:
+            raise ConfigError("no upstream: give --upstream URL or routes in --config")
+        for url in [self.upstream, *(r.upstream for r in self.routes)]:
+            if url is not None:
+                check_ws_url(url)
+        for name in ("connect_timeout", "close_timeout", "max_message_size", "queue_limit"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive")
+        if not 0 <= self.listen_port <= 65535:
+            raise ConfigError(f"listen port {self.listen_port} is out of range")
+        return self
+
+
+def check_ws_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(f"upstream {url!r} is not a ws:// or wss:// URL")
+    return url
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (all interfaces)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--listen {value!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    number = int(port)
+    if number > 65535:
+        raise ConfigError(f"--listen port {number} is out of range")
+    return host, number
+
+
+_FILE_KEYS = {
+    "listen",
+    "upstream",
+    "route",
+    "db",
+    "connect_timeout",
+    "ping_interval",
+    "ping_timeout",
+    "close_timeout",
+    "max_message_size",
+    "queue_limit",
+    "quiet",
+}
+
+
+def load_config(path: str | Path) -> ProxyConfig:
+    """Read a TOML config file; any problem is a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - _FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"config {path}: unknown key(s) {', '.join(unknown)}")
+    return _from_mapping(data, str(path))
+
+
+def _from_mapping(data: dict[str, Any], origin: str) -> ProxyConfig:
+    config = ProxyConfig()
+    values: dict[str, Any] = {}
+    if "listen" in data:
+        values["listen_host"], values["listen_port"] = parse_listen(str(data["listen"]))
+    routes = data.get("route", [])
+    if not isinstance(routes, list) or not all(
+        isinstance(r, dict) and set(r) == {"identity", "upstream"} for r in routes
+    ):
+        raise ConfigError(f"config {origin}: each [[route]] needs exactly identity and upstream")
+    values["routes"] = tuple(Route(str(r["identity"]), str(r["upstream"])) for r in routes)
+    known = {f.name: f for f in fields(ProxyConfig)}
+    for key, value in data.items():
+        if key in known and key not in ("routes",):
+            values[key] = _typed(key, value, type(getattr(config, key)), origin)
+    return replace(config, **values)
+
+
+def _typed(key: str, value: Any, kind: type, origin: str) -> Any:
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"config {origin}: {key} must be true or false")
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"config {origin}: {key} must be a number")
+    return value

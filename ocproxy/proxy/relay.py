@@ -1,0 +1,179 @@
+"""One relayed connection: two pumps, one per direction, and the close that ends both.
+
+Each pump reads a whole message from one leg, gives it a ``seq``, hands it to the
+recorder (never blocking; waiting only when the recorder's queue is full) and sends
+the same bytes with the same opcode on the other leg. The first leg to close decides
+``closed_by`` and the close code the other leg gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from websockets.exceptions import ConnectionClosed, PayloadTooBig
+from websockets.frames import Close, CloseCode
+
+from ocproxy.core.events import ClosedBy, FrameReceived
+from ocproxy.core.events import ConnectionClosed as ClosedEvent
+from ocproxy.core.frames import Direction
+from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
+from ocproxy.recorder import Recorder
+
+# Codes a peer may put in a Close frame (RFC 6455 §7.4); 1005, 1006 and 1015 are
+# only ever *reported*, never sent.
+_UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
+
+
+@dataclass(frozen=True)
+class CloseDecision:
+    """How a leg ended, and what to send on the other leg."""
+
+    closed_by: ClosedBy
+    code: int  # as recorded: 1006 when the peer vanished without a Close frame
+    reason: str
+    mirror_code: int | None  # None: send a Close frame without a code (mirrors 1005)
+    mirror_reason: str
+
+
+def decide_close(leg: ChargerLeg | CsmsLeg, side: ClosedBy) -> CloseDecision:
+    """Read how ``leg`` closed; ``side`` is the peer at its far end."""
+    protocol = leg.protocol
+    rcvd, sent = protocol.close_rcvd, protocol.close_sent
+    if rcvd is not None and (sent is None or protocol.close_rcvd_then_sent):
+        return _mirror(side, rcvd)
+    if sent is not None:
+        # websockets failed this leg itself: too big (1009), protocol error, ping timeout.
+        mirror = sent.code if sent.code not in _UNSENDABLE else int(CloseCode.GOING_AWAY)
+        return CloseDecision(ClosedBy.PROXY, int(sent.code), sent.reason, mirror, sent.reason)
+    return CloseDecision(
+        side,
+        int(CloseCode.ABNORMAL_CLOSURE),
+        "",
+        int(CloseCode.GOING_AWAY),
+        f"{side} connection lost",
+    )
+
+
+def _mirror(side: ClosedBy, close: Close) -> CloseDecision:
+    code = int(close.code)
+    if code == CloseCode.NO_STATUS_RCVD:
+        return CloseDecision(side, code, "", None, "")
+    if code in _UNSENDABLE:
+        return CloseDecision(side, code, close.reason, int(CloseCode.GOING_AWAY), close.reason)
+    return CloseDecision(side, code, close.reason, code, close.reason)
+
+
+class Session:
+    """Relays one charger connection to its CSMS connection until either closes."""
+
+    def __init__(
+        self,
+        connection_id: str,
+        identity: str,
+        charger: ChargerLeg,
+        csms: CsmsLeg,
+        recorder: Recorder,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.connection_id = connection_id
+        self.identity = identity
+        self.charger = charger
+        self.csms = csms
+        self.recorder = recorder
+        self.clock = clock
+        self._seq = 0
+        self._decision: CloseDecision | None = None
+
+    async def run(self) -> CloseDecision:
+        """Relay both ways; return how the connection ended once both legs are closed."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._pump(self.charger, self.csms, Direction.TO_CSMS))
+            group.create_task(self._pump(self.csms, self.charger, Direction.TO_CHARGER))
+        assert self._decision is not None
+        decision = self._decision
+        self.recorder.submit(
+            ClosedEvent(
+                self.connection_id,
+                self.clock(),
+                decision.code,
+                decision.reason,
+                decision.closed_by,
+            )
+        )
+        return decision
+
+    async def shutdown(self, code: int = 1001, reason: str = "proxy shutting down") -> None:
+        """Close both legs on the proxy's own initiative (SIGTERM, control endpoint)."""
+        if self._decision is None:
+            self._decision = CloseDecision(ClosedBy.PROXY, code, reason, code, reason)
+        await asyncio.gather(self.charger.close(code, reason), self.csms.close(code, reason))
+
+    async def _pump(
+        self, src: ChargerLeg | CsmsLeg, dst: ChargerLeg | CsmsLeg, direction: Direction
+    ) -> None:
+        recorder = self.recorder
+        while True:
+            if recorder.congested:
+                await recorder.wait_for_room()
+            try:
+                data, opcode = await src.recv_message()
+            except ConnectionClosed:
+                break
+            recorder.submit(
+                FrameReceived(
+                    self.connection_id,
+                    self._next_seq(),
+                    self.clock(),
+                    direction,
+                    opcode,
+                    data,
+                    len(data),
+                    identity=self.identity,
+                )
+            )
+            try:
+                await dst.send_message(data, opcode)
+            except ConnectionClosed:
+                return  # the other pump reads dst: it sees the close and handles it
+        await self._source_closed(src, dst, direction)
+
+    async def _source_closed(
+        self, src: ChargerLeg | CsmsLeg, dst: ChargerLeg | CsmsLeg, direction: Direction
+    ) -> None:
+        await src.wait_closed()
+        side = ClosedBy.CHARGER if direction is Direction.TO_CSMS else ClosedBy.CSMS
+        if self._decision is None:
+            self._decision = decide_close(src, side)
+            self._record_too_large(src, direction)
+        decision = self._decision
+        if decision.mirror_code is None:
+            await dst.close(code=None, reason="")  # type: ignore[arg-type]
+        else:
+            await dst.close(decision.mirror_code, decision.mirror_reason)
+
+    def _record_too_large(self, src: ChargerLeg | CsmsLeg, direction: Direction) -> None:
+        exc = src.protocol.parser_exc
+        if not isinstance(exc, PayloadTooBig):
+            return
+        size = (exc.size or 0) + (exc.current_size or 0)
+        self.recorder.submit(
+            FrameReceived(
+                self.connection_id,
+                self._next_seq(),
+                self.clock(),
+                direction,
+                None,
+                None,
+                size,
+                too_large=True,
+                identity=self.identity,
+            )
+        )
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq

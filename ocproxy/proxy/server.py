@@ -1,0 +1,206 @@
+"""The listening side: accept chargers, open their CSMS legs, relay, shut down cleanly.
+
+websockets calls ``_process_request`` during the charger's handshake; that is where
+the CSMS leg is opened, so the charger's handshake answer can mirror the CSMS's.
+A CSMS leg opened for a charger whose handshake then fails is closed at once (no
+upstream connection outlives its charger's handshake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened
+from ocproxy.core.handshake import headers_for_record, identity_from_path, offered_subprotocols
+from ocproxy.core.handshake import upstream_url as build_upstream_url
+from ocproxy.errors import ProxyError
+from ocproxy.proxy.config import ProxyConfig
+from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
+from ocproxy.proxy.relay import Session
+from ocproxy.proxy.upstream import Refusal, copy_response_headers, not_found, open_csms_leg
+from ocproxy.recorder import Recorder
+
+
+@dataclass
+class _Handshake:
+    """What the charger's handshake learnt, carried from process_request to the handler."""
+
+    connection_id: str
+    identity: str
+    offered: list[str]
+    upstream_url: str | None
+    opened_at: float
+    csms: CsmsLeg | None = None
+
+
+class ProxyServer:
+    """A running proxy. ``async with ProxyServer(config, recorder) as proxy: ...``"""
+
+    def __init__(
+        self, config: ProxyConfig, recorder: Recorder, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.recorder = recorder
+        self.clock = clock
+        self.sessions: set[Session] = set()
+        self._handshakes: dict[ServerConnection, _Handshake] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> ProxyServer:
+        config = self.config
+        try:
+            self._server = await serve(
+                self._handle,
+                config.listen_host,
+                config.listen_port,
+                process_request=self._process_request,
+                process_response=self._process_response,
+                select_subprotocol=self._select_subprotocol,
+                server_header=None,
+                create_connection=ChargerLeg,
+                # The handshake includes opening the CSMS leg: give it room to answer 502.
+                open_timeout=config.connect_timeout + 5.0,
+                ping_interval=config.ping_interval,
+                ping_timeout=config.ping_timeout,
+                close_timeout=config.close_timeout,
+                max_size=config.max_message_size,
+            )
+        except OSError as exc:
+            raise ProxyError(
+                f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}"
+            ) from exc
+        return self
+
+    async def stop(self, code: int = 1001, reason: str = "proxy shutting down") -> None:
+        """Close every connection with ``code`` on both legs, then stop listening."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)
+        await asyncio.gather(*(s.shutdown(code, reason) for s in list(self.sessions)))
+        await self._server.wait_closed()
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+
+    async def __aenter__(self) -> ProxyServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- the charger's handshake ---------------------------------------------------
+
+    async def _process_request(
+        self, charger: ServerConnection, request: Request
+    ) -> Response | None:
+        assert isinstance(charger, ChargerLeg)
+        identity = identity_from_path(request.path)
+        offered = offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
+        base = self.config.upstream_for(identity)
+        url = None if base is None else build_upstream_url(base, request.path)
+        shake = _Handshake(str(uuid.uuid4()), identity, offered, url, self.clock())
+        if url is None:
+            response = not_found(f"no upstream configured for identity {identity!r}")
+            self._record_open(charger, request, shake, response)
+            self._record_refusal(shake, ClosedBy.PROXY, "no upstream for this identity")
+            return response
+        outcome = await open_csms_leg(url, request, offered, self.config)
+        if isinstance(outcome, Refusal):
+            self._record_open(charger, request, shake, outcome.response)
+            self._record_refusal(shake, outcome.refused_by, outcome.detail)
+            return outcome.response
+        shake.csms = outcome
+        self._handshakes[charger] = shake
+        charger.connection_lost_waiter.add_done_callback(lambda _: self._abandon(charger))
+        return None
+
+    def _select_subprotocol(
+        self, charger: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        shake = self._handshakes.get(charger)
+        if shake is None or shake.csms is None:
+            return None
+        return shake.csms.subprotocol
+
+    async def _process_response(
+        self, charger: ServerConnection, request: Request, response: Response
+    ) -> Response | None:
+        shake = self._handshakes.get(charger)
+        if shake is None or shake.csms is None:
+            return None
+        if response.status_code == 101:
+            assert shake.csms.response is not None
+            copy_response_headers(shake.csms.response, response)
+            return None
+        # websockets refused the charger's request itself (e.g. a malformed header).
+        del self._handshakes[charger]
+        self._record_open(charger, request, shake, response)
+        self._record_refusal(shake, ClosedBy.PROXY, "charger handshake refused")
+        await shake.csms.close(1001, "charger handshake failed")
+        return None
+
+    def _abandon(self, charger: ServerConnection) -> None:
+        """The charger's TCP connection is gone; close its CSMS leg if no handler took it."""
+        shake = self._handshakes.pop(charger, None)
+        if shake is None or shake.csms is None:
+            return
+        task = asyncio.get_running_loop().create_task(shake.csms.close(1001, "charger gone"))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    # -- relaying -----------------------------------------------------------------
+
+    async def _handle(self, charger: ServerConnection) -> None:
+        assert isinstance(charger, ChargerLeg)
+        shake = self._handshakes.pop(charger, None)
+        if shake is None or shake.csms is None:  # pragma: no cover - websockets guarantees
+            await charger.close(1011, "proxy lost the CSMS leg")
+            return
+        assert charger.request is not None
+        assert charger.response is not None
+        self._record_open(charger, charger.request, shake, charger.response)
+        session = Session(
+            shake.connection_id, shake.identity, charger, shake.csms, self.recorder, self.clock
+        )
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def _record_open(
+        self, charger: ServerConnection, request: Request, shake: _Handshake, response: Response
+    ) -> None:
+        remote = charger.remote_address
+        self.recorder.submit(
+            ConnectionOpened(
+                connection_id=shake.connection_id,
+                ts=shake.opened_at,
+                identity=shake.identity,
+                path=request.path,
+                remote_addr=None if remote is None else f"{remote[0]}:{remote[1]}",
+                offered_subprotocols=tuple(shake.offered),
+                subprotocol=charger.subprotocol if response.status_code == 101 else None,
+                upstream_url=shake.upstream_url,
+                handshake_status=response.status_code,
+                request_headers=tuple(headers_for_record(request.headers.raw_items())),
+                response_headers=tuple(response.headers.raw_items()),
+                run_id=self.recorder.run_id,
+            )
+        )
+
+    def _record_refusal(self, shake: _Handshake, by: ClosedBy, detail: str) -> None:
+        self.recorder.submit(ConnectionClosed(shake.connection_id, self.clock(), None, detail, by))

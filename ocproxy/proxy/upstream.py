@@ -1,0 +1,102 @@
+"""Opening the CSMS leg on the charger's behalf, and mirroring the outcome back.
+
+The CSMS leg is opened *during* the charger's handshake, so the charger can be given
+exactly what the CSMS answered: its subprotocol choice, or its refusal (status,
+``WWW-Authenticate``, body), or a 502 when it cannot be reached.
+"""
+
+from __future__ import annotations
+
+import http
+from dataclasses import dataclass
+
+from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from ocproxy.core.events import ClosedBy
+from ocproxy.core.handshake import end_to_end_headers
+from ocproxy.proxy.config import ProxyConfig
+from ocproxy.proxy.legs import CsmsLeg
+
+# Response headers websockets writes itself on the charger leg.
+_OWN_RESPONSE_HEADERS = frozenset({"date", "content-type"})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The CSMS leg could not be opened: what the charger gets instead."""
+
+    response: Response
+    detail: str
+    refused_by: ClosedBy
+
+
+async def open_csms_leg(
+    url: str, request: Request, offered: list[str], config: ProxyConfig
+) -> CsmsLeg | Refusal:
+    """Connect to the CSMS offering the charger's subprotocols and end-to-end headers."""
+    try:
+        leg = await connect(
+            url,
+            subprotocols=[Subprotocol(p) for p in offered] or None,
+            additional_headers=end_to_end_headers(request.headers.raw_items()),
+            user_agent_header=None,  # the charger's own User-Agent, if any, is forwarded
+            open_timeout=config.connect_timeout,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=config.close_timeout,
+            max_size=config.max_message_size,
+            create_connection=CsmsLeg,
+            proxy=None,
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        return Refusal(mirror_refusal(exc.response), f"CSMS refused: HTTP {status}", ClosedBy.CSMS)
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        detail = f"CSMS unreachable: {type(exc).__name__}: {exc}".strip()
+        return Refusal(bad_gateway(detail), detail, ClosedBy.PROXY)
+    assert isinstance(leg, CsmsLeg)
+    return leg
+
+
+def mirror_refusal(upstream: Response) -> Response:
+    """The CSMS's refusal as the charger should see it: same status, headers and body."""
+    headers = Headers(
+        (name, value)
+        for name, value in end_to_end_headers(upstream.headers.raw_items())
+        if name.lower() not in ("content-length",)
+    )
+    body = upstream.body or b""
+    headers["Content-Length"] = str(len(body))
+    headers["Connection"] = "close"
+    return Response(upstream.status_code, upstream.reason_phrase, headers, body)
+
+
+def bad_gateway(detail: str) -> Response:
+    return _plain(http.HTTPStatus.BAD_GATEWAY, f"{detail}\n")
+
+
+def not_found(detail: str) -> Response:
+    return _plain(http.HTTPStatus.NOT_FOUND, f"{detail}\n")
+
+
+def _plain(status: http.HTTPStatus, text: str) -> Response:
+    body = text.encode()
+    headers = Headers(
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def copy_response_headers(upstream: Response, response: Response) -> None:
+    """Give the charger the CSMS's end-to-end response headers (Server, Set-Cookie, ...)."""
+    for name, value in end_to_end_headers(upstream.headers.raw_items()):
+        if name.lower() not in _OWN_RESPONSE_HEADERS:
+            response.headers[name] = value
