@@ -96,6 +96,7 @@ class _Charger(ChargePoint):  # type: ignore[misc]
         super().__init__(spec.identity, connection)
         self.spec = spec
         self.config = dict(self.DEFAULT_CONFIG)
+        self._asked = False
 
     async def ask(self, payload: Any) -> Any:
         """Send one CALL; a CALLERROR raises instead of silently returning None."""
@@ -103,8 +104,10 @@ class _Charger(ChargePoint):  # type: ignore[misc]
         return await self.call(payload, suppress=False)
 
     async def _pause(self) -> None:
-        if self.spec.pace > 0:
+        # Between steps only: the BootNotification goes out as soon as connected.
+        if self._asked and self.spec.pace > 0:
             await asyncio.sleep(self.spec.pace)
+        self._asked = True
 
 
 class _ChargerV16(_Charger):

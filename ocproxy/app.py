@@ -1,0 +1,62 @@
+"""Running a proxy until told to stop: recorder + server + console, wired together.
+
+Shared by ``ocproxy proxy`` and ``ocproxy demo``; the CLI only parses options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+from rich.console import Console
+
+from ocproxy.console import ConsoleSink, summary_table
+from ocproxy.proxy.config import ProxyConfig
+from ocproxy.proxy.server import ProxyServer
+from ocproxy.recorder import Recorder, RecorderStats
+
+
+@asynccontextmanager
+async def running_proxy(
+    config: ProxyConfig, console: Console, *, source: str = "proxy"
+) -> AsyncIterator[tuple[ProxyServer, ConsoleSink]]:
+    """Start recorder and server; on exit close every connection (1001) and flush."""
+    sink = ConsoleSink(console, quiet=config.quiet)
+    settings = {k: v for k, v in asdict(config).items() if k != "settings"}
+    recorder = Recorder(
+        config.db, source=source, settings=settings, queue_limit=config.queue_limit, sinks=[sink]
+    )
+    # Opening DuckDB can take a moment on a large file: keep the loop free meanwhile.
+    await asyncio.to_thread(recorder.start)
+    try:
+        proxy = await ProxyServer(config, recorder).start()
+        try:
+            yield proxy, sink
+        finally:
+            await proxy.stop(1001, "proxy shutting down")
+    finally:
+        await asyncio.to_thread(recorder.close)
+
+
+async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderStats:
+    """``ocproxy proxy``: relay until SIGINT or SIGTERM, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_proxy(config, console) as (proxy, sink):
+        console.print(
+            f"[bold]ocproxy[/] listening on ws://{config.listen_host}:{proxy.port}, "
+            f"recording to [bold]{config.db}[/]; Ctrl-C to stop",
+            highlight=False,
+        )
+        await stop.wait()
+        console.print("stopping: closing connections with 1001 and flushing the recording")
+    stats = proxy.recorder.stats
+    console.print(summary_table(sink.summary, stats))
+    for error in stats.errors:
+        console.print(f"[bold red]{error}[/]")
+    return stats

@@ -1,0 +1,210 @@
+"""The ``ocproxy`` command line: a thin layer over the library.
+
+Exit codes: 0 success, 1 runtime failure (recording or listening failed),
+2 bad command line or config (one line on stderr, like argparse's own errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from rich.console import Console
+
+from ocproxy import __version__
+from ocproxy.errors import ConfigError, OcproxyError
+from ocproxy.proxy.config import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ProxyConfig,
+    check_ws_url,
+    load_config,
+    parse_listen,
+)
+from ocproxy.recorder import DEFAULT_DB
+
+_PROXY_EPILOG = """\
+examples:
+  ocproxy proxy --listen 0.0.0.0:9000 --upstream wss://csms.example.net/ocpp --db site.duckdb
+      a charger dialling ws://PROXY:9000/ocpp/CP-1 is relayed to
+      wss://csms.example.net/ocpp/ocpp/CP-1 (upstream + the charger's path and query)
+  ocproxy proxy --config site.toml
+      routes identity patterns to different CSMSs (see README, "Config file")
+
+Every frame both ways is recorded in the DuckDB file (tables connections, frames).
+SIGINT/SIGTERM close every connection with 1001, flush the recording and exit 0.
+"""
+
+_DEMO_EPILOG = """\
+example:
+  ocproxy demo --db demo.duckdb
+      then: duckdb demo.duckdb "SELECT action, count(*) FROM frames GROUP BY ALL"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocproxy",
+        description="A transparent OCPP-J proxy between chargers and their CSMS that "
+        "records every frame into DuckDB.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ocproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_proxy(commands)
+    _add_demo(commands)
+    return parser
+
+
+def _add_proxy(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "proxy",
+        help="relay chargers to their CSMS and record every frame",
+        description="Relay OCPP-J WebSocket connections from chargers to their CSMS, "
+        "byte for byte, recording every frame into DuckDB.",
+        epilog=_PROXY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.add_argument(
+        "--listen", metavar="HOST:PORT", help="address chargers connect to (default 0.0.0.0:9000)"
+    )
+    cmd.add_argument("--upstream", metavar="URL", help="CSMS base URL, ws:// or wss://")
+    cmd.add_argument("--config", metavar="FILE", help="TOML file: options and identity routes")
+    cmd.add_argument("--db", metavar="FILE", help=f"DuckDB recording (default ./{DEFAULT_DB})")
+    cmd.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="give up on the CSMS after this long; the charger gets HTTP 502 (default 10)",
+    )
+    cmd.add_argument(
+        "--ping-interval",
+        type=_non_negative_float,
+        metavar="SECONDS",
+        help="WebSocket ping on each leg so no leg idles into a 60 s cut; 0 disables (default 20)",
+    )
+    cmd.add_argument(
+        "--ping-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="close a leg whose pong is this late (default 20)",
+    )
+    cmd.add_argument(
+        "--max-message-size",
+        type=_positive_int,
+        metavar="BYTES",
+        help="larger messages close both legs with 1009 and are recorded by length "
+        f"(default {DEFAULT_MAX_MESSAGE_SIZE})",
+    )
+    cmd.add_argument(
+        "--queue-limit",
+        type=_positive_int,
+        metavar="FRAMES",
+        help="recorder queue bound; when full, forwarding waits (counted) (default 10000)",
+    )
+    cmd.add_argument("--quiet", action="store_true", help="no line per frame, summary only")
+    cmd.set_defaults(func=_run_proxy)
+
+
+def _add_demo(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "demo",
+        help="run simulated chargers and a CSMS through the proxy, then show the recording",
+        description="On loopback: a simulated CSMS and a handful of simulated chargers "
+        "(OCPP 1.6 and 2.0.1, built on the ocpp package) run boot, heartbeats, status "
+        "notifications, authorize and a metered transaction through the proxy for a few "
+        "seconds; then what was recorded is printed.",
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.add_argument(
+        "--db", metavar="FILE", default="demo.duckdb", help="DuckDB recording (default demo.duckdb)"
+    )
+    cmd.add_argument("--chargers", type=_positive_int, default=4, help="how many (default 4)")
+    cmd.add_argument(
+        "--pace",
+        type=_non_negative_float,
+        default=0.3,
+        metavar="SECONDS",
+        help="pause between a charger's steps (default 0.3)",
+    )
+    cmd.add_argument("--quiet", action="store_true", help="no line per frame")
+    cmd.set_defaults(func=_run_demo)
+
+
+def proxy_config(args: argparse.Namespace) -> ProxyConfig:
+    """Options from --config, overridden by the command line."""
+    config = load_config(args.config) if args.config else ProxyConfig(listen_host="0.0.0.0")
+    if args.config is None or args.listen is not None:
+        host, port = parse_listen(args.listen or "0.0.0.0:9000")
+        config = replace(config, listen_host=host, listen_port=port)
+    overrides = {
+        "upstream": args.upstream and check_ws_url(args.upstream),
+        "db": args.db,
+        "connect_timeout": args.connect_timeout,
+        "ping_timeout": args.ping_timeout,
+        "max_message_size": args.max_message_size,
+        "queue_limit": args.queue_limit,
+    }
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.ping_interval is not None:
+        config = replace(config, ping_interval=args.ping_interval or None)
+    if args.quiet:
+        config = replace(config, quiet=True)
+    return config.validate()
+
+
+def _run_proxy(args: argparse.Namespace) -> int:
+    from ocproxy.app import serve_until_signal
+
+    config = proxy_config(args)
+    stats = asyncio.run(serve_until_signal(config, Console()))
+    return 1 if stats.frames_lost else 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ocproxy.demo import run_demo
+
+    return asyncio.run(
+        run_demo(args.db, Console(), chargers=args.chargers, pace=args.pace, quiet=args.quiet)
+    )
+
+
+def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return convert
+
+
+_positive_int = _number(int, lambda v: v > 0, "a positive integer")
+_positive_float = _number(float, lambda v: v > 0, "a positive number")
+_non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        parser.exit(exc.exit_code, f"ocproxy: error: {exc}\n")
+    except OcproxyError as exc:
+        print(f"ocproxy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Terminal output: one line per frame while proxying, a summary table on exit.
+
+Rendering is a pure function of the recorded values (``frame_line``,
+``summary_table``), tested by rendering to a string console; :class:`ConsoleSink`
+only decides *when* to print.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ocproxy.core.events import ConnectionClosed, ConnectionOpened
+from ocproxy.core.frames import MessageType, ParseStatus
+from ocproxy.core.observe import ObservedFrame
+from ocproxy.recorder import RecorderStats, Sink
+
+_TYPE_NAMES = {int(t): t.name for t in MessageType}
+_DIRECTION_STYLE = {"to_csms": "cyan", "to_charger": "magenta"}
+_ARROWS = {"to_csms": "→ csms   ", "to_charger": "← charger"}
+
+
+def frame_line(frame: ObservedFrame) -> Text:
+    """``12:00:01.123  CP-1  → csms  CALL  BootNotification  id=1  212 B``."""
+    style = _DIRECTION_STYLE.get(frame.direction, "white")
+    kind = _kind(frame)
+    line = Text()
+    line.append(datetime.fromtimestamp(frame.ts, UTC).strftime("%H:%M:%S.%f")[:-3], "dim")
+    line.append("  ")
+    line.append(frame.identity or "?", "bold")
+    line.append("  ")
+    line.append(_ARROWS.get(frame.direction, frame.direction), style)
+    line.append("  ")
+    line.append(f"{kind:<15}", _kind_style(frame, style))
+    line.append(" ")
+    line.append(frame.action or "-", style)
+    if frame.message_id is not None:
+        line.append(f"  id={frame.message_id}", "dim")
+    if frame.error_code:
+        line.append(f"  {frame.error_code}", "red")
+    if frame.latency_ms is not None:
+        line.append(f"  {frame.latency_ms:.1f} ms", "yellow")
+    if frame.pairing not in (None, "matched"):
+        line.append(f"  [{frame.pairing}]", "red")
+    line.append(f"  {frame.size} B", "dim")
+    return line
+
+
+def _kind(frame: ObservedFrame) -> str:
+    if frame.parse_status != ParseStatus.OK:
+        return f"MALFORMED:{frame.parse_status}"
+    return _TYPE_NAMES.get(frame.message_type or 0, "?")
+
+
+def _kind_style(frame: ObservedFrame, style: str) -> str:
+    if frame.parse_status != ParseStatus.OK:
+        return "bold red"
+    if frame.message_type in (MessageType.CALLERROR, MessageType.CALLRESULTERROR):
+        return "bold red"
+    return f"bold {style}"
+
+
+@dataclass
+class ConnectionSummary:
+    identity: str
+    subprotocol: str | None = None
+    handshake_status: int = 101
+    frames_to_csms: int = 0
+    frames_to_charger: int = 0
+    bytes: int = 0
+    call_errors: int = 0
+    malformed: int = 0
+    close: str = "open"
+
+
+@dataclass
+class Summary:
+    """Per-connection counts gathered while recording, for the exit table."""
+
+    connections: dict[str, ConnectionSummary] = field(default_factory=dict)
+
+    def opened(self, event: ConnectionOpened) -> None:
+        self.connections[event.connection_id] = ConnectionSummary(
+            event.identity, event.subprotocol, event.handshake_status
+        )
+
+    def frame(self, frame: ObservedFrame) -> None:
+        row = self.connections.get(frame.connection_id)
+        if row is None:
+            return
+        if frame.direction == "to_csms":
+            row.frames_to_csms += 1
+        else:
+            row.frames_to_charger += 1
+        row.bytes += frame.size
+        row.call_errors += frame.message_type == MessageType.CALLERROR
+        row.malformed += frame.parse_status != ParseStatus.OK
+
+    def closed(self, event: ConnectionClosed) -> None:
+        row = self.connections.get(event.connection_id)
+        if row is not None:
+            code = "-" if event.code is None else str(event.code)
+            row.close = f"{code} by {event.closed_by}"
+
+
+def summary_table(summary: Summary, stats: RecorderStats | None = None) -> Table:
+    title = "ocproxy: connections recorded"
+    if stats is not None:
+        title += (
+            f" ({stats.frames_recorded} frames recorded, {stats.frames_lost} lost, "
+            f"{stats.backpressure_waits} backpressure waits)"
+        )
+    table = Table(title=title, title_justify="left")
+    for name in ("identity", "subprotocol", "status", "→ csms", "→ charger", "bytes"):
+        table.add_column(name, justify="right" if name.startswith(("→", "b")) else "left")
+    for name in ("errors", "malformed", "closed"):
+        table.add_column(name, justify="right" if name != "closed" else "left")
+    for row in summary.connections.values():
+        table.add_row(
+            row.identity,
+            row.subprotocol or "-",
+            str(row.handshake_status),
+            str(row.frames_to_csms),
+            str(row.frames_to_charger),
+            str(row.bytes),
+            _count(row.call_errors),
+            _count(row.malformed),
+            row.close,
+        )
+    return table
+
+
+def _count(value: int) -> Text:
+    return Text(str(value), "bold red" if value else "")
+
+
+class ConsoleSink(Sink):
+    """Prints each frame as the recorder processes it (on the writer thread)."""
+
+    def __init__(self, console: Console, *, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.summary = Summary()
+        self._lock = threading.Lock()
+
+    def on_open(self, event: ConnectionOpened) -> None:
+        with self._lock:
+            self.summary.opened(event)
+        if self.quiet:
+            return
+        if event.handshake_status == 101:
+            text = f"{event.identity} connected ({event.subprotocol or 'no subprotocol'})"
+            self.console.print(Text(text, "green"))
+        else:
+            text = f"{event.identity} refused: HTTP {event.handshake_status}"
+            self.console.print(Text(text, "yellow"))
+
+    def on_frame(self, frame: ObservedFrame) -> None:
+        with self._lock:
+            self.summary.frame(frame)
+        if not self.quiet:
+            self.console.print(frame_line(frame), soft_wrap=True)
+
+    def on_close(self, event: ConnectionClosed) -> None:
+        with self._lock:
+            self.summary.closed(event)
+        if not self.quiet:
+            row = self.summary.connections.get(event.connection_id)
+            name = row.identity if row else event.connection_id
+            code = "no close code" if event.code is None else str(event.code)
+            reason = f" {event.reason}" if event.reason else ""
+            self.console.print(
+                Text(f"{name} closed: {code}{reason} (by {event.closed_by})", "green")
+            )
+
+    def on_error(self, message: str) -> None:
+        self.console.print(Text(f"RECORDING ERROR: {message}", "bold red"))
