@@ -107,23 +107,37 @@ def basic_auth_username(authorization: str | None) -> str | None:
     """The user name of an HTTP Basic ``Authorization`` value, None if not Basic or unreadable."""
     if not authorization:
         return None
-    scheme, _, token = authorization.strip().partition(" ")
+    scheme, token = _split_credentials(authorization)
     if scheme.lower() != "basic":
         return None
     try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8", "replace")
+        decoded = base64.b64decode(token, validate=True).decode("utf-8", "replace")
     except (binascii.Error, ValueError):
+        return None
+    if ":" not in decoded:
+        # Not user-id ":" password (RFC 7617): the whole value may be the secret.
         return None
     return decoded.partition(":")[0]
 
 
 def redact_authorization(authorization: str) -> str:
     """Keep the scheme (and a Basic user name); never the password or token."""
-    scheme, _, _ = authorization.strip().partition(" ")
+    scheme, credentials = _split_credentials(authorization)
+    if not credentials:
+        # A bare value (a token with no scheme) may itself be the secret.
+        return REDACTED
     username = basic_auth_username(authorization)
     if username is not None:
         return f"{scheme} {username}:{REDACTED}"
     return f"{scheme} {REDACTED}"
+
+
+def _split_credentials(authorization: str) -> tuple[str, str]:
+    """``(scheme, credentials)``, split at the first run of any whitespace."""
+    parts = authorization.split(None, 1)
+    if not parts:
+        return "", ""
+    return parts[0], parts[1].strip() if len(parts) > 1 else ""
 
 
 def headers_for_record(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

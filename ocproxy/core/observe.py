@@ -22,6 +22,10 @@ from ocproxy.core.frames import (
     parse_frame,
 )
 
+# frames.message_type is a SMALLINT: an unknown type read from the peer (``[99999]``)
+# must not make the whole batch fail to store; parse_detail still names it.
+_SMALLINT_MIN, _SMALLINT_MAX = -(2**15), 2**15 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class ObservedFrame:
@@ -71,7 +75,7 @@ def observe(event: FrameReceived, correlator: Correlator) -> ObservedFrame:
         opcode=None if event.opcode is None else str(event.opcode),
         raw=raw,
         size=event.size,
-        message_type=frame.message_type,
+        message_type=_smallint(frame.message_type),
         message_id=_text(frame.message_id),
         action=_text(correlation.action),
         parse_status=str(malformed.status if malformed else ParseStatus.OK),
@@ -108,6 +112,10 @@ def _too_large(event: FrameReceived, raw: bytes | None) -> ObservedFrame:
         pairing=None,
         identity=event.identity,
     )
+
+
+def _smallint(value: int | None) -> int | None:
+    return value if value is not None and _SMALLINT_MIN <= value <= _SMALLINT_MAX else None
 
 
 def _raw_bytes(data: str | bytes | None) -> bytes | None:

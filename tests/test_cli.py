@@ -1,0 +1,184 @@
+"""The command line as a user runs it: real subprocesses, real signals, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from ocproxy.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ocproxy(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ocproxy", *args]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["proxy"], "no upstream"),
+        (["proxy", "--upstream", "http://csms.example"], "not a ws:// or wss:// URL"),
+        (["proxy", "--upstream", "ws://x", "--listen", "nonsense"], "is not HOST:PORT"),
+        (["proxy", "--upstream", "ws://x", "--listen", "1.2.3.4:99999"], "out of range"),
+        (["proxy", "--upstream", "ws://x", "--max-message-size", "-1"], "positive integer"),
+        (["proxy", "--upstream", "ws://x", "--config", "/nonexistent.toml"], "cannot read config"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_command_line_is_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.strip().splitlines()[-1].startswith("ocproxy")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("listen = ", "not valid TOML"),
+        ('upstream = "ws://x"\nbogus = 1', "unknown key(s) bogus"),
+        ('[[route]]\nidentity = "A*"', "each [[route]] needs exactly identity and upstream"),
+        ('upstream = "ws://x"\nping_interval = "fast"', "ping_interval must be a number"),
+        ('[[route]]\nidentity = "A*"\nupstream = "https://x"', "not a ws:// or wss:// URL"),
+    ],
+)
+def test_bad_config_file_exit_2(
+    tmp_path: Path, toml: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(toml)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["proxy", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unopenable_recording_exit_1(tmp_path: Path) -> None:
+    not_duckdb = tmp_path / "other.duckdb"
+    not_duckdb.write_text("this is another program's file, not a DuckDB database\n" * 100)
+    result = subprocess.run(
+        _ocproxy("proxy", "--upstream", "ws://127.0.0.1:1", "--listen", f"127.0.0.1:{_free_port()}",
+                 "--db", str(not_duckdb), "--quiet"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert "cannot open recording" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    # The other program's file is left as it was.
+    assert not_duckdb.read_text().startswith("this is another program's file")
+
+
+def test_help_teaches_with_examples() -> None:
+    result = subprocess.run(_ocproxy("proxy", "--help"), capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert "examples:" in result.stdout
+    assert "--upstream" in result.stdout
+
+
+async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path) -> None:
+    """A real `ocproxy proxy` process: traffic, SIGTERM, then every frame is in the file."""
+    seen_close: list[int | None] = []
+
+    async def csms(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+        seen_close.append(ws.close_code)
+
+    db = tmp_path / "site.duckdb"
+    port = _free_port()
+    async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
+        up_port = upstream.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *_ocproxy("proxy", "--listen", f"127.0.0.1:{port}", "--upstream",
+                      f"ws://127.0.0.1:{up_port}", "--db", str(db), "--quiet"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-SIG")
+            for i in range(20):
+                await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
+                assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await charger.wait_closed()
+                returncode = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        stdout = (await proc.stdout.read()).decode() if proc.stdout else ""
+    assert returncode == 0, stdout
+    assert charger.close_code == 1001
+    assert seen_close == [1001]
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM frames").fetchone() == (40,)
+        assert con.execute(
+            "SELECT closed_by, close_code FROM connections WHERE identity = 'CP-SIG'"
+        ).fetchall() == [("proxy", 1001)]
+        assert con.execute("SELECT frames_recorded, frames_lost FROM run_stats").fetchall() == [
+            (40, 0)
+        ]
+    assert "connections recorded" in stdout
+
+
+async def _connect_when_listening(url: str):  # type: ignore[no-untyped-def]
+    """The subprocess needs a moment to start listening: retry refused connections."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                return await connect(url, subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+            except OSError:
+                await asyncio.sleep(0.1)
+
+
+def test_demo_runs_and_records(tmp_path: Path) -> None:
+    db = tmp_path / "demo.duckdb"
+    result = subprocess.run(
+        _ocproxy("demo", "--db", str(db), "--pace", "0", "--quiet"),
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Frames per action" in result.stdout
+    with duckdb.connect(str(db), read_only=True) as con:
+        versions = con.execute(
+            "SELECT DISTINCT ocpp_version FROM connections ORDER BY 1"
+        ).fetchall()
+        assert versions == [("1.6",), ("2.0.1",)]
+        unanswered = con.execute(
+            "SELECT count(*) FROM frames c WHERE message_type = 2 AND NOT EXISTS "
+            "(SELECT 1 FROM frames r WHERE r.connection_id = c.connection_id "
+            "AND r.request_seq = c.seq)"
+        ).fetchone()
+        assert unanswered == (0,)
+        actions = {row[0] for row in con.execute("SELECT DISTINCT action FROM frames").fetchall()}
+    assert {"BootNotification", "StartTransaction", "TransactionEvent", "MeterValues"} <= actions
+
+
+def test_python_dash_m_and_console_script_agree() -> None:
+    module = subprocess.run(_ocproxy("--version"), capture_output=True, text=True, timeout=60,
+                            check=True)
+    script = Path(sys.executable).with_name("ocproxy")
+    installed = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                               timeout=60, check=True)
+    assert module.stdout == installed.stdout
+    assert module.stdout.startswith("ocproxy ")
