@@ -179,7 +179,9 @@ async def _connect_all(url: str, chargers: int) -> list[ClientConnection]:
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:
         await asyncio.gather(*(ws.close() for ws in connections))
-        raise RuntimeError(f"{len(failures)} of {chargers} chargers could not connect: {failures[0]}")
+        raise RuntimeError(
+            f"{len(failures)} of {chargers} chargers could not connect: {failures[0]}"
+        )
     for ws in connections:
         if ws.subprotocol != SUBPROTOCOL:
             raise RuntimeError(f"negotiated subprotocol {ws.subprotocol!r}, not {SUBPROTOCOL}")
@@ -193,18 +195,21 @@ def _percentile_ms(values: list[float], pct: int) -> float | None:
 
 
 async def run_load(url: str, chargers: int, duration: float, warmup: float) -> dict[str, object]:
+    cpu_started = time.process_time()
     connections = await _connect_all(url, chargers)
     extensions = sorted({str(e.name) for ws in connections for e in ws.protocol.extensions})
     start = time.perf_counter()
     phases = Phases(measure_from=start + warmup, stop_at=start + warmup + duration)
     tally = Tally()
     await asyncio.gather(*(_charger(ws, i, phases, tally) for i, ws in enumerate(connections)))
+    cpu_s = time.process_time() - cpu_started
     result = asdict(tally)
     del result["latencies"]
     result.update(
         chargers=chargers,
         duration_s=duration,
         warmup_s=warmup,
+        cpu_s=cpu_s,
         extensions=extensions,
         measured_round_trips=len(tally.latencies),
         round_trips_per_s=tally.completed_in_window / duration,

@@ -76,9 +76,20 @@ def test_unopenable_recording_exit_1(tmp_path: Path) -> None:
     not_duckdb = tmp_path / "other.duckdb"
     not_duckdb.write_text("this is another program's file, not a DuckDB database\n" * 100)
     result = subprocess.run(
-        _ocproxy("proxy", "--upstream", "ws://127.0.0.1:1", "--listen", f"127.0.0.1:{_free_port()}",
-                 "--db", str(not_duckdb), "--quiet"),
-        capture_output=True, text=True, timeout=60, check=False,
+        _ocproxy(
+            "proxy",
+            "--upstream",
+            "ws://127.0.0.1:1",
+            "--listen",
+            f"127.0.0.1:{_free_port()}",
+            "--db",
+            str(not_duckdb),
+            "--quiet",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 1
     assert "cannot open recording" in result.stderr
@@ -88,8 +99,9 @@ def test_unopenable_recording_exit_1(tmp_path: Path) -> None:
 
 
 def test_help_teaches_with_examples() -> None:
-    result = subprocess.run(_ocproxy("proxy", "--help"), capture_output=True, text=True,
-                            timeout=60, check=True)
+    result = subprocess.run(
+        _ocproxy("proxy", "--help"), capture_output=True, text=True, timeout=60, check=True
+    )
     assert "examples:" in result.stdout
     assert "--upstream" in result.stdout
 
@@ -108,9 +120,18 @@ async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path) -> N
     async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
         up_port = upstream.sockets[0].getsockname()[1]
         proc = await asyncio.create_subprocess_exec(
-            *_ocproxy("proxy", "--listen", f"127.0.0.1:{port}", "--upstream",
-                      f"ws://127.0.0.1:{up_port}", "--db", str(db), "--quiet"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *_ocproxy(
+                "proxy",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--upstream",
+                f"ws://127.0.0.1:{up_port}",
+                "--db",
+                str(db),
+                "--quiet",
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-SIG")
@@ -154,7 +175,10 @@ def test_demo_runs_and_records(tmp_path: Path) -> None:
     db = tmp_path / "demo.duckdb"
     result = subprocess.run(
         _ocproxy("demo", "--db", str(db), "--pace", "0", "--quiet"),
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "COLUMNS": "200"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -175,10 +199,12 @@ def test_demo_runs_and_records(tmp_path: Path) -> None:
 
 
 def test_python_dash_m_and_console_script_agree() -> None:
-    module = subprocess.run(_ocproxy("--version"), capture_output=True, text=True, timeout=60,
-                            check=True)
+    module = subprocess.run(
+        _ocproxy("--version"), capture_output=True, text=True, timeout=60, check=True
+    )
     script = Path(sys.executable).with_name("ocproxy")
-    installed = subprocess.run([str(script), "--version"], capture_output=True, text=True,
-                               timeout=60, check=True)
+    installed = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=60, check=True
+    )
     assert module.stdout == installed.stdout
     assert module.stdout.startswith("ocproxy ")

@@ -111,13 +111,15 @@ async def test_refusal_by_csms_is_mirrored_and_recorded(proxy_factory: Any) -> N
     from websockets.exceptions import InvalidStatus
 
     spec = ChargerSpec(identity="CP-AUTH", version="2.0.1")
-    async with SimCsms(basic_auth={"CP-AUTH": "s3cret"}) as csms:
-        async with proxy_factory(upstream=csms.url) as (proxy, box):
-            with pytest.raises(InvalidStatus) as refused:
-                await run_charger(proxy.url, spec)
-            ok = await run_charger(
-                proxy.url, spec, extra_headers={"Authorization": _basic("CP-AUTH", "s3cret")}
-            )
+    async with (
+        SimCsms(basic_auth={"CP-AUTH": "s3cret"}) as csms,
+        proxy_factory(upstream=csms.url) as (proxy, box),
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            await run_charger(proxy.url, spec)
+        ok = await run_charger(
+            proxy.url, spec, extra_headers={"Authorization": _basic("CP-AUTH", "s3cret")}
+        )
     assert refused.value.response.status_code == 401
     assert refused.value.response.headers["WWW-Authenticate"] == 'Basic realm="ocpp"'
     assert len(ok) > 0

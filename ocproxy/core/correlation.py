@@ -72,6 +72,7 @@ class Correlator:
 
     def __init__(self) -> None:
         self._pending: dict[tuple[Direction, str], PendingCall] = {}
+        self._open = {Direction.TO_CSMS: 0, Direction.TO_CHARGER: 0}
         self._timed_out: OrderedDict[tuple[Direction, str], PendingCall] = OrderedDict()
         # (call direction, id) -> (call, seq of its first response)
         self._answered: OrderedDict[tuple[Direction, str], tuple[PendingCall, int]] = OrderedDict()
@@ -107,22 +108,36 @@ class Correlator:
         """Declare CALLs older than ``timeout_s`` at ``now`` timed out; return them."""
         expired = [call for call in self._pending.values() if now - call.ts > timeout_s]
         for call in sorted(expired, key=lambda c: c.seq):
-            key = (call.direction, call.message_id)
-            del self._pending[key]
-            _remember(self._timed_out, key, call)
+            self._take((call.direction, call.message_id))
+            _remember(self._timed_out, (call.direction, call.message_id), call)
         return sorted(expired, key=lambda c: c.seq)
 
     def _call(
         self, message_id: str, action: str, direction: Direction, seq: int, ts: float
     ) -> Correlation:
-        outstanding = sum(1 for call in self._pending.values() if call.direction is direction)
+        outstanding = self._open[direction]
+        key = (direction, message_id)
         # A reused id replaces the older CALL: a retry is answered by the newest copy.
-        self._pending[(direction, message_id)] = PendingCall(seq, message_id, action, ts, direction)
+        self._take(key)
+        self._pending[key] = PendingCall(seq, message_id, action, ts, direction)
+        self._open[direction] += 1
+        if len(self._pending) > _MEMORY:
+            # A peer that never answers must not grow memory without bound: the oldest
+            # CALL counts as timed out (its answer, if it ever comes, pairs as late).
+            oldest = self._take(next(iter(self._pending)))
+            assert oldest is not None
+            _remember(self._timed_out, (oldest.direction, oldest.message_id), oldest)
         return Correlation(action=action, outstanding=outstanding)
+
+    def _take(self, key: tuple[Direction, str]) -> PendingCall | None:
+        call = self._pending.pop(key, None)
+        if call is not None:
+            self._open[call.direction] -= 1
+        return call
 
     def _response(self, message_id: str, direction: Direction, seq: int, ts: float) -> Correlation:
         key = (direction.reverse, message_id)
-        call = self._pending.pop(key, None)
+        call = self._take(key)
         if call is not None:
             _remember(self._answered, key, (call, seq))
             return _paired(call, ts, Pairing.MATCHED)
@@ -152,12 +167,12 @@ class Correlator:
     ) -> Correlation:
         # A broken answer still answers its CALL: pair it when type and id are readable,
         # so the CALL is not reported as unanswered and the row still gets its action.
+        if frame.message_type in (MessageType.CALL, MessageType.SEND):
+            return Correlation(action=frame.action)
         if frame.message_id is None:
             return _NOTHING
         if frame.message_type in (MessageType.CALLRESULT, MessageType.CALLERROR):
             return self._response(frame.message_id, direction, seq, ts)
-        if frame.message_type in (MessageType.CALL, MessageType.SEND):
-            return Correlation(action=frame.action)
         return _NOTHING
 
 

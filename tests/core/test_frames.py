@@ -164,8 +164,8 @@ def test_invalid_utf8(data: bytes) -> None:
         '[2,"1","Heartbeat",{"a":"\\ud80"}]',  # short \u escape
         "",
         "   ",
-        "\ufeff[3,\"1\",{}]",  # BOM is not JSON text
-        "// comment\n[3,\"1\",{}]",
+        '\ufeff[3,"1",{}]',  # BOM is not JSON text
+        '// comment\n[3,"1",{}]',
     ],
 )
 def test_invalid_json(text: str) -> None:
@@ -411,7 +411,7 @@ def test_malformed_message_type_is_a_plain_int() -> None:
 
 def test_parse_value_on_decoded_values() -> None:
     assert parse_value([2, "1", "Heartbeat", {}]) == Call("1", "Heartbeat", {})
-    assert parse_value(()) == Malformed(ParseStatus.NOT_AN_ARRAY, "top level is an object")
+    assert parse_value({"a": 1}) == Malformed(ParseStatus.NOT_AN_ARRAY, "top level is an object")
     assert isinstance(parse_value([True]), Malformed)
 
 
@@ -435,10 +435,10 @@ NASTY: list[str | bytes] = [
     '[2,"\\ud800","\\udfff",{"\\ud800":"\\udc00"}]',
     '[4,"1","\\ud800","\\udfff",{}]',
     '[3,"\\ud83d\\ude00",{}]',
-    "[2,\"\ud800\",\"A\",{}]",  # literal lone surrogate in a str
+    '[2,"\ud800","A",{}]',  # literal lone surrogate in a str
     "\ufeff",
     b"\xef\xbb\xbf",
-    "\ufeff[2,\"1\",\"A\",{}]",
+    '\ufeff[2,"1","A",{}]',
     b"\xff\xfe" + '[2,"1","A",{}]'.encode("utf-16-le"),
     '[2,"1","A",{}]'.encode("utf-16-be"),
     '[2,"1","A",{}]'.encode("utf-32"),
@@ -453,16 +453,16 @@ NASTY: list[str | bytes] = [
     "[" + ",".join(["2"] * 100_000) + "]",
     '{"__proto__":[]}',
     '[2,"1","A",{"a":1,"a":2}]',
-    "[2, \"1\", \"A\", {}, " + "null," * 1000 + "null]",
+    '[2, "1", "A", {}, ' + "null," * 1000 + "null]",
     "[5]",
     "[6]",
     "[-9223372036854775809]",
-    "[18446744073709551616,\"1\",{}]",
+    '[18446744073709551616,"1",{}]',
     "\\",
     '"',
     "}{",
     "[[[[[[]]]]]]",
-    "[2,\"1\",\"A\",{\"a\":\"\\u0000\"}]",
+    '[2,"1","A",{"a":"\\u0000"}]',
 ]
 
 
