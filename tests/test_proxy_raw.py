@@ -827,7 +827,6 @@ async def test_bad_input_forwarded_unchanged_and_recorded(proxy_factory: Any) ->
             for message in good:
                 await send(ws, message)
                 answers.append(as_message(await ws.recv()))
-                await asyncio.sleep(0)
             still_open = ws.state is State.OPEN
             await ws.close()
             return answers, still_open

@@ -365,13 +365,40 @@ def test_sent_memory_is_bounded() -> None:
     assert c.feed('[3,"0",{}]', DOWN, 1.0).pairing is Pairing.UNKNOWN_ID
 
 
-def test_timed_out_memory_is_bounded() -> None:
+def test_pending_calls_are_bounded_oldest_becomes_late() -> None:
+    # A peer that never answers must not grow memory without bound.
     c = Connection()
     for i in range(_MEMORY + 1):
+        c.feed(f'[2,"{i}","Heartbeat",{{}}]', UP, float(i))
+    pending = c.correlator.outstanding(UP)
+    assert len(pending) == _MEMORY
+    assert pending[0].message_id == "1"
+    assert pending[-1].message_id == str(_MEMORY)
+    assert c.feed('[3,"0",{}]', DOWN, 1e4).pairing is Pairing.LATE
+    assert c.feed(f'[3,"{_MEMORY}",{{}}]', DOWN, 1e4).pairing is Pairing.MATCHED
+
+
+def test_timed_out_memory_is_bounded() -> None:
+    c = Connection()
+    for i in range(_MEMORY):
         c.feed(f'[2,"{i}","Heartbeat",{{}}]', UP, 0.0)
-    assert len(c.correlator.expire(now=100.0, timeout_s=1.0)) == _MEMORY + 1
-    assert c.feed(f'[3,"{_MEMORY}",{{}}]', DOWN, 101.0).pairing is Pairing.LATE
-    assert c.feed('[3,"0",{}]', DOWN, 101.0).pairing is Pairing.UNKNOWN_ID
+    assert len(c.correlator.expire(now=100.0, timeout_s=1.0)) == _MEMORY
+    c.feed('[2,"last","Heartbeat",{}]', UP, 100.0)
+    assert [p.message_id for p in c.correlator.expire(now=200.0, timeout_s=1.0)] == ["last"]
+    assert c.correlator.outstanding(UP) == []
+    assert c.feed('[3,"last",{}]', DOWN, 201.0).pairing is Pairing.LATE
+    assert c.feed(f'[3,"{_MEMORY - 1}",{{}}]', DOWN, 201.0).pairing is Pairing.LATE
+    # the oldest timed-out CALL was forgotten
+    assert c.feed('[3,"0",{}]', DOWN, 201.0).pairing is Pairing.UNKNOWN_ID
+
+
+def test_outstanding_count_survives_many_answers() -> None:
+    c = Connection()
+    c.feed('[2,"open","Heartbeat",{}]', UP, 0.0)
+    for i in range(100):
+        assert c.feed(f'[2,"{i}","Reset",{{}}]', DOWN, 0.0).outstanding == 0
+        c.feed(f'[3,"{i}",{{}}]', UP, 0.1)
+    assert c.feed('[2,"next","Heartbeat",{}]', UP, 1.0).outstanding == 1
 
 
 def test_correlators_are_independent() -> None:
