@@ -103,6 +103,15 @@ def upstream_url(base: str, request_path: str) -> str:
     return base.rstrip("/") + request_path
 
 
+def redact_url(url: str) -> str:
+    """A URL as stored: any ``user:password@`` becomes ``user:[redacted]@``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:{REDACTED}@{host}").geturl()
+
+
 def basic_auth_username(authorization: str | None) -> str | None:
     """The user name of an HTTP Basic ``Authorization`` value, None if not Basic or unreadable."""
     if not authorization:

@@ -103,7 +103,7 @@ def _too_large(event: FrameReceived, raw: bytes | None) -> ObservedFrame:
         message_id=None,
         action=None,
         parse_status=str(ParseStatus.TOO_LARGE),
-        parse_detail=f"message of {event.size} bytes exceeds the size limit",
+        parse_detail=f"message of at least {event.size} bytes exceeds the size limit",
         payload=None,
         error_code=None,
         error_description=None,
@@ -128,8 +128,12 @@ def _raw_bytes(data: str | bytes | None) -> bytes | None:
     return bytes(data)
 
 
-def _compact_json(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def _compact_json(value: Any) -> str | None:
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        # 1e999 parses as infinity, which JSON cannot hold: keep only ``raw`` for it.
+        return None
     if _encodable(text):
         return text
     # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 column can hold;

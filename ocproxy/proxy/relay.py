@@ -158,7 +158,8 @@ class Session:
         exc = src.protocol.parser_exc
         if not isinstance(exc, PayloadTooBig):
             return
-        size = (exc.size or 0) + (exc.current_size or 0)
+        # Unknown size when decompression went over the limit: record the least it was.
+        size = exc.max_size + 1 if exc.size is None else exc.size + (exc.current_size or 0)
         self.recorder.submit(
             FrameReceived(
                 self.connection_id,

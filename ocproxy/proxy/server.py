@@ -15,11 +15,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened
-from ocproxy.core.handshake import headers_for_record, identity_from_path, offered_subprotocols
+from ocproxy.core.handshake import (
+    headers_for_record,
+    identity_from_path,
+    offered_subprotocols,
+    redact_url,
+)
 from ocproxy.core.handshake import upstream_url as build_upstream_url
 from ocproxy.errors import ProxyError
 from ocproxy.proxy.config import ProxyConfig
@@ -27,6 +33,10 @@ from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
 from ocproxy.proxy.relay import Session
 from ocproxy.proxy.upstream import Refusal, copy_response_headers, not_found, open_csms_leg
 from ocproxy.recorder import Recorder
+
+# Recorded as the handshake status of a charger that hung up before it got an answer
+# (the CSMS leg was open by then and is closed at once); nginx's convention.
+CLIENT_CLOSED_REQUEST = 499
 
 
 @dataclass
@@ -157,6 +167,10 @@ class ProxyServer:
         shake = self._handshakes.pop(charger, None)
         if shake is None or shake.csms is None:
             return
+        if charger.request is not None:
+            gone = Response(CLIENT_CLOSED_REQUEST, "Client Closed Request", Headers())
+            self._record_open(charger, charger.request, shake, gone)
+            self._record_refusal(shake, ClosedBy.CHARGER, "charger disconnected during handshake")
         task = asyncio.get_running_loop().create_task(shake.csms.close(1001, "charger gone"))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
@@ -194,7 +208,7 @@ class ProxyServer:
                 remote_addr=None if remote is None else f"{remote[0]}:{remote[1]}",
                 offered_subprotocols=tuple(shake.offered),
                 subprotocol=charger.subprotocol if response.status_code == 101 else None,
-                upstream_url=shake.upstream_url,
+                upstream_url=None if shake.upstream_url is None else redact_url(shake.upstream_url),
                 handshake_status=response.status_code,
                 request_headers=tuple(headers_for_record(request.headers.raw_items())),
                 response_headers=tuple(response.headers.raw_items()),

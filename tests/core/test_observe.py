@@ -235,7 +235,7 @@ def test_too_large_row() -> None:
         message_id=None,
         action=None,
         parse_status="too_large",
-        parse_detail="message of 2000000 bytes exceeds the size limit",
+        parse_detail="message of at least 2000000 bytes exceeds the size limit",
         payload=None,
         error_code=None,
         error_description=None,
