@@ -24,6 +24,7 @@ import json
 import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -78,11 +79,23 @@ async def _csms_handler(ws: ServerConnection) -> None:
         pass
 
 
-async def run_csms() -> None:
+def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The benchmark holds our stdin: EOF means it is gone, so no CSMS outlives it."""
+
+    def watch() -> None:
+        sys.stdin.buffer.read()
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
+async def run_csms(watch_stdin: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if watch_stdin:
+        _stop_when_stdin_closes(loop, stop)
     async with serve(_csms_handler, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"PORT {port}", flush=True)
@@ -226,7 +239,10 @@ async def run_load(url: str, chargers: int, duration: float, warmup: float) -> d
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("csms", help="run the CSMS until SIGTERM")
+    csms = commands.add_parser("csms", help="run the CSMS until SIGTERM")
+    csms.add_argument(
+        "--watch-stdin", action="store_true", help="also stop when stdin reaches end of file"
+    )
     load = commands.add_parser("load", help="run the chargers once, print one JSON line")
     load.add_argument("--url", required=True, help="ws://127.0.0.1:PORT (CSMS or proxy)")
     load.add_argument("--chargers", type=int, default=1)
@@ -238,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "csms":
-        asyncio.run(run_csms())
+        asyncio.run(run_csms(args.watch_stdin))
         return 0
     try:
         result = asyncio.run(run_load(args.url, args.chargers, args.duration, args.warmup))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -43,9 +45,15 @@ TARGET_RATIO = 0.5
 TARGET_TEXT = f"target: through-proxy throughput >= {TARGET_RATIO}x direct at 1 and at 100 chargers"
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 # -- child processes --------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM it if the benchmark is killed outright."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Child:
@@ -65,13 +73,17 @@ class Child:
         ]
 
     @classmethod
-    async def start(cls, name: str, *args: str, env: dict[str, str] | None = None) -> Child:
+    async def start(
+        cls, name: str, *args: str, env: dict[str, str] | None = None, stdin_pipe: bool = False
+    ) -> Child:
+        """``stdin_pipe``: the child's stdin stays open until this process is gone."""
         process = await asyncio.create_subprocess_exec(
             *args,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         return cls(name, process)
 
@@ -83,15 +95,19 @@ class Child:
 
     async def wait_for(self, pattern: str, within: float) -> re.Match[str]:
         """The first stdout match of ``pattern``; fail if the child exits or times out."""
-        async with asyncio.timeout(within):
-            while True:
-                match = re.search(pattern, "".join(self.stdout))
-                if match:
-                    return match
-                if self.process.returncode is not None:
-                    raise RuntimeError(f"{self.name} exited early: {self.describe()}")
-                self._new_line.clear()
-                await self._new_line.wait()
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    match = re.search(pattern, "".join(self.stdout))
+                    if match:
+                        return match
+                    if self._drains[0].done():  # stdout closed: the child is exiting
+                        await self.wait(STARTUP_TIMEOUT)
+                        raise RuntimeError(f"{self.name} exited early: {self.describe()}")
+                    self._new_line.clear()
+                    await self._new_line.wait()
+        except TimeoutError:
+            raise RuntimeError(f"{self.name} not ready after {within:g} s") from None
 
     async def wait(self, within: float) -> int:
         async with asyncio.timeout(within):
@@ -116,7 +132,7 @@ class Child:
 
 
 @contextlib.asynccontextmanager
-async def children() -> Any:
+async def children() -> AsyncIterator[list[Child]]:
     """Every child started in the block is killed on the way out, whatever happened."""
     started: list[Child] = []
     try:
@@ -130,7 +146,8 @@ async def children() -> Any:
 
 
 async def start_csms(started: list[Child]) -> int:
-    child = await Child.start("csms", sys.executable, str(WORKLOAD), "csms")
+    command = [sys.executable, str(WORKLOAD), "csms", "--watch-stdin"]
+    child = await Child.start("csms", *command, stdin_pipe=True)
     started.append(child)
     match = await child.wait_for(r"PORT (\d+)", STARTUP_TIMEOUT)
     return int(match.group(1))
@@ -497,7 +514,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def cancel_on_signals() -> None:
+    """SIGINT/SIGTERM cancel the run, so that every ``children()`` block kills its processes."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+
+
 async def run(args: argparse.Namespace, console: Console) -> bool:
+    cancel_on_signals()
     meta = environment(args)
     console.print(TARGET_TEXT, highlight=False)
     workdir = Path(tempfile.mkdtemp(prefix="ocproxy-bench-"))
@@ -515,7 +542,12 @@ async def run(args: argparse.Namespace, console: Console) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    ok = asyncio.run(run(args, Console()))
+    console = Console()
+    try:
+        ok = asyncio.run(run(args, console))
+    except asyncio.CancelledError:
+        console.print("interrupted; every subprocess was stopped")
+        return 130
     return 0 if ok else 1
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 from rich.console import Console
 
+from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.console import ConsoleSink, summary_table
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.server import ProxyServer
@@ -26,8 +27,16 @@ async def running_proxy(
     """Start recorder and server; on exit close every connection (1001) and flush."""
     sink = ConsoleSink(console, quiet=config.quiet)
     settings = {k: v for k, v in asdict(config).items() if k != "settings"}
+    auditor = (
+        Auditor(AuditSettings(response_timeout_s=config.response_timeout)) if config.audit else None
+    )
     recorder = Recorder(
-        config.db, source=source, settings=settings, queue_limit=config.queue_limit, sinks=[sink]
+        config.db,
+        source=source,
+        settings=settings,
+        queue_limit=config.queue_limit,
+        sinks=[sink],
+        auditor=auditor,
     )
     # Opening DuckDB can take a moment on a large file: keep the loop free meanwhile.
     await asyncio.to_thread(recorder.start)

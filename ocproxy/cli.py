@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from ocproxy import __version__
+from ocproxy.audit.cli import add_audit_command
 from ocproxy.errors import ConfigError, OcproxyError
 from ocproxy.proxy.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ocproxy {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_proxy(commands)
+    add_audit_command(commands)
     _add_demo(commands)
     return parser
 
@@ -105,6 +107,19 @@ def _add_proxy(commands: Any) -> None:
         metavar="FRAMES",
         help="recorder queue bound; when full, forwarding waits (counted) (default 10000)",
     )
+    cmd.add_argument(
+        "--audit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check every frame against the OCPP schemas and RPC rules while recording "
+        "(table findings); on by default",
+    )
+    cmd.add_argument(
+        "--response-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="the audit reports answers later than this as late-response (default 30)",
+    )
     cmd.add_argument("--quiet", action="store_true", help="no line per frame, summary only")
     cmd.set_defaults(func=_run_proxy)
 
@@ -148,6 +163,8 @@ def proxy_config(args: argparse.Namespace) -> ProxyConfig:
         "ping_timeout": args.ping_timeout,
         "max_message_size": args.max_message_size,
         "queue_limit": args.queue_limit,
+        "audit": args.audit,
+        "response_timeout": args.response_timeout,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.ping_interval is not None:

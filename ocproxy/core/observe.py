@@ -7,7 +7,7 @@ and in tests, so every source records the same columns for the same bytes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ocproxy.core.correlation import Correlator
@@ -16,6 +16,7 @@ from ocproxy.core.frames import (
     Call,
     CallError,
     CallResult,
+    Frame,
     Malformed,
     ParseStatus,
     Send,
@@ -50,6 +51,9 @@ class ObservedFrame:
     latency_ms: float | None
     pairing: str | None
     identity: str = ""
+    # Not stored: what the auditor needs without parsing again.
+    frame: Frame | None = field(default=None, compare=False, repr=False)
+    outstanding: int = field(default=0, compare=False)
 
 
 def observe(event: FrameReceived, correlator: Correlator) -> ObservedFrame:
@@ -87,6 +91,8 @@ def observe(event: FrameReceived, correlator: Correlator) -> ObservedFrame:
         latency_ms=correlation.latency_ms,
         pairing=None if correlation.pairing is None else str(correlation.pairing),
         identity=event.identity,
+        frame=frame,
+        outstanding=correlation.outstanding,
     )
 
 

@@ -46,6 +46,8 @@ class ProxyConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     queue_limit: int = 10_000
     quiet: bool = False
+    audit: bool = True
+    response_timeout: float = 30.0
     settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def upstream_for(self, identity: str) -> str | None:
@@ -61,7 +63,8 @@ class ProxyConfig:
         for url in [self.upstream, *(r.upstream for r in self.routes)]:
             if url is not None:
                 check_ws_url(url)
-        for name in ("connect_timeout", "close_timeout", "max_message_size", "queue_limit"):
+        positive = ("connect_timeout", "close_timeout", "max_message_size", "queue_limit")
+        for name in (*positive, "response_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
         if not 0 <= self.listen_port <= 65535:
@@ -100,6 +103,8 @@ _FILE_KEYS = {
     "max_message_size",
     "queue_limit",
     "quiet",
+    "audit",
+    "response_timeout",
 }
 
 

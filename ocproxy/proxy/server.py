@@ -51,11 +51,17 @@ class _Handshake:
     csms: CsmsLeg | None = None
 
 
+def wall_clock() -> float:
+    """Seconds since the epoch, in whole microseconds: exactly what a TIMESTAMPTZ keeps,
+    so timings computed live and from the recording agree to the last digit."""
+    return time.time_ns() // 1000 / 1e6
+
+
 class ProxyServer:
     """A running proxy. ``async with ProxyServer(config, recorder) as proxy: ...``"""
 
     def __init__(
-        self, config: ProxyConfig, recorder: Recorder, clock: Callable[[], float] = time.time
+        self, config: ProxyConfig, recorder: Recorder, clock: Callable[[], float] = wall_clock
     ) -> None:
         self.config = config
         self.recorder = recorder

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
+from ocproxy.audit.auditor import Finding
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened
 from ocproxy.core.handshake import ocpp_version
 from ocproxy.core.observe import ObservedFrame
@@ -44,10 +45,11 @@ class Batch:
     opens: list[ConnectionOpened] = field(default_factory=list)
     frames: list[ObservedFrame] = field(default_factory=list)
     closes: list[ConnectionClosed] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self.opens) + len(self.frames) + len(self.closes)
+        return len(self.opens) + len(self.frames) + len(self.closes) + len(self.findings)
 
 
 def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: str) -> None:
@@ -63,6 +65,10 @@ def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: 
             db.unregister("_ocproxy_frames_batch")
         if batch.closes:
             _append_closes(db, batch.closes)
+        if batch.findings:
+            db.register("_ocproxy_findings_batch", _findings_table(batch.findings))
+            db.execute("INSERT INTO findings BY NAME SELECT * FROM _ocproxy_findings_batch")
+            db.unregister("_ocproxy_findings_batch")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -73,6 +79,20 @@ def _frames_table(frames: list[ObservedFrame]) -> pa.Table:
     columns = {name: [getattr(f, name) for f in frames] for name in _FRAME_SCHEMA.names}
     columns["ts"] = [_utc(f.ts) for f in frames]
     return pa.table(columns, schema=_FRAME_SCHEMA)
+
+
+def _findings_table(findings: list[Finding]) -> pa.Table:
+    return pa.table(
+        {
+            "connection_id": [f.connection_id for f in findings],
+            "seq": pa.array([f.seq for f in findings], pa.int64()),
+            "ts": pa.array([_utc(f.ts) for f in findings], _TS),
+            "rule": [f.rule for f in findings],
+            "severity": [str(f.severity) for f in findings],
+            "message": [f.message for f in findings],
+            "path": pa.array([f.path for f in findings], pa.string()),
+        }
+    )
 
 
 def _append_opens(

@@ -94,6 +94,23 @@ def m001_initial(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m002_findings(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(
+        """
+        CREATE TABLE findings (
+            connection_id VARCHAR,
+            seq BIGINT,               -- the frame's seq; NULL for a finding about the connection
+            ts TIMESTAMPTZ,
+            rule VARCHAR,             -- stable rule id, see `ocproxy audit --explain RULE`
+            severity VARCHAR,         -- 'info', 'warning' or 'error'
+            message VARCHAR,
+            path VARCHAR              -- JSON path into the payload, where it applies
+        )
+        """
+    )
+
+
 def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations this database lacks; return their names."""
     db.execute(

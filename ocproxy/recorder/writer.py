@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 
 from ocproxy import __version__
+from ocproxy.audit.auditor import Auditor
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened, FrameReceived, RecorderEvent
 from ocproxy.core.observe import ObservedFrame, observe
@@ -78,6 +79,7 @@ class Recorder:
         batch_rows: int = 5_000,
         flush_interval: float = 0.25,
         sinks: list[Sink] | None = None,
+        auditor: Auditor | None = None,
     ) -> None:
         self.path = Path(path)
         self.source = source
@@ -86,6 +88,7 @@ class Recorder:
         self.batch_rows = batch_rows
         self.flush_interval = flush_interval
         self.sinks = list(sinks or [])
+        self.auditor = auditor
         self.stats = RecorderStats(run_id=str(uuid.uuid4()))
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         # Two single-writer counters instead of a shared one: the loop thread only
@@ -224,17 +227,23 @@ class Recorder:
             correlator = correlators.setdefault(event.connection_id, Correlator())
             frame = observe(event, correlator)
             buffer.frames.append(frame)
+            if self.auditor is not None:
+                buffer.findings.extend(self.auditor.frame(frame))
             for sink in self.sinks:
                 sink.on_frame(frame)
         elif isinstance(event, ConnectionOpened):
             correlators[event.connection_id] = Correlator()
             buffer.opens.append(event)
             self.stats.connections += 1
+            if self.auditor is not None:
+                buffer.findings.extend(self.auditor.opened(event))
             for sink in self.sinks:
                 sink.on_open(event)
         else:
             correlators.pop(event.connection_id, None)
             buffer.closes.append(event)
+            if self.auditor is not None:
+                buffer.findings.extend(self.auditor.closed(event))
             for sink in self.sinks:
                 sink.on_close(event)
 

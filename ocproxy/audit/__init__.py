@@ -1,0 +1,1 @@
+"""Compliance audit: OCPP schemas and RPC/connection rules applied to recorded frames."""

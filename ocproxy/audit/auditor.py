@@ -1,0 +1,317 @@
+"""The auditor: turns the recorder's events into findings, with per-connection state.
+
+The same :class:`Auditor` runs live (in the recorder's writer thread, off the event
+loop) and over a finished recording (``ocproxy audit DB``); fed the same events in
+the same order it yields the same findings. It never raises on peer data.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ocproxy.audit import checks, schemas
+from ocproxy.audit.rules import RULES, Severity
+from ocproxy.core.events import ConnectionClosed, ConnectionOpened
+from ocproxy.core.frames import (
+    Call,
+    CallError,
+    CallResult,
+    Direction,
+    Malformed,
+    MessageType,
+    ParseStatus,
+    Send,
+)
+from ocproxy.core.handshake import SUBPROTOCOL_VERSIONS, OcppVersion
+from ocproxy.core.observe import ObservedFrame
+
+_ID_MEMORY = 10_000  # ids remembered per sender for the uniqueness rule
+_PARSE_RULES = {
+    ParseStatus.MESSAGE_ID_NOT_STRING: "message-id-type",
+    ParseStatus.MESSAGE_ID_TOO_LONG: "message-id-too-long",
+    ParseStatus.TOO_LARGE: "message-too-large",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    connection_id: str
+    seq: int | None  # None for a finding about the connection itself
+    ts: float
+    rule: str
+    severity: Severity
+    message: str
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    response_timeout_s: float = 30.0
+    heartbeat_tolerance: float = 0.25  # fraction of the interval ...
+    heartbeat_slack_s: float = 5.0  # ... and at least this many seconds
+
+
+@dataclass
+class _Connection:
+    connection_id: str
+    identity: str
+    version: OcppVersion | None
+    ids: dict[Direction, OrderedDict[str, bool]]  # message id -> answered
+    heartbeat_interval: float | None = None
+    last_heartbeat: float | None = None
+    last_to_csms: float | None = None
+    sent_malformed: set[Direction] = field(default_factory=set)
+
+
+class Auditor:
+    """Feed it ``opened``, then ``frame`` for each frame in seq order, then ``closed``."""
+
+    def __init__(self, settings: AuditSettings | None = None) -> None:
+        self.settings = settings or AuditSettings()
+        self._connections: dict[str, _Connection] = {}
+        # 2.x: ids are unique per sender across every connection of an identity.
+        self._identity_ids: dict[tuple[str, Direction], OrderedDict[str, bool]] = {}
+
+    def opened(self, event: ConnectionOpened) -> list[Finding]:
+        version = (
+            SUBPROTOCOL_VERSIONS.get(event.subprotocol) if event.subprotocol is not None else None
+        )
+        self._connections[event.connection_id] = _Connection(
+            event.connection_id, event.identity, version, self._id_scopes(event, version)
+        )
+        return _connection_findings(event, version)
+
+    def closed(self, event: ConnectionClosed) -> list[Finding]:
+        self._connections.pop(event.connection_id, None)
+        return []
+
+    def frame(self, observed: ObservedFrame) -> list[Finding]:
+        state = self._connections.get(observed.connection_id)
+        if state is None:  # frames of a connection opened before the audit started
+            return []
+        found = _Found(observed)
+        frame = observed.frame
+        if frame is None or isinstance(frame, Malformed):
+            self._malformed(state, observed, found)
+        else:
+            self._well_formed(state, observed, frame, found)
+        return found.findings
+
+    # -- per frame ----------------------------------------------------------------
+
+    def _malformed(self, state: _Connection, observed: ObservedFrame, found: _Found) -> None:
+        state.sent_malformed.add(Direction(observed.direction))
+        status = ParseStatus(observed.parse_status)
+        rule = _PARSE_RULES.get(status, "malformed-frame")
+        found.add(rule, f"{status}: {observed.parse_detail or ''}".rstrip(": "))
+
+    def _well_formed(
+        self,
+        state: _Connection,
+        observed: ObservedFrame,
+        frame: Call | Send | CallResult | CallError,
+        found: _Found,
+    ) -> None:
+        version = state.version
+        kind = frame.message_type
+        if kind in (MessageType.CALLRESULTERROR, MessageType.SEND) and version not in (
+            None,
+            OcppVersion.V21,
+        ):
+            found.add(
+                "message-type-not-in-version", f"{kind.name} is not defined in OCPP {version}"
+            )
+        if frame.message_id == "":
+            found.add("message-id-empty", f"{kind.name} with an empty message id")
+        if isinstance(frame, Call | Send):
+            self._request(state, observed, frame, found)
+        elif isinstance(frame, CallResult):
+            self._result(state, observed, frame, found)
+        elif isinstance(frame, CallError):
+            self._error(state, observed, frame, found)
+
+    def _request(
+        self, state: _Connection, observed: ObservedFrame, frame: Call | Send, found: _Found
+    ) -> None:
+        version = state.version
+        direction = Direction(observed.direction)
+        self._unique_id(state, direction, frame, found)
+        if isinstance(frame, Call) and observed.outstanding:
+            severity = Severity.WARNING if version is OcppVersion.V16 else Severity.ERROR
+            found.add(
+                "outstanding-call",
+                f"{frame.action} sent while {observed.outstanding} CALL(s) in the same "
+                "direction were still unanswered",
+                severity=severity,
+            )
+        if version is not None:
+            action = frame.action.removesuffix("-Signed")
+            if action not in schemas.actions(version):
+                found.add("unknown-action", f"{frame.action!r} is not an OCPP {version} action")
+            elif action == frame.action:
+                _payload_checks(version, action, frame.payload, found, response=False)
+        if frame.action == "Heartbeat" and direction is Direction.TO_CSMS:
+            self._heartbeat(state, observed.ts, found)
+        if direction is Direction.TO_CSMS:
+            state.last_to_csms = observed.ts
+
+    def _result(
+        self, state: _Connection, observed: ObservedFrame, frame: CallResult, found: _Found
+    ) -> None:
+        self._pairing(state, observed, found, error=False)
+        action = observed.action
+        if state.version is not None and action and observed.pairing in ("matched", "late"):
+            if action in schemas.actions(state.version):
+                _payload_checks(state.version, action, frame.payload, found, response=True)
+            if action == "BootNotification":
+                interval = frame.payload.get("interval")
+                if isinstance(interval, int | float) and interval > 0:
+                    state.heartbeat_interval = float(interval)
+
+    def _error(
+        self, state: _Connection, observed: ObservedFrame, frame: CallError, found: _Found
+    ) -> None:
+        self._pairing(state, observed, found, error=True)
+        if state.version is not None:
+            problem = checks.error_code_problem(state.version, frame.error_code)
+            if problem is not None:
+                found.add("error-code-spelling", problem[1], severity=problem[0])
+
+    def _pairing(
+        self, state: _Connection, observed: ObservedFrame, found: _Found, *, error: bool
+    ) -> None:
+        pairing = observed.pairing
+        direction = Direction(observed.direction)
+        message_id = observed.message_id or ""
+        if pairing == "unknown_id":
+            if not error:
+                found.add("unknown-response-id", f"no CALL with id {message_id!r} to answer")
+            elif not (message_id == "-1" and direction.reverse in state.sent_malformed):
+                found.add("callerror-without-call", f"no CALL with id {message_id!r} to answer")
+        elif pairing == "duplicate":
+            found.add("duplicate-response", f"{observed.action} {message_id!r} already answered")
+        elif pairing == "answers_send":
+            found.add("response-to-send", f"answers the SEND {observed.action} {message_id!r}")
+        elif observed.latency_ms is not None:
+            scope = state.ids[direction.reverse]
+            if message_id in scope:
+                scope[message_id] = True
+            timeout_ms = self.settings.response_timeout_s * 1000.0
+            if observed.latency_ms > timeout_ms:
+                found.add(
+                    "late-response",
+                    f"{observed.action} answered after {observed.latency_ms / 1000:.1f} s "
+                    f"(timeout {self.settings.response_timeout_s:g} s)",
+                )
+
+    def _unique_id(
+        self, state: _Connection, direction: Direction, frame: Call | Send, found: _Found
+    ) -> None:
+        scope = state.ids[direction]
+        answered = scope.get(frame.message_id)
+        if answered is not None and frame.message_id != "":
+            # 2.1 lets a retry of a CALL that got no answer reuse its id.
+            retry = state.version is OcppVersion.V21 and not answered
+            if not retry:
+                found.add("message-id-reused", _reuse_message(state, frame.message_id))
+        scope[frame.message_id] = False
+        scope.move_to_end(frame.message_id)
+        while len(scope) > _ID_MEMORY:
+            scope.popitem(last=False)
+
+    def _heartbeat(self, state: _Connection, ts: float, found: _Found) -> None:
+        interval, last = state.heartbeat_interval, state.last_heartbeat
+        state.last_heartbeat = ts
+        if interval is None or last is None:
+            return
+        slack = max(self.settings.heartbeat_slack_s, interval * self.settings.heartbeat_tolerance)
+        since_heartbeat = ts - last
+        # Chargers may restart the timer after any message they send (2.x recommends it).
+        since_message = ts - (state.last_to_csms or last)
+        if min(abs(since_heartbeat - interval), abs(since_message - interval)) > slack:
+            found.add(
+                "heartbeat-drift",
+                f"Heartbeat {since_heartbeat:.0f} s after the previous one; the CSMS set "
+                f"{interval:g} s",
+            )
+
+    def _id_scopes(
+        self, event: ConnectionOpened, version: OcppVersion | None
+    ) -> dict[Direction, OrderedDict[str, bool]]:
+        if version in (None, OcppVersion.V16):
+            return {d: OrderedDict() for d in Direction}
+        return {
+            d: self._identity_ids.setdefault((event.identity, d), OrderedDict()) for d in Direction
+        }
+
+
+def _reuse_message(state: _Connection, message_id: str) -> str:
+    scope = "this connection" if state.version in (None, OcppVersion.V16) else "this identity"
+    return f"message id {message_id!r} was already used by this sender on {scope}"
+
+
+class _Found:
+    """Collects the findings of one frame; rules' default severities apply."""
+
+    def __init__(self, observed: ObservedFrame) -> None:
+        self.observed = observed
+        self.findings: list[Finding] = []
+
+    def add(
+        self, rule: str, message: str, *, path: str | None = None, severity: Severity | None = None
+    ) -> None:
+        self.findings.append(
+            Finding(
+                self.observed.connection_id,
+                self.observed.seq,
+                self.observed.ts,
+                rule,
+                severity if severity is not None else RULES[rule].severity,
+                message,
+                path,
+            )
+        )
+
+
+def _payload_checks(
+    version: OcppVersion, action: str, payload: dict[str, Any], found: _Found, *, response: bool
+) -> None:
+    naive = dict(checks.naive_timestamps(payload))
+    for path, value in naive.items():
+        found.add("timestamp-without-zone", f"{path} is {value!r}, without a zone", path=path)
+    violation = schemas.validate(version, action, payload, response=response)
+    # A naive timestamp also fails the schema's date-time format: report it once.
+    if violation is not None and not (
+        violation.rule == "schema-format" and violation.path in naive
+    ):
+        kind = "response" if response else "request"
+        found.add(violation.rule, f"{action} {kind}: {violation.message}", path=violation.path)
+
+
+def _connection_findings(event: ConnectionOpened, version: OcppVersion | None) -> list[Finding]:
+    findings: list[Finding] = []
+
+    def add(rule: str, message: str) -> None:
+        findings.append(
+            Finding(event.connection_id, None, event.ts, rule, RULES[rule].severity, message)
+        )
+
+    unknown = checks.unknown_subprotocols(event.offered_subprotocols)
+    if unknown:
+        add("unknown-subprotocol", f"charger offered unknown subprotocol(s) {', '.join(unknown)}")
+    if not event.offered_subprotocols:
+        add("no-subprotocol", "charger offered no subprotocol")
+    elif event.handshake_status == 101 and event.subprotocol is None:
+        add("no-subprotocol", "CSMS chose none of the offered subprotocols")
+    problem = checks.identity_problem(version, event.identity)
+    if problem is not None:
+        add("identity-invalid", problem)
+    username = checks.recorded_basic_username(event.request_headers)
+    if username is not None and username != event.identity:
+        add(
+            "basic-auth-username-mismatch",
+            f"Basic-auth user name {username!r} differs from identity {event.identity!r}",
+        )
+    return findings

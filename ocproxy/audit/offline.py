@@ -1,0 +1,197 @@
+"""Audit a finished recording: replay its rows through the same parser, correlator and
+auditor the live proxy uses, so both give the same findings for the same frames."""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ocproxy.audit.auditor import Auditor, AuditSettings, Finding
+from ocproxy.core.correlation import Correlator
+from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
+from ocproxy.core.frames import Direction, Opcode, ParseStatus
+from ocproxy.core.observe import observe
+from ocproxy.errors import ConfigError
+
+_REQUIRED = {"m001_initial"}
+
+
+@dataclass(frozen=True)
+class AuditScope:
+    identities: tuple[str, ...] = ()
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Enough of a frame to show it as evidence."""
+
+    identity: str
+    raw: bytes | None
+
+
+def open_recording(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """Open an ocproxy recording read-only; a ConfigError names what is wrong with it."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such recording")
+    try:
+        db = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise ConfigError(f"{path} is not a DuckDB database: {_first_line(exc)}") from exc
+    tables = {
+        row[0] for row in db.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    }
+    if "_ocproxy_migrations" not in tables:
+        db.close()
+        raise ConfigError(f"{path} is a DuckDB database but not an ocproxy recording")
+    applied = {row[0] for row in db.execute("SELECT name FROM _ocproxy_migrations").fetchall()}
+    if not applied >= _REQUIRED:
+        db.close()
+        missing = ", ".join(sorted(_REQUIRED - applied))
+        raise ConfigError(f"{path} was made by an older ocproxy (lacks {missing})")
+    return db
+
+
+def audit_recording(
+    db: duckdb.DuckDBPyConnection,
+    scope: AuditScope | None = None,
+    settings: AuditSettings | None = None,
+) -> tuple[list[Finding], dict[tuple[str, int], FrameRef], dict[str, str]]:
+    """Findings for every connection in scope, the frames they cite, and identities."""
+    scope = scope or AuditScope()
+    auditor = Auditor(settings)
+    correlators: dict[str, Correlator] = {}
+    findings: list[Finding] = []
+    identities: dict[str, str] = {}
+    for event in _events(db, scope):
+        if isinstance(event, ConnectionOpened):
+            identities[event.connection_id] = event.identity
+            correlators[event.connection_id] = Correlator()
+            findings.extend(auditor.opened(event))
+        elif isinstance(event, FrameReceived):
+            correlator = correlators.setdefault(event.connection_id, Correlator())
+            findings.extend(auditor.frame(observe(event, correlator)))
+        else:
+            findings.extend(auditor.closed(event))
+    return findings, _evidence(db, findings, identities), identities
+
+
+def _events(
+    db: duckdb.DuckDBPyConnection, scope: AuditScope
+) -> Iterator[ConnectionOpened | FrameReceived | ConnectionClosed]:
+    """Opens, frames and closes in the order the live recorder saw them."""
+    where, params = _scope_sql(scope)
+    opens = [_opened(row) for row in _rows(db, _OPENS_SQL.format(where=where), params)]
+    closes = [_closed(row) for row in _rows(db, _CLOSES_SQL.format(where=where), params)]
+    frames = (_frame(row) for row in _rows(db, _FRAMES_SQL.format(where=where), params))
+    # Sorted by (ts, kind): an open precedes its first frame, a close follows its last.
+    Keyed = tuple[float, int, int, ConnectionOpened | FrameReceived | ConnectionClosed]
+    keyed_opens: Iterator[Keyed] = ((e.ts, 0, i, e) for i, e in enumerate(opens))
+    keyed_frames: Iterator[Keyed] = ((e.ts, 1, i, e) for i, e in enumerate(frames))
+    keyed_closes: Iterator[Keyed] = ((e.ts, 2, i, e) for i, e in enumerate(closes))
+    for _ts, _kind, _i, event in heapq.merge(keyed_opens, keyed_frames, keyed_closes):
+        yield event
+
+
+def _scope_sql(scope: AuditScope) -> tuple[str, dict[str, Any]]:
+    clauses = ["handshake_status IS NOT NULL"]
+    params: dict[str, Any] = {}
+    if scope.identities:
+        clauses.append("identity IN (SELECT unnest($identities::VARCHAR[]))")
+        params["identities"] = list(scope.identities)
+    if scope.since is not None:
+        clauses.append("(closed_at IS NULL OR closed_at >= $since)")
+        params["since"] = scope.since
+    return " AND ".join(clauses), params
+
+
+_OPENS_SQL = """
+SELECT connection_id, epoch_us(opened_at) AS us, identity, path, remote_addr,
+       offered_subprotocols, subprotocol, upstream_url, handshake_status,
+       request_headers::VARCHAR AS request_headers
+FROM connections WHERE {where} ORDER BY opened_at, connection_id
+"""
+_CLOSES_SQL = """
+SELECT connection_id, epoch_us(closed_at) AS us, close_code, close_reason, closed_by
+FROM connections WHERE closed_at IS NOT NULL AND {where} ORDER BY closed_at, connection_id
+"""
+_FRAMES_SQL = """
+SELECT connection_id, seq, epoch_us(ts) AS us, direction, opcode, raw, size, parse_status
+FROM frames WHERE connection_id IN (SELECT connection_id FROM connections WHERE {where})
+ORDER BY ts, connection_id, seq
+"""
+
+
+def _rows(
+    db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]
+) -> Iterator[tuple[Any, ...]]:
+    cursor = db.execute(sql, params)
+    while batch := cursor.fetchmany(10_000):
+        yield from batch
+
+
+def _opened(row: tuple[Any, ...]) -> ConnectionOpened:
+    headers = tuple((str(n), str(v)) for n, v in json.loads(row[9] or "[]"))
+    return ConnectionOpened(
+        connection_id=row[0],
+        ts=row[1] / 1e6,
+        identity=row[2],
+        path=row[3],
+        remote_addr=row[4],
+        offered_subprotocols=tuple(row[5] or ()),
+        subprotocol=row[6],
+        upstream_url=row[7],
+        handshake_status=row[8],
+        request_headers=headers,
+    )
+
+
+def _closed(row: tuple[Any, ...]) -> ConnectionClosed:
+    by = ClosedBy(row[4]) if row[4] in {b.value for b in ClosedBy} else ClosedBy.PROXY
+    return ConnectionClosed(row[0], row[1] / 1e6, row[2], row[3], by)
+
+
+def _frame(row: tuple[Any, ...]) -> FrameReceived:
+    connection_id, seq, us, direction, opcode, raw, size, status = row
+    return FrameReceived(
+        connection_id,
+        seq,
+        us / 1e6,
+        Direction(direction),
+        None if opcode is None else Opcode(opcode),
+        None if raw is None else bytes(raw),
+        size,
+        too_large=status == ParseStatus.TOO_LARGE,
+    )
+
+
+def _evidence(
+    db: duckdb.DuckDBPyConnection, findings: list[Finding], identities: dict[str, str]
+) -> dict[tuple[str, int], FrameRef]:
+    """The raw bytes of the first cited frame of each (identity, rule)."""
+    wanted: dict[tuple[str, str], tuple[str, int]] = {}
+    for f in findings:
+        if f.seq is not None:
+            wanted.setdefault(
+                (identities.get(f.connection_id, "?"), f.rule), (f.connection_id, f.seq)
+            )
+    refs: dict[tuple[str, int], FrameRef] = {}
+    for connection_id, seq in set(wanted.values()):
+        row = db.execute(
+            "SELECT raw FROM frames WHERE connection_id = ? AND seq = ?", [connection_id, seq]
+        ).fetchone()
+        raw = None if row is None or row[0] is None else bytes(row[0])
+        refs[(connection_id, seq)] = FrameRef(identities.get(connection_id, "?"), raw)
+    return refs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,131 @@
+"""OCPP JSON schemas, loaded from the installed ``ocpp`` package and compiled on demand.
+
+The schemas are licensed separately from the ``ocpp`` package's code, so they are read
+where the package installed them, never copied. Compiling all ~390 takes ~2 s, so each
+is compiled with fastjsonschema the first time an action is seen, then cached.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastjsonschema
+
+from ocproxy.core.handshake import OcppVersion
+
+# OCPP 2.0 was superseded by 2.0.1 before it shipped widely; its chargers are checked
+# against the 2.0.1 schemas.
+_PACKAGE_DIRS = {
+    OcppVersion.V16: "v16",
+    OcppVersion.V20: "v201",
+    OcppVersion.V201: "v201",
+    OcppVersion.V21: "v21",
+}
+
+_NAIVE_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?$")
+
+
+@dataclass(frozen=True)
+class SchemaViolation:
+    rule: str  # one of the schema-* rule ids
+    message: str
+    path: str  # JSON path into the payload, "$" for the root
+
+
+Validator = Callable[[Any], Any]
+
+
+@cache
+def actions(version: OcppVersion) -> frozenset[str]:
+    """Every action the version defines (one request schema per action)."""
+    names = set()
+    for entry in _schema_dir(version).iterdir():
+        name = entry.name.removesuffix(".json")
+        if not entry.name.endswith(".json") or name.endswith("Response"):
+            continue
+        names.add(name.removesuffix("Request"))
+    return frozenset(names)
+
+
+def validate(
+    version: OcppVersion, action: str, payload: Any, *, response: bool
+) -> SchemaViolation | None:
+    """The first way ``payload`` violates the action's request or response schema."""
+    validator = _validator(version, action, response)
+    if validator is None:
+        return None
+    try:
+        validator(payload)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return _classify(exc)
+    return None
+
+
+@cache
+def _validator(version: OcppVersion, action: str, response: bool) -> Validator | None:
+    if action not in actions(version):
+        return None
+    if response:
+        name = f"{action}Response.json"
+    else:
+        name = f"{action}.json" if version is OcppVersion.V16 else f"{action}Request.json"
+    schema = json.loads((_schema_dir(version) / name).read_text(encoding="utf-8-sig"))
+    # The schemas' "$id" URNs are not fetchable; every $ref in them is local.
+    schema.pop("$id", None)
+    validator: Validator = fastjsonschema.compile(schema, use_formats=True)
+    return validator
+
+
+def _schema_dir(version: OcppVersion) -> Any:
+    return resources.files("ocpp") / _PACKAGE_DIRS[version] / "schemas"
+
+
+_RULES = {
+    "required": "schema-required",
+    "additionalProperties": "schema-additional-property",
+    "enum": "schema-enum",
+    "type": "schema-type",
+    "maxLength": "schema-max-length",
+    "maxItems": "schema-max-length",
+    "format": "schema-format",
+}
+
+
+def _classify(exc: fastjsonschema.JsonSchemaValueException) -> SchemaViolation:
+    path = _json_path(exc.path)
+    rule = _RULES.get(str(exc.rule), "schema-violation")
+    message = str(exc.message).replace(str(exc.name), path, 1)
+    if rule == "schema-enum" and isinstance(exc.value, str):
+        allowed = exc.rule_definition or []
+        match = next((a for a in allowed if str(a).lower() == exc.value.lower()), None)
+        if match is not None:
+            message = f"{path} is {exc.value!r}, which differs only in case from {match!r}"
+    if rule == "schema-type" and isinstance(exc.value, str) and _looks_numeric(exc.value):
+        message = f"{path} is the string {exc.value!r}, not of type {exc.rule_definition}"
+    return SchemaViolation(rule, message, path)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_naive_timestamp(value: str) -> bool:
+    """A date-time string without a zone (``2026-01-01T10:00:00``)."""
+    return bool(_NAIVE_TIMESTAMP.match(value))
+
+
+def _json_path(parts: list[Any]) -> str:
+    path = "$"
+    for part in parts[1:]:  # the first part is fastjsonschema's "data"
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
