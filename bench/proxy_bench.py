@@ -505,9 +505,15 @@ def parser() -> argparse.ArgumentParser:
         description="Throughput and latency of OCPP round trips, direct vs through ocproxy.",
         epilog=TARGET_TEXT,
     )
-    p.add_argument("--duration", type=positive, default=5.0, help="measured seconds per case")
-    p.add_argument("--warmup", type=positive, default=1.0, help="seconds before measuring")
-    p.add_argument("--chargers", type=charger_counts, default=[1, 100], help="e.g. 1,100")
+    p.add_argument(
+        "--duration", type=positive, default=5.0, help="measured seconds per case (default 5)"
+    )
+    p.add_argument(
+        "--warmup", type=positive, default=1.0, help="seconds before measuring (default 1)"
+    )
+    p.add_argument(
+        "--chargers", type=charger_counts, default=[1, 100], help="charger counts (default 1,100)"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     p.add_argument("--keep", action="store_true", help="keep the DuckDB recordings")

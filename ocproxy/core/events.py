@@ -35,6 +35,7 @@ class ConnectionOpened:
     response_headers: tuple[tuple[str, str], ...] = ()
     source: str = "proxy"
     run_id: str | None = None
+    replay_of: str | None = None  # the recorded connection this one replays
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ class FrameReceived:
     size: int
     too_large: bool = False
     identity: str = field(default="", compare=False)
+    # Sent by the proxy itself (ocproxy inject), or the answer to such a CALL.
+    injected: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ class ObservedFrame:
     latency_ms: float | None
     pairing: str | None
     identity: str = ""
+    injected: bool = False
     # Not stored: what the auditor needs without parsing again.
     frame: Frame | None = field(default=None, compare=False, repr=False)
     outstanding: int = field(default=0, compare=False)
@@ -91,6 +92,7 @@ def observe(event: FrameReceived, correlator: Correlator) -> ObservedFrame:
         latency_ms=correlation.latency_ms,
         pairing=None if correlation.pairing is None else str(correlation.pairing),
         identity=event.identity,
+        injected=event.injected,
         frame=frame,
         outstanding=correlation.outstanding,
     )
@@ -117,6 +119,7 @@ def _too_large(event: FrameReceived, raw: bytes | None) -> ObservedFrame:
         latency_ms=None,
         pairing=None,
         identity=event.identity,
+        injected=event.injected,
     )
 
 

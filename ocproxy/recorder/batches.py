@@ -36,6 +36,7 @@ _FRAME_SCHEMA = pa.schema(
         ("request_seq", pa.int64()),
         ("latency_ms", pa.float64()),
         ("pairing", pa.string()),
+        ("injected", pa.bool_()),
     ]
 )
 
@@ -100,7 +101,7 @@ def _append_opens(
 ) -> None:
     # Opens and closes are few (one per connection), so executemany is fast enough.
     db.executemany(
-        "INSERT INTO connection_opens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO connection_opens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             [
                 e.connection_id,
@@ -117,6 +118,7 @@ def _append_opens(
                 e.handshake_status,
                 json.dumps([list(h) for h in e.request_headers]),
                 json.dumps([list(h) for h in e.response_headers]),
+                e.replay_of,
             ]
             for e in opens
         ],

@@ -111,6 +111,22 @@ def m002_findings(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m003_replay_and_injection(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(
+        """
+        -- A replayed session names the recorded connection it replays.
+        ALTER TABLE connection_opens ADD COLUMN replay_of VARCHAR;
+        -- A CALL the proxy (or mitmproxy) injected itself, or the answer to one: never
+        -- forwarded to the other side.
+        ALTER TABLE frames ADD COLUMN injected BOOLEAN DEFAULT false;
+        CREATE OR REPLACE VIEW connections AS
+            SELECT o.*, c.closed_at, c.close_code, c.close_reason, c.closed_by
+            FROM connection_opens o LEFT JOIN connection_closes c USING (connection_id);
+        """
+    )
+
+
 def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations this database lacks; return their names."""
     db.execute(
