@@ -156,6 +156,7 @@ async def start_csms(started: list[Child]) -> int:
 async def start_proxy(started: list[Child], csms_port: int, db: Path) -> tuple[Child, int]:
     args = ["--listen", "127.0.0.1:0", "--upstream", f"ws://127.0.0.1:{csms_port}"]
     command = [sys.executable, "-m", "ocproxy", "proxy", *args, "--db", str(db), "--quiet"]
+    command += os.environ.get("OCPROXY_BENCH_ARGS", "").split()
     # A wide console so rich never wraps the "listening on" line.
     child = await Child.start("ocproxy proxy", *command, env={"COLUMNS": "250"})
     started.append(child)

@@ -178,8 +178,18 @@ def _run_proxy(args: argparse.Namespace) -> int:
     from ocproxy.app import serve_until_signal
 
     config = proxy_config(args)
-    stats = asyncio.run(serve_until_signal(config, Console()))
+    stats = asyncio.run(serve_until_signal(config, Console()), loop_factory=_loop_factory())
     return 1 if stats.frames_lost else 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (Linux, macOS): its C transports halve the relay's
+    per-message cost; the standard loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _run_demo(args: argparse.Namespace) -> int:

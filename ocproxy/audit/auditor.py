@@ -278,7 +278,9 @@ class _Found:
 def _payload_checks(
     version: OcppVersion, action: str, payload: dict[str, Any], found: _Found, *, response: bool
 ) -> None:
-    naive = dict(checks.naive_timestamps(payload))
+    naive: dict[str, str] = {}
+    if checks.may_hold_naive_timestamp(found.observed.raw):
+        naive = dict(checks.naive_timestamps(payload))
     for path, value in naive.items():
         found.add("timestamp-without-zone", f"{path} is {value!r}, without a zone", path=path)
     violation = schemas.validate(version, action, payload, response=response)

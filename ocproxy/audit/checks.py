@@ -5,6 +5,7 @@ Pure functions over literal values; the :mod:`auditor` strings them together.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,6 +63,15 @@ def _closest(code: str, known: frozenset[str]) -> str | None:
         if normal == lowered:
             return candidate
     return None
+
+
+# A quoted date-time without zone anywhere in the frame's bytes. Scanning the raw text
+# in C first spares the walk over every string of every payload.
+_NAIVE_IN_RAW = re.compile(rb'"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?"')
+
+
+def may_hold_naive_timestamp(raw: bytes | None) -> bool:
+    return raw is None or _NAIVE_IN_RAW.search(raw) is not None
 
 
 def naive_timestamps(payload: Any, path: str = "$") -> Iterator[tuple[str, str]]:

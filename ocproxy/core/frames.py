@@ -141,6 +141,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every frame: json.loads(..., parse_constant=...) builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def decode_json(data: str | bytes) -> tuple[Any, Malformed | None]:
     """Decode a message as strict JSON; never raises."""
     if isinstance(data, bytes | bytearray | memoryview):
@@ -151,7 +155,7 @@ def decode_json(data: str | bytes) -> tuple[Any, Malformed | None]:
     else:
         text = data
     try:
-        return json.loads(text, parse_constant=_reject_constant), None
+        return _DECODER.decode(text), None
     except (ValueError, RecursionError) as exc:
         return None, Malformed(ParseStatus.INVALID_JSON, str(exc)[:200])
 

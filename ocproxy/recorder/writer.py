@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class RecorderStats:
 
 
 _STOP = object()
+_MIN_POLL_S = 0.002
+_MAX_POLL_S = 0.05
+_YIELD_EVERY = 32
 
 
 class Recorder:
@@ -90,7 +93,8 @@ class Recorder:
         self.sinks = list(sinks or [])
         self.auditor = auditor
         self.stats = RecorderStats(run_id=str(uuid.uuid4()))
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # deque.append and popleft are atomic: the loop thread appends, the writer pops.
+        self._pending: deque[object] = deque()
         # Two single-writer counters instead of a shared one: the loop thread only
         # increments _submitted, the writer thread only _processed.
         self._submitted = 0
@@ -125,7 +129,7 @@ class Recorder:
     def close(self) -> RecorderStats:
         """Process everything submitted, flush, write the run's stats and close the file."""
         if self._thread is not None and self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._pending.append(_STOP)
             self._thread.join()
         return self.stats
 
@@ -143,7 +147,7 @@ class Recorder:
         depth = self._submitted - self._processed
         if depth > self.stats.max_queue_depth:
             self.stats.max_queue_depth = depth
-        self._queue.put(event)
+        self._pending.append(event)
 
     @property
     def congested(self) -> bool:
@@ -196,29 +200,43 @@ class Recorder:
         return db
 
     def _loop(self, db: duckdb.DuckDBPyConnection) -> None:
+        # The writer polls instead of blocking on a queue: a blocking get wakes this
+        # thread (and contends for the GIL with the event loop) once per frame, which
+        # at a few thousand frames/s costs more than the recording itself.
+        pending = self._pending
         buffer = batches.Batch()
         correlators: dict[str, Correlator] = {}
-        deadline = None
+        deadline: float | None = None
+        idle = _MIN_POLL_S
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._flush(db, buffer)
-                return
-            if item is not None:
+            if not pending:
+                if deadline is not None and time.monotonic() >= deadline:
+                    buffer, deadline = self._flushed(db, buffer)
+                time.sleep(idle)
+                idle = min(idle * 2, _MAX_POLL_S)
+                continue
+            idle = _MIN_POLL_S
+            for count in range(1, self.batch_rows + 1):
+                if not pending:
+                    break
+                item = pending.popleft()
+                if item is _STOP:
+                    self._flush(db, buffer)
+                    return
                 self._handle(item, buffer, correlators)  # type: ignore[arg-type]
                 self._processed += 1
-                if deadline is None:
-                    deadline = time.monotonic() + self.flush_interval
-            if buffer.size >= self.batch_rows or (
-                deadline is not None and time.monotonic() >= deadline
-            ):
-                self._flush(db, buffer)
-                buffer = batches.Batch()
-                deadline = None
+                if count % _YIELD_EVERY == 0:
+                    time.sleep(0)  # hand the GIL to the event loop if it is waiting
+            if deadline is None:
+                deadline = time.monotonic() + self.flush_interval
+            if buffer.size >= self.batch_rows or time.monotonic() >= deadline:
+                buffer, deadline = self._flushed(db, buffer)
+
+    def _flushed(
+        self, db: duckdb.DuckDBPyConnection, buffer: batches.Batch
+    ) -> tuple[batches.Batch, None]:
+        self._flush(db, buffer)
+        return batches.Batch(), None
 
     def _handle(
         self, event: RecorderEvent, buffer: batches.Batch, correlators: dict[str, Correlator]

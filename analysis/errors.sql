@@ -1,0 +1,52 @@
+-- title: Errors and unanswered CALLs
+-- description: CALLERRORs (and 2.1 CALLRESULTERRORs) counted by error code, action
+--   and charger, and CALLs that never got an answer in the recording, by action and
+--   charger. direction is that of the CALL (to_csms: the charger asked).
+-- param identity: only this charger (default: every charger)
+WITH conn AS (
+    SELECT connection_id, identity
+    FROM connections
+    WHERE $identity IS NULL OR identity = $identity
+),
+answered AS (
+    SELECT connection_id, request_seq
+    FROM frames
+    WHERE message_type IN (3, 4) AND request_seq IS NOT NULL
+),
+problems AS (
+    SELECT
+        CASE f.message_type WHEN 4 THEN 'callerror' ELSE 'callresulterror' END AS kind,
+        c.identity,
+        f.action,
+        -- A CALLERROR travels against its CALL; a CALLRESULTERROR with it.
+        CASE
+            WHEN f.message_type = 5 THEN f.direction
+            WHEN f.direction = 'to_charger' THEN 'to_csms'
+            ELSE 'to_charger'
+        END AS direction,
+        f.error_code,
+        f.error_description,
+        f.ts
+    FROM frames AS f
+    JOIN conn AS c USING (connection_id)
+    WHERE f.message_type IN (4, 5)
+    UNION ALL
+    SELECT 'unanswered', c.identity, f.action, f.direction, NULL, NULL, f.ts
+    FROM frames AS f
+    JOIN conn AS c USING (connection_id)
+    ANTI JOIN answered AS a ON a.connection_id = f.connection_id AND a.request_seq = f.seq
+    WHERE f.message_type = 2
+)
+SELECT
+    kind,
+    identity,
+    action,
+    direction,
+    error_code,
+    count(*) AS count,
+    min(ts) AS first_at,
+    max(ts) AS last_at,
+    any_value(error_description) AS example_description
+FROM problems
+GROUP BY kind, identity, action, direction, error_code
+ORDER BY kind, count DESC, identity, action, error_code

@@ -1,0 +1,180 @@
+"""``ocproxy query``: run SQL or a named query over one or more recordings.
+
+A thin layer: :mod:`sources` opens the recordings, :mod:`queries` finds and binds the
+query, :mod:`output` writes the result. Every failure is an :class:`OcproxyError`
+(``ConfigError``, exit code 2, for bad input), reported by ``ocproxy.cli.main`` as one
+line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ocproxy.analytics.output import FORMATS, choose_format, write_result
+from ocproxy.analytics.queries import (
+    NamedQuery,
+    Param,
+    QueryResult,
+    bind,
+    get_query,
+    load_queries,
+    looks_like_name,
+    parse_params,
+    run,
+)
+from ocproxy.analytics.sources import open_sources
+from ocproxy.errors import ConfigError
+
+_USAGE = """\
+ocproxy query [--param NAME=VALUE] [--format FORMAT] [--output FILE] SOURCE... (SQL | NAME)
+       ocproxy query --list"""
+
+_EPILOG = """\
+SOURCE is a recording (.duckdb file), a glob of them ('site-*.duckdb', quoted so the
+shell leaves it alone) or a Parquet export directory; several are queried as one.
+The views frames, connections, runs and run_stats span all of them.
+
+examples:
+  ocproxy query --list
+  ocproxy query site.duckdb transactions
+  ocproxy query site.duckdb transactions --param identity=CP-17 --format csv -o tx.csv
+  ocproxy query 'rec/*.duckdb' "SELECT action, count(*) FROM frames GROUP BY ALL"
+  ocproxy query site.duckdb trace --param identity=CP-17 --param since=2026-01-31T12:00Z
+
+Rows read leniently from payloads that violate the OCPP schemas (numbers as strings,
+missing fields) are kept, marked in the issues column, and counted on stderr.
+"""
+
+
+def add_query_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``query`` on the ``ocproxy`` sub-command parser."""
+    cmd = commands.add_parser(
+        "query",
+        help="run SQL or a named query over recordings",
+        description="Query one or more recordings with SQL or a named query "
+        "(`--list` shows them) and print a table, CSV, JSON or Parquet.",
+        usage=_USAGE,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.add_argument("words", nargs="*", metavar="SOURCE... (SQL | NAME)", help=argparse.SUPPRESS)
+    cmd.add_argument("--list", action="store_true", help="list the named queries and exit")
+    cmd.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a query parameter ($NAME in the SQL); repeat for several",
+    )
+    cmd.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format (default: from --output's suffix, else table)",
+    )
+    cmd.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
+    )
+    cmd.set_defaults(func=run_query_command)
+
+
+def run_query_command(
+    args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    if args.list:
+        print_query_list(out)
+        return 0
+    if len(args.words) < 2:
+        raise ConfigError("query needs one or more SOURCEs, then SQL or a query NAME (or --list)")
+    *sources, text = args.words
+    fmt = choose_format(args.format, args.output)
+    sql, params, what, title = _resolve(text, parse_params(args.param))
+    with open_sources(sources) as opened:
+        for note in opened.notes:
+            _note(err, note)
+        result = run(opened.db, sql, params, what=what)
+    try:
+        write_result(result.table, fmt, args.output, title=title, stdout=out)
+    except BrokenPipeError:
+        # `ocproxy query ... | head`: the reader has gone, which is not an error; point
+        # stdout at /dev/null so the interpreter's final flush does not fail either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    _report(err, result, args.output)
+    return 0
+
+
+def _resolve(
+    text: str, given: dict[str, str]
+) -> tuple[str, dict[str, str | None], str, str | None]:
+    """(sql, parameters, what to call it in errors, title) for the last argument."""
+    path = Path(text)
+    if text.endswith(".sql") and path.is_file():
+        return _read_sql(path), dict(given), f"query in {text}", None
+    if path.exists():
+        raise ConfigError(
+            f"{text} is a file, not SQL or a query name: the last argument is the query"
+        )
+    if looks_like_name(text):
+        query = get_query(text)
+        return query.sql, bind(query, given), f"query {query.name}", query.title
+    return text, dict(given), "SQL", None
+
+
+def _read_sql(path: Path) -> str:
+    try:
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def _report(err: TextIO, result: QueryResult, output: str | None) -> None:
+    if result.lenient_rows:
+        rows = result.lenient_rows
+        _note(
+            err,
+            f"{rows} row{'s' if rows != 1 else ''} read leniently from payloads that "
+            "violate the OCPP schemas (see the issues column)",
+        )
+    if output is not None:
+        rows = result.table.num_rows
+        _note(err, f"wrote {rows} row{'s' if rows != 1 else ''} to {output}")
+
+
+def _note(err: TextIO, message: str) -> None:
+    print(f"ocproxy: note: {message}", file=err)
+
+
+def print_query_list(stream: TextIO) -> None:
+    """The named queries: name, what each returns, and its parameters."""
+    is_terminal = stream.isatty() if hasattr(stream, "isatty") else False
+    console = Console(file=stream, width=None if is_terminal else 160)
+    table = Table(title="Named queries (ocproxy query SOURCE... NAME)", show_lines=True)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("returns")
+    table.add_column("parameters (--param NAME=VALUE)")
+    for query in load_queries().values():
+        table.add_row(query.name, _describe(query), Text("\n".join(map(_param_text, query.params))))
+    console.print(table)
+
+
+def _describe(query: NamedQuery) -> Text:
+    text = Text(query.title, style="bold")
+    text.append(f"\n{query.description}")
+    return text
+
+
+def _param_text(param: Param) -> str:
+    if param.required:
+        return f"{param.name} (required): {param.description}"
+    if param.default is not None:
+        return f"{param.name} = {param.default}: {param.description}"
+    return f"{param.name}: {param.description}"
