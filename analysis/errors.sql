@@ -13,6 +13,12 @@ answered AS (
     FROM frames
     WHERE message_type IN (3, 4) AND request_seq IS NOT NULL
 ),
+own AS (
+    -- The proxy's own injected CALLs and their answers are not charger/CSMS traffic.
+    SELECT f.*
+    FROM frames AS f
+    WHERE NOT coalesce(f.injected, false)
+),
 problems AS (
     SELECT
         CASE f.message_type WHEN 4 THEN 'callerror' ELSE 'callresulterror' END AS kind,
@@ -27,12 +33,12 @@ problems AS (
         f.error_code,
         f.error_description,
         f.ts
-    FROM frames AS f
+    FROM own AS f
     JOIN conn AS c USING (connection_id)
     WHERE f.message_type IN (4, 5)
     UNION ALL
     SELECT 'unanswered', c.identity, f.action, f.direction, NULL, NULL, f.ts
-    FROM frames AS f
+    FROM own AS f
     JOIN conn AS c USING (connection_id)
     ANTI JOIN answered AS a ON a.connection_id = f.connection_id AND a.request_seq = f.seq
     WHERE f.message_type = 2

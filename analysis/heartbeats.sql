@@ -17,7 +17,7 @@ beats AS (
         epoch(f.ts - lag(f.ts) OVER (PARTITION BY f.connection_id ORDER BY f.seq)) AS interval_s
     FROM frames AS f
     JOIN conn AS c USING (connection_id)
-    WHERE f.action = 'Heartbeat' AND f.message_type = 2
+    WHERE f.action = 'Heartbeat' AND f.message_type = 2 AND NOT coalesce(f.injected, false)
 ),
 stats AS (
     SELECT

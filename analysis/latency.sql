@@ -14,6 +14,8 @@ WITH answers AS (
     FROM frames
     WHERE message_type IN (3, 4)
         AND latency_ms IS NOT NULL
+        -- The proxy's own injected CALLs are not traffic between charger and CSMS.
+        AND NOT coalesce(injected, false)
         AND pairing IN ('matched', 'late')
         AND (
             $identity IS NULL

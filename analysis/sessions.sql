@@ -1,7 +1,9 @@
 -- title: Sessions
 -- description: One row per WebSocket connection, refused handshakes included: the
---   charger identity, OCPP version, when it opened and closed, how long it lasted,
---   frames and bytes each way, the close code and reason, and who closed it.
+--   charger identity, OCPP version, when it opened and closed, how long it lasted
+--   (NULL when the recording has no close), frames each way, malformed and injected
+--   frames, bytes, the handshake status, the close code and reason, who closed it,
+--   and, for a replayed session, the connection it replays.
 -- param identity: only this charger (default: every charger)
 WITH counts AS (
     -- One pass over frames, derived columns only: no payload is parsed here.
@@ -11,6 +13,7 @@ WITH counts AS (
         count(*) FILTER (WHERE direction = 'to_csms') AS frames_to_csms,
         count(*) FILTER (WHERE direction = 'to_charger') AS frames_to_charger,
         count(*) FILTER (WHERE parse_status <> 'ok') AS malformed_frames,
+        count(*) FILTER (WHERE injected) AS injected_frames,
         sum(size)::BIGINT AS bytes,
         max(ts) AS last_frame_at
     FROM frames
@@ -26,6 +29,7 @@ SELECT
     coalesce(n.frames_to_csms, 0) AS frames_to_csms,
     coalesce(n.frames_to_charger, 0) AS frames_to_charger,
     coalesce(n.malformed_frames, 0) AS malformed_frames,
+    coalesce(n.injected_frames, 0) AS injected_frames,
     coalesce(n.bytes, 0) AS bytes,
     n.last_frame_at,
     c.handshake_status,
@@ -33,6 +37,7 @@ SELECT
     c.close_reason,
     c.closed_by,
     c.remote_addr,
+    c.replay_of,
     c.connection_id
 FROM connections AS c
 LEFT JOIN counts AS n USING (connection_id)

@@ -15,6 +15,8 @@ from rich.console import Console
 
 from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.console import ConsoleSink, summary_table
+from ocproxy.core.redaction import Redactor
+from ocproxy.idkey import resolve_id_key
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.server import ProxyServer
 from ocproxy.recorder import Recorder, RecorderStats
@@ -37,6 +39,7 @@ async def running_proxy(
         queue_limit=config.queue_limit,
         sinks=[sink],
         auditor=auditor,
+        redactor=Redactor(None if config.keep_ids else resolve_id_key(config.id_key)),
     )
     # Opening DuckDB can take a moment on a large file: keep the loop free meanwhile.
     await asyncio.to_thread(recorder.start)

@@ -120,6 +120,11 @@ def _add_proxy(commands: Any) -> None:
         metavar="SECONDS",
         help="the audit reports answers later than this as late-response (default 30)",
     )
+    cmd.add_argument(
+        "--keep-ids",
+        action="store_true",
+        help="record idTag/idToken as sent instead of pseudonymised (for a lab)",
+    )
     cmd.add_argument("--quiet", action="store_true", help="no line per frame, summary only")
     cmd.set_defaults(func=_run_proxy)
 
@@ -171,6 +176,8 @@ def proxy_config(args: argparse.Namespace) -> ProxyConfig:
         config = replace(config, ping_interval=args.ping_interval or None)
     if args.quiet:
         config = replace(config, quiet=True)
+    if args.keep_ids:
+        config = replace(config, keep_ids=True)
     return config.validate()
 
 

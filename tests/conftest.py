@@ -87,3 +87,10 @@ def proxy_factory(db_path: Path) -> Callable[..., Any]:
             box.append(Recording(db_path, stats))
 
     return start
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: Any) -> None:
+    """The per-user id key file goes to a temporary config home, never the real one."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
+    monkeypatch.delenv("OCPROXY_ID_KEY", raising=False)

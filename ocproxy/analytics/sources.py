@@ -3,18 +3,25 @@
 Every source is opened read-only behind an in-memory DuckDB: recordings (``.duckdb``
 files, possibly from a glob) are ATTACHed, Parquet exports (a directory holding
 ``frames/date=.../identity=.../*.parquet``, ``connections/...``) are read with
-``read_parquet``. Temp views ``frames``, ``connections``, ``runs`` and ``run_stats``
-then UNION ALL BY NAME across all of them, so a query never knows how many sources
-there are.
+``read_parquet``. A temp view per table of the schema (``frames``, ``runs``,
+``run_stats``, ``connection_opens``, ... whatever the migrations create) is the
+UNION ALL BY NAME of that table in every source, so a query never knows how many
+sources there are.
 
 Each view starts from an empty copy of the current schema (the migrations, run in a
-scratch catalog): every public column exists with its type even when a source is an
-older recording or an export that lacks it.
+scratch catalog): every column exists with its type even when a source is an older
+recording or an export that lacks it.
+
+Views of the schema (``connections``) are re-created over those temp views rather
+than read from each recording: DuckDB binds the table names inside an attached view
+through the search path, where the temp views come first, so reading
+``src0.connections`` would silently read every source's ``connection_opens``.
 """
 
 from __future__ import annotations
 
 import glob
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -25,10 +32,15 @@ import duckdb
 from ocproxy.errors import ConfigError
 from ocproxy.recorder.migrations import migrate
 
-# The public interface of a recording (README, "The recording").
+# The public interface of a recording (README, "The recording"); views are made for
+# every table and view the migrations create, these included.
 PUBLIC_TABLES = ("frames", "connections", "runs", "run_stats")
 _SCHEMA = "_ocproxy_schema"
+_MIGRATIONS_TABLE = "_ocproxy_migrations"
+# Bytes 8-11 of every DuckDB database file.
+_DUCKDB_MAGIC = b"DUCK"
 _GLOB_MAGIC = frozenset("*?[")
+_VIEW_SQL = re.compile(r"CREATE VIEW \S+ AS (?P<select>.*?);?\s*", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass
@@ -54,6 +66,18 @@ class Sources:
         self.close()
 
 
+@dataclass(frozen=True)
+class _Schema:
+    tables: list[str]
+    views: dict[str, str]  # name -> its SELECT
+
+    def view_parts(self) -> set[str]:
+        """Tables the views are built from (an export holds the view instead)."""
+        return {
+            t for t in self.tables for sql in self.views.values() if re.search(rf"\b{t}\b", sql)
+        }
+
+
 def open_sources(args: list[str]) -> Sources:
     """Open every SOURCE read-only and expose them as one set of views.
 
@@ -66,16 +90,16 @@ def open_sources(args: list[str]) -> Sources:
     try:
         # Days and timestamps in query results must not depend on the machine's zone.
         db.execute("SET TimeZone = 'UTC'")
-        _create_schema_copy(db)
-        selects: dict[str, list[str]] = {table: [] for table in PUBLIC_TABLES}
+        schema = _create_schema_copy(db)
+        parts: dict[str, list[str]] = {name: [] for name in [*schema.tables, *schema.views]}
         notes = []
         for index, path in enumerate(paths):
-            source = _open_one(db, path, f"src{index}")
-            for table, select in source.items():
-                selects[table].append(select)
+            source = _open_one(db, path, f"src{index}", schema)
+            for name, select in source.items():
+                parts[name].append(select)
             if _is_empty(db, source):
                 notes.append(f"{path} holds no connections or frames")
-        _create_views(db, selects)
+        _create_views(db, schema, parts)
     except BaseException:
         db.close()
         raise
@@ -111,56 +135,83 @@ def _expand_one(arg: str) -> list[Path]:
     return matches
 
 
-def _create_schema_copy(db: duckdb.DuckDBPyConnection) -> None:
+def _create_schema_copy(db: duckdb.DuckDBPyConnection) -> _Schema:
+    """An empty recording in a scratch catalog: the current tables and views."""
     db.execute(f"ATTACH ':memory:' AS {_SCHEMA}")
     db.execute(f"USE {_SCHEMA}")
     migrate(db)
     db.execute("USE memory")
+    tables = sorted(_names(db, _SCHEMA, "tables") - {_MIGRATIONS_TABLE})
+    rows = db.execute(
+        "SELECT view_name, sql FROM duckdb_views() WHERE database_name = $c", {"c": _SCHEMA}
+    ).fetchall()
+    views = {}
+    for name, sql in rows:
+        match = _VIEW_SQL.fullmatch(sql.strip())
+        if match is None:  # a migration wrote a view this module cannot re-create
+            raise ConfigError(f"cannot read the definition of view {name}")
+        views[name] = match["select"]
+    return _Schema(tables, views)
 
 
-def _open_one(db: duckdb.DuckDBPyConnection, path: Path, alias: str) -> dict[str, str]:
-    """SELECTs reading each public table of one source (absent tables are left out)."""
+def _open_one(
+    db: duckdb.DuckDBPyConnection, path: Path, alias: str, schema: _Schema
+) -> dict[str, str]:
+    """SELECTs reading each table of one source (what it lacks is left out)."""
     if path.is_dir():
-        return _parquet_selects(db, path)
-    return _attach(db, path, alias)
+        return _parquet_selects(db, path, schema)
+    return _attach(db, path, alias, schema)
 
 
-def _attach(db: duckdb.DuckDBPyConnection, path: Path, alias: str) -> dict[str, str]:
+def _attach(
+    db: duckdb.DuckDBPyConnection, path: Path, alias: str, schema: _Schema
+) -> dict[str, str]:
+    if not _is_duckdb_file(path):
+        raise ConfigError(f"{path} is not an ocproxy recording (not a DuckDB file)")
     try:
         db.execute(f"ATTACH {_literal(str(path))} AS {alias} (READ_ONLY)")
     except duckdb.Error as exc:
         raise ConfigError(_attach_failure(path, exc)) from exc
-    present = _names(db, alias)
-    if "_ocproxy_migrations" not in present:
+    present = _names(db, alias, "tables")
+    if _MIGRATIONS_TABLE not in present:
         db.execute(f"DETACH {alias}")
-        raise ConfigError(f"{path} is not an ocproxy recording (no _ocproxy_migrations table)")
-    return {t: f"SELECT * FROM {alias}.main.{t}" for t in PUBLIC_TABLES if t in present}
+        raise ConfigError(f"{path} is not an ocproxy recording (no {_MIGRATIONS_TABLE} table)")
+    return {t: f"SELECT * FROM {alias}.main.{t}" for t in schema.tables if t in present}
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    # Checked before ATTACH: DuckDB's own errors for a foreign file vary (a Parquet file
+    # gives "Cannot launch in-memory database in read-only mode").
+    try:
+        with path.open("rb") as stream:
+            return stream.read(12)[8:12] == _DUCKDB_MAGIC
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _attach_failure(path: Path, exc: duckdb.Error) -> str:
     text = _first_line(exc)
-    if "not a valid DuckDB database file" in text:
-        return f"{path} is not an ocproxy recording (not a DuckDB file)"
     if "lock" in text.lower():
         return f"{path} is being written by another process; stop it or query a copy"
     return f"cannot open {path}: {text}"
 
 
-def _names(db: duckdb.DuckDBPyConnection, catalog: str) -> set[str]:
+def _names(db: duckdb.DuckDBPyConnection, catalog: str, kind: str) -> set[str]:
     rows = db.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = $c "
-        "UNION ALL SELECT view_name FROM duckdb_views() WHERE database_name = $c",
-        {"c": catalog},
+        f"SELECT {kind[:-1]}_name FROM duckdb_{kind}() WHERE database_name = $c", {"c": catalog}
     ).fetchall()
     return {row[0] for row in rows}
 
 
-def _parquet_selects(db: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
+def _parquet_selects(db: duckdb.DuckDBPyConnection, path: Path, schema: _Schema) -> dict[str, str]:
+    # An export holds the public tables and views; the tables a view is made of would
+    # count its rows twice, so they are not read from an export.
+    names = [t for t in schema.tables if t not in schema.view_parts()] + list(schema.views)
     selects = {}
-    for table in PUBLIC_TABLES:
-        files = sorted((path / table).glob("**/*.parquet"))
+    for name in names:
+        files = sorted((path / name).glob("**/*.parquet"))
         if files:
-            selects[table] = _parquet_select(db, table, path / table, files[0])
+            selects[name] = _parquet_select(db, name, path / name, files[0])
     if not selects:
         raise ConfigError(
             f"{path} is not an ocproxy recording (a directory must be a Parquet export "
@@ -169,9 +220,7 @@ def _parquet_selects(db: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str
     return selects
 
 
-def _parquet_select(
-    db: duckdb.DuckDBPyConnection, table: str, directory: Path, sample: Path
-) -> str:
+def _parquet_select(db: duckdb.DuckDBPyConnection, name: str, directory: Path, sample: Path) -> str:
     # Partition keys are strings here (no autocast): an identity like "0042" must not
     # turn into the number 42. Keys that are not columns of the table (``date``, and
     # ``identity`` in frames) are dropped, so that every source has the same columns
@@ -181,32 +230,40 @@ def _parquet_select(
         f"read_parquet({pattern}, hive_partitioning = true, union_by_name = true, "
         "hive_types_autocast = false)"
     )
-    columns = set(_columns(db, table))
+    columns = set(_columns(db, name))
     keys = [p.split("=", 1)[0] for p in sample.relative_to(directory).parts[:-1] if "=" in p]
     extra = [k for k in keys if k not in columns]
     exclude = f" EXCLUDE ({', '.join(_identifier(k) for k in extra)})" if extra else ""
     return f"SELECT *{exclude} FROM {read}"
 
 
-def _columns(db: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+def _columns(db: duckdb.DuckDBPyConnection, name: str) -> list[str]:
     rows = db.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE database_name = $c AND table_name = $t "
-        "ORDER BY column_index",
-        {"c": _SCHEMA, "t": table},
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = $c AND table_name = $t",
+        {"c": _SCHEMA, "t": name},
     ).fetchall()
     return [row[0] for row in rows]
 
 
-def _create_views(db: duckdb.DuckDBPyConnection, selects: dict[str, list[str]]) -> None:
-    for table, parts in selects.items():
-        union = " UNION ALL BY NAME ".join([f"SELECT * FROM {_SCHEMA}.main.{table}", *parts])
-        db.execute(f"CREATE TEMP VIEW {table} AS {union}")
+def _create_views(
+    db: duckdb.DuckDBPyConnection, schema: _Schema, parts: dict[str, list[str]]
+) -> None:
+    # Tables first: the views' own SELECTs then bind to these temp views.
+    for table in schema.tables:
+        base = f"SELECT * FROM {_SCHEMA}.main.{table}"
+        db.execute(f"CREATE TEMP VIEW {table} AS {_union([base, *parts[table]])}")
+    for view, select in schema.views.items():
+        db.execute(f"CREATE TEMP VIEW {view} AS {_union([select, *parts[view]])}")
+
+
+def _union(selects: list[str]) -> str:
+    return " UNION ALL BY NAME ".join(f"({select})" for select in selects)
 
 
 def _is_empty(db: duckdb.DuckDBPyConnection, source: dict[str, str]) -> bool:
-    for table in ("frames", "connections"):
-        if table in source:
-            row = db.execute(f"SELECT count(*) FROM ({source[table]})").fetchone()
+    for name in ("frames", "connection_opens", "connections"):
+        if name in source:
+            row = db.execute(f"SELECT count(*) FROM ({source[name]})").fetchone()
             if row is not None and row[0]:
                 return False
     return True

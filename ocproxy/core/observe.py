@@ -22,6 +22,7 @@ from ocproxy.core.frames import (
     Send,
     parse_frame,
 )
+from ocproxy.core.redaction import Redactor, redacted_raw
 
 # frames.message_type is a SMALLINT: an unknown type read from the peer (``[99999]``)
 # must not make the whole batch fail to store; parse_detail still names it.
@@ -52,22 +53,33 @@ class ObservedFrame:
     pairing: str | None
     identity: str = ""
     injected: bool = False
+    redacted: tuple[str, ...] | None = None  # what was removed from raw and payload
     # Not stored: what the auditor needs without parsing again.
     frame: Frame | None = field(default=None, compare=False, repr=False)
     outstanding: int = field(default=0, compare=False)
 
 
-def observe(event: FrameReceived, correlator: Correlator) -> ObservedFrame:
-    """Parse and correlate one message of a connection; feed messages in ``seq`` order."""
+def observe(
+    event: FrameReceived, correlator: Correlator, redactor: Redactor | None = None
+) -> ObservedFrame:
+    """Parse and correlate one message of a connection; feed messages in ``seq`` order.
+
+    With a ``redactor``, secrets and driver identifiers are replaced in ``raw`` and
+    ``payload`` (``size`` stays the size received); ``frame`` keeps the original for
+    the auditor.
+    """
     raw = _raw_bytes(event.data)
     if event.too_large or event.data is None:
         return _too_large(event, raw)
     frame = parse_frame(event.data)
     correlation = correlator.observe(frame, event.direction, event.seq, event.ts)
     payload: Any = None
+    redacted: tuple[str, ...] | None = None
     error_code = error_description = None
     if isinstance(frame, Call | Send | CallResult):
         payload = frame.payload
+        if redactor is not None and raw is not None:
+            payload, raw, redacted = _redact(redactor, frame, correlation.action, raw)
     elif isinstance(frame, CallError):
         payload = frame.error_details
         error_code, error_description = frame.error_code, frame.error_description
@@ -93,9 +105,22 @@ def observe(event: FrameReceived, correlator: Correlator) -> ObservedFrame:
         pairing=None if correlation.pairing is None else str(correlation.pairing),
         identity=event.identity,
         injected=event.injected,
+        redacted=redacted,
         frame=frame,
         outstanding=correlation.outstanding,
     )
+
+
+def _redact(
+    redactor: Redactor, frame: Call | Send | CallResult, action: str | None, raw: bytes
+) -> tuple[Any, bytes, tuple[str, ...] | None]:
+    result = redactor.redact(action, frame.payload, response=isinstance(frame, CallResult))
+    if not result.removed:
+        return frame.payload, raw, None
+    head: list[Any] = [int(frame.message_type), frame.message_id]
+    if isinstance(frame, Call | Send):
+        head.append(frame.action)
+    return result.payload, redacted_raw(raw, [*head, frame.payload], result.payload), result.removed
 
 
 def _too_large(event: FrameReceived, raw: bytes | None) -> ObservedFrame:

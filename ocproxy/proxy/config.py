@@ -48,6 +48,9 @@ class ProxyConfig:
     quiet: bool = False
     audit: bool = True
     response_timeout: float = 30.0
+    keep_ids: bool = False
+    # Key for pseudonymising driver ids; else $OCPROXY_ID_KEY, else a per-user key file.
+    id_key: str | None = None
     settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def upstream_for(self, identity: str) -> str | None:
@@ -105,6 +108,8 @@ _FILE_KEYS = {
     "quiet",
     "audit",
     "response_timeout",
+    "keep_ids",
+    "id_key",
 }
 
 

@@ -37,6 +37,7 @@ _FRAME_SCHEMA = pa.schema(
         ("latency_ms", pa.float64()),
         ("pairing", pa.string()),
         ("injected", pa.bool_()),
+        ("redacted", pa.list_(pa.string())),
     ]
 )
 

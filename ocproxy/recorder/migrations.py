@@ -127,6 +127,13 @@ def m003_replay_and_injection(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m004_redaction(db: duckdb.DuckDBPyConnection) -> None:
+    # What was removed from raw and payload (secrets, pseudonymised driver ids), as
+    # "$.json.path (why)"; NULL when nothing was.
+    db.execute("ALTER TABLE frames ADD COLUMN redacted VARCHAR[]")
+
+
 def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations this database lacks; return their names."""
     db.execute(

@@ -28,6 +28,7 @@ from ocproxy.audit.auditor import Auditor
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened, FrameReceived, RecorderEvent
 from ocproxy.core.observe import ObservedFrame, observe
+from ocproxy.core.redaction import Redactor
 from ocproxy.errors import RecorderError
 from ocproxy.recorder import batches
 from ocproxy.recorder.migrations import migrate
@@ -64,6 +65,7 @@ class RecorderStats:
 
 
 _STOP = object()
+SECRETS_ONLY = Redactor()  # secrets out, driver identifiers kept
 _MIN_POLL_S = 0.002
 _MAX_POLL_S = 0.05
 _YIELD_EVERY = 32
@@ -83,6 +85,7 @@ class Recorder:
         flush_interval: float = 0.25,
         sinks: list[Sink] | None = None,
         auditor: Auditor | None = None,
+        redactor: Redactor | None = SECRETS_ONLY,
     ) -> None:
         self.path = Path(path)
         self.source = source
@@ -92,6 +95,8 @@ class Recorder:
         self.flush_interval = flush_interval
         self.sinks = list(sinks or [])
         self.auditor = auditor
+        # Secrets are always kept out; driver ids only with a key (see Redactor).
+        self.redactor = redactor
         self.stats = RecorderStats(run_id=str(uuid.uuid4()))
         # deque.append and popleft are atomic: the loop thread appends, the writer pops.
         self._pending: deque[object] = deque()
@@ -243,7 +248,7 @@ class Recorder:
     ) -> None:
         if isinstance(event, FrameReceived):
             correlator = correlators.setdefault(event.connection_id, Correlator())
-            frame = observe(event, correlator)
+            frame = observe(event, correlator, self.redactor)
             buffer.frames.append(frame)
             if self.auditor is not None:
                 buffer.findings.extend(self.auditor.frame(frame))
