@@ -71,12 +71,14 @@ def proxy_factory(db_path: Path) -> Callable[..., Any]:
     """
 
     @asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[tuple[RunningProxy, list[Recording]]]:
+    async def start(
+        recorder_options: dict[str, Any] | None = None, **overrides: Any
+    ) -> AsyncIterator[tuple[RunningProxy, list[Recording]]]:
         config = replace(
             ProxyConfig(listen_host="127.0.0.1", listen_port=0, db=str(db_path), quiet=True),
             **overrides,
         )
-        recorder = Recorder(db_path, flush_interval=0.05).start()
+        recorder = Recorder(db_path, flush_interval=0.05, **(recorder_options or {})).start()
         box: list[Recording] = []
         server = await ProxyServer(config, recorder).start()
         try:

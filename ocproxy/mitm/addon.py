@@ -71,12 +71,15 @@ _ANSWERS = frozenset({int(MessageType.CALLRESULT), int(MessageType.CALLERROR)})
 # Status the charger gets from mitmproxy when the CSMS cannot be reached.
 _BAD_GATEWAY = 502
 
+# mitmproxy's Loader.add_option is annotated ``typespec: type``; it takes Optional too.
+_OPTIONAL_STR = cast(type, str | None)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _command(name: str) -> Callable[[F], F]:
     """mitmproxy's ``@command.command``, typed so mypy --strict keeps checking the method."""
-    return cast(Callable[[F], F], command.command(name))  # type: ignore[no-untyped-call]
+    return cast(Callable[[F], F], command.command(name))
 
 
 def quantize(ts: float) -> float:
@@ -112,7 +115,11 @@ def subprotocol_set(spec: str) -> frozenset[str]:
 
 
 def injection_target(words: Iterable[str]) -> Direction:
-    """``()``/``charger`` -> to the charger; ``csms``, ``--to csms`` or ``--to=csms`` -> to the CSMS."""
+    """Where ``ocproxy.inject`` sends its CALL.
+
+    Nothing or ``charger``: to the charger; ``csms``, ``--to csms`` or ``--to=csms``: to
+    the CSMS (``--to charger`` works too).
+    """
     tokens = [w for word in words for w in word.replace("=", " ").split()]
     if tokens[:1] == ["--to"]:
         tokens = tokens[1:]
@@ -185,7 +192,7 @@ class OcproxyRecorder:
     def load(self, loader: Loader) -> None:
         loader.add_option(
             "ocproxy_db",
-            str | None,
+            _OPTIONAL_STR,
             None,
             "DuckDB file to record OCPP WebSocket traffic into (ocproxy's tables; created "
             "and migrated if needed, appended to otherwise). Unset: nothing is recorded.",
@@ -227,7 +234,7 @@ class OcproxyRecorder:
             try:
                 self._path_match = path_matcher(ctx.options.ocproxy_paths)
             except ValueError as exc:
-                raise exceptions.OptionsError(str(exc)) from exc
+                raise exceptions.OptionsError(str(exc)) from exc  # type: ignore[no-untyped-call]
         if "ocproxy_subprotocols" in updated:
             self._subprotocols = subprotocol_set(ctx.options.ocproxy_subprotocols)
         if "ocproxy_keep_messages" in updated:
@@ -376,7 +383,9 @@ class OcproxyRecorder:
         direction = Direction.TO_CSMS if message.from_client else Direction.TO_CHARGER
         injected = message.injected
         if live.pending and not injected and _answers_injected(live, content, direction):
-            message.drop()  # the answer to ocproxy.inject's CALL is for ocproxy only
+            # The answer to ocproxy.inject's CALL is for ocproxy only: not forwarded.
+            # (= message.drop(), which mitmproxy leaves unannotated.)
+            message.dropped = True
             injected = True
         event = FrameReceived(
             live.opened.connection_id,
@@ -413,7 +422,9 @@ class OcproxyRecorder:
             closed_by = ClosedBy.PROXY
         else:
             closed_by = ClosedBy.CHARGER if websocket.closed_by_client else ClosedBy.CSMS
-        self._submit(live, self._closed(live, websocket.close_code, websocket.close_reason, closed_by))
+        self._submit(
+            live, self._closed(live, websocket.close_code, websocket.close_reason, closed_by)
+        )
         if not self._keep_messages:
             websocket.messages.clear()
 
@@ -480,7 +491,9 @@ class OcproxyRecorder:
         self._submit(live, ConnectionClosed(opened.connection_id, wall_clock(), None, reason, by))
 
     @staticmethod
-    def _closed(live: _Live, code: int | None, reason: str | None, by: ClosedBy) -> ConnectionClosed:
+    def _closed(
+        live: _Live, code: int | None, reason: str | None, by: ClosedBy
+    ) -> ConnectionClosed:
         # The proxy records "" for a close without a reason (and for 1006).
         return ConnectionClosed(live.opened.connection_id, wall_clock(), code, reason or "", by)
 
