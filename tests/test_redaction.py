@@ -193,7 +193,7 @@ async def test_no_secret_reaches_the_database_file(
                         await server.send(call)
                         charger_got.append(str(await charger.recv()))
                         await charger.send(result)
-                        await wait_until(lambda: len(csms_got) > i, "the CSMS got the answer")
+                        await wait_until(lambda n=i: len(csms_got) > n, "the CSMS got the answer")
     # Forwarding is untouched: every secret arrived where it was sent.
     sent_to_charger = [
         json.dumps([3, f"m{i}", e[3]])
