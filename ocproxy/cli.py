@@ -120,6 +120,56 @@ def _add_proxy(commands: Any) -> None:
         metavar="SECONDS",
         help="the audit reports answers later than this as late-response (default 30)",
     )
+    tls = cmd.add_argument_group("TLS (security profiles 2 and 3)")
+    tls.add_argument(
+        "--tls-cert",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="serve wss:// with this certificate chain; repeat for RSA + ECDSA or other names "
+        "(chosen by SNI)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="the key of each --tls-cert, in the same order",
+    )
+    tls.add_argument(
+        "--client-ca",
+        metavar="PEM",
+        help="require charger certificates signed by this CA (profile 3); their subject, "
+        "serial and fingerprint are recorded",
+    )
+    tls.add_argument(
+        "--strict-client-cert",
+        action="store_true",
+        help="refuse (HTTP 403) a charger whose certificate names another identity "
+        "(default: record a finding)",
+    )
+    tls.add_argument(
+        "--upstream-ca",
+        metavar="PEM",
+        help="verify wss:// CSMSs against this CA bundle instead of the system store",
+    )
+    tls.add_argument(
+        "--insecure-upstream",
+        action="store_true",
+        help="do not verify the CSMS's certificate (lab only; recorded on every connection)",
+    )
+    tls.add_argument(
+        "--upstream-client-cert",
+        metavar="PEM",
+        help="the proxy's own client certificate towards the CSMS (per route in --config)",
+    )
+    tls.add_argument("--upstream-client-key", metavar="PEM", help="its key")
+    tls.add_argument(
+        "--forward-client-cert",
+        action="store_true",
+        help="pass the verified charger certificate upstream in X-Forwarded-Client-Cert "
+        "(a copy sent by the charger is always removed)",
+    )
     cmd.add_argument(
         "--keep-ids",
         action="store_true",
@@ -155,30 +205,47 @@ def _add_demo(commands: Any) -> None:
     cmd.set_defaults(func=_run_demo)
 
 
+# Command-line options that override the config file's value of the same name when given.
+_VALUE_OPTIONS = (
+    "db",
+    "connect_timeout",
+    "ping_timeout",
+    "max_message_size",
+    "queue_limit",
+    "audit",
+    "response_timeout",
+    "client_ca",
+    "upstream_ca",
+    "upstream_client_cert",
+    "upstream_client_key",
+)
+_FLAG_OPTIONS = (
+    "quiet",
+    "keep_ids",
+    "strict_client_cert",
+    "insecure_upstream",
+    "forward_client_cert",
+)
+
+
 def proxy_config(args: argparse.Namespace) -> ProxyConfig:
     """Options from --config, overridden by the command line."""
     config = load_config(args.config) if args.config else ProxyConfig(listen_host="0.0.0.0")
+    overrides: dict[str, Any] = {}
     if args.config is None or args.listen is not None:
         host, port = parse_listen(args.listen or "0.0.0.0:9000")
-        config = replace(config, listen_host=host, listen_port=port)
-    overrides = {
-        "upstream": args.upstream and check_ws_url(args.upstream),
-        "db": args.db,
-        "connect_timeout": args.connect_timeout,
-        "ping_timeout": args.ping_timeout,
-        "max_message_size": args.max_message_size,
-        "queue_limit": args.queue_limit,
-        "audit": args.audit,
-        "response_timeout": args.response_timeout,
-    }
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        overrides.update(listen_host=host, listen_port=port)
+    if args.upstream is not None:
+        overrides["upstream"] = check_ws_url(args.upstream)
+    overrides.update(
+        {name: getattr(args, name) for name in _VALUE_OPTIONS if getattr(args, name) is not None}
+    )
+    overrides.update({name: True for name in _FLAG_OPTIONS if getattr(args, name)})
     if args.ping_interval is not None:
-        config = replace(config, ping_interval=args.ping_interval or None)
-    if args.quiet:
-        config = replace(config, quiet=True)
-    if args.keep_ids:
-        config = replace(config, keep_ids=True)
-    return config.validate()
+        overrides["ping_interval"] = args.ping_interval or None
+    if args.tls_cert or args.tls_key:
+        overrides.update(tls_cert=tuple(args.tls_cert), tls_key=tuple(args.tls_key))
+    return replace(config, **overrides).validate()
 
 
 def _run_proxy(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def test_bad_command_line_is_one_line_and_exit_2(
     [
         ("listen = ", "not valid TOML"),
         ('upstream = "ws://x"\nbogus = 1', "unknown key(s) bogus"),
-        ('[[route]]\nidentity = "A*"', "each [[route]] needs exactly identity and upstream"),
+        ('[[route]]\nidentity = "A*"', "each [[route]] needs identity and upstream"),
         ('upstream = "ws://x"\nping_interval = "fast"', "ping_interval must be a number"),
         ('[[route]]\nidentity = "A*"\nupstream = "https://x"', "not a ws:// or wss:// URL"),
     ],

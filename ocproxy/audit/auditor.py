@@ -63,6 +63,10 @@ class _Connection:
     last_heartbeat: float | None = None
     last_to_csms: float | None = None
     sent_malformed: set[Direction] = field(default_factory=set)
+    # ids of this connection's CALLs still waiting for an answer, per direction
+    pending: dict[Direction, set[str]] = field(
+        default_factory=lambda: {d: set() for d in Direction}
+    )
 
 
 class Auditor:
@@ -102,7 +106,10 @@ class Auditor:
     # -- per frame ----------------------------------------------------------------
 
     def _malformed(self, state: _Connection, observed: ObservedFrame, found: _Found) -> None:
-        state.sent_malformed.add(Direction(observed.direction))
+        direction = Direction(observed.direction)
+        state.sent_malformed.add(direction)
+        if observed.latency_ms is not None and observed.message_id is not None:
+            state.pending[direction.reverse].discard(observed.message_id)  # a broken answer
         status = ParseStatus(observed.parse_status)
         rule = _PARSE_RULES.get(status, "malformed-frame")
         found.add(rule, f"{status}: {observed.parse_detail or ''}".rstrip(": "))
@@ -138,11 +145,18 @@ class Auditor:
         version = state.version
         direction = Direction(observed.direction)
         self._unique_id(state, direction, frame, found)
-        if isinstance(frame, Call) and observed.outstanding:
+        outstanding = observed.outstanding
+        if isinstance(frame, Call):
+            # A CALL repeating the id of an unanswered one replaces it in the correlator,
+            # which counted it as outstanding all the same: a retry is no second CALL.
+            pending = state.pending[direction]
+            outstanding -= frame.message_id in pending
+            pending.add(frame.message_id)
+        if isinstance(frame, Call) and outstanding > 0:
             severity = Severity.WARNING if version is OcppVersion.V16 else Severity.ERROR
             found.add(
                 "outstanding-call",
-                f"{frame.action} sent while {observed.outstanding} CALL(s) in the same "
+                f"{frame.action} sent while {outstanding} CALL(s) in the same "
                 "direction were still unanswered",
                 severity=severity,
             )
@@ -188,13 +202,18 @@ class Auditor:
         if pairing == "unknown_id":
             if not error:
                 found.add("unknown-response-id", f"no CALL with id {message_id!r} to answer")
-            elif not (message_id == "-1" and direction.reverse in state.sent_malformed):
+            elif not (
+                message_id == "-1"
+                and state.version is not OcppVersion.V16  # 2.x's rule
+                and direction.reverse in state.sent_malformed
+            ):
                 found.add("callerror-without-call", f"no CALL with id {message_id!r} to answer")
         elif pairing == "duplicate":
             found.add("duplicate-response", f"{observed.action} {message_id!r} already answered")
         elif pairing == "answers_send":
             found.add("response-to-send", f"answers the SEND {observed.action} {message_id!r}")
         elif observed.latency_ms is not None:
+            state.pending[direction.reverse].discard(message_id)
             scope = state.ids[direction.reverse]
             if message_id in scope:
                 scope[message_id] = True
@@ -284,12 +303,34 @@ def _payload_checks(
     for path, value in naive.items():
         found.add("timestamp-without-zone", f"{path} is {value!r}, without a zone", path=path)
     violation = schemas.validate(version, action, payload, response=response)
-    # A naive timestamp also fails the schema's date-time format: report it once.
+    # A naive timestamp also fails the schema's date-time format: report it once, and
+    # look past it (the validator stops at the first violation) for any other one.
+    zoned: set[str] = set()
+    while (
+        violation is not None
+        and violation.rule == "schema-format"
+        and violation.path in naive
+        and violation.path not in zoned
+    ):
+        zoned.add(violation.path)
+        patched = _with_zone(payload, zoned)
+        violation = schemas.validate(version, action, patched, response=response)
     if violation is not None and not (
         violation.rule == "schema-format" and violation.path in naive
     ):
         kind = "response" if response else "request"
         found.add(violation.rule, f"{action} {kind}: {violation.message}", path=violation.path)
+
+
+def _with_zone(value: Any, paths: set[str], path: str = "$") -> Any:
+    """A copy of ``value`` with a zoned timestamp at each of ``paths``."""
+    if path in paths:
+        return "1970-01-01T00:00:00Z"
+    if isinstance(value, dict):
+        return {k: _with_zone(v, paths, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_zone(v, paths, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
 def _connection_findings(event: ConnectionOpened, version: OcppVersion | None) -> list[Finding]:
@@ -310,6 +351,12 @@ def _connection_findings(event: ConnectionOpened, version: OcppVersion | None) -
     problem = checks.identity_problem(version, event.identity)
     if problem is not None:
         add("identity-invalid", problem)
+    common_name = event.client_cert_common_name
+    if event.client_cert_subject is not None and common_name != event.identity:
+        add(
+            "client-cert-identity-mismatch",
+            f"client certificate is issued to {common_name!r}, identity is {event.identity!r}",
+        )
     username = checks.recorded_basic_username(event.request_headers)
     if username is not None and username != event.identity:
         add(

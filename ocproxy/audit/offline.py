@@ -21,6 +21,7 @@ from ocproxy.core.observe import observe
 from ocproxy.errors import ConfigError
 
 _REQUIRED = {"m001_initial"}
+_DUCKDB_MAGIC = b"DUCK"  # at offset 8 of every DuckDB database file
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,20 @@ def open_recording(path: str | Path) -> duckdb.DuckDBPyConnection:
     """Open an ocproxy recording read-only; a ConfigError names what is wrong with it."""
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such recording")
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+    if header[8:12] != _DUCKDB_MAGIC:
+        # Checked first: DuckDB would open a SQLite file (say) through an extension it
+        # downloads on the spot.
+        raise ConfigError(f"{path} is not a DuckDB database")
     try:
-        db = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
-        raise ConfigError(f"{path} is not a DuckDB database: {_first_line(exc)}") from exc
+        db = duckdb.connect(
+            str(path),
+            read_only=True,
+            config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+        )
+    except duckdb.Error as exc:  # e.g. locked by the proxy still recording into it
+        raise ConfigError(f"cannot open {path}: {_first_line(exc)}") from exc
     tables = {
         row[0] for row in db.execute("SELECT table_name FROM information_schema.tables").fetchall()
     }
@@ -88,7 +99,11 @@ def _events(
 ) -> Iterator[ConnectionOpened | FrameReceived | ConnectionClosed]:
     """Opens, frames and closes in the order the live recorder saw them."""
     where, params = _scope_sql(scope)
-    opens = [_opened(row) for row in _rows(db, _OPENS_SQL.format(where=where), params)]
+    present = {row[0] for row in db.execute("DESCRIBE connections").fetchall()}
+    # Recordings made before m005 have no TLS columns: read them as NULL.
+    tls_columns = ", ".join(c if c in present else f"NULL AS {c}" for c in _TLS_COLUMNS)
+    opens_sql = _OPENS_SQL.format(where=where, tls_columns=tls_columns)
+    opens = [_opened(row) for row in _rows(db, opens_sql, params)]
     closes = [_closed(row) for row in _rows(db, _CLOSES_SQL.format(where=where), params)]
     frames = (_frame(row) for row in _rows(db, _FRAMES_SQL.format(where=where), params))
     # Sorted by (ts, kind): an open precedes its first frame, a close follows its last.
@@ -115,9 +130,10 @@ def _scope_sql(scope: AuditScope) -> tuple[str, dict[str, Any]]:
 _OPENS_SQL = """
 SELECT connection_id, epoch_us(opened_at) AS us, identity, path, remote_addr,
        offered_subprotocols, subprotocol, upstream_url, handshake_status,
-       request_headers::VARCHAR AS request_headers
+       request_headers::VARCHAR AS request_headers, {tls_columns}
 FROM connections WHERE {where} ORDER BY opened_at, connection_id
 """
+_TLS_COLUMNS = ("client_cert_subject", "client_cert_common_name")
 _CLOSES_SQL = """
 SELECT connection_id, epoch_us(closed_at) AS us, close_code, close_reason, closed_by
 FROM connections WHERE closed_at IS NOT NULL AND {where} ORDER BY closed_at, connection_id
@@ -150,6 +166,8 @@ def _opened(row: tuple[Any, ...]) -> ConnectionOpened:
         upstream_url=row[7],
         handshake_status=row[8],
         request_headers=headers,
+        client_cert_subject=row[10],
+        client_cert_common_name=row[11],
     )
 
 

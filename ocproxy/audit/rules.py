@@ -205,6 +205,16 @@ RULES: dict[str, Rule] = {
             identity; CSMSs that check it will refuse the connection.""",
         ),
         _rule(
+            "client-cert-identity-mismatch",
+            E,
+            "Client certificate names another identity",
+            """
+            In security profile 3 the charger's certificate subject common name must be its
+            identity (the last URL path segment). A mismatch means a certificate shared
+            between chargers or a charger configured with another's identity;
+            --strict-client-cert refuses such connections.""",
+        ),
+        _rule(
             "timestamp-without-zone",
             E,
             "Timestamp without a time zone",

@@ -36,6 +36,13 @@ class ConnectionOpened:
     source: str = "proxy"
     run_id: str | None = None
     replay_of: str | None = None  # the recorded connection this one replays
+    tls_version: str | None = None  # the charger leg's, e.g. "TLSv1.3"; None for ws://
+    # The verified charger certificate (security profile 3).
+    client_cert_subject: str | None = None
+    client_cert_common_name: str | None = None
+    client_cert_serial: str | None = None
+    client_cert_fingerprint: str | None = None
+    insecure_upstream: bool = False  # the CSMS's certificate was not verified (lab only)
 
 
 @dataclass(frozen=True, slots=True)

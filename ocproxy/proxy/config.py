@@ -30,6 +30,9 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 class Route:
     identity: str  # fnmatch pattern, case-sensitive like identities
     upstream: str
+    # The proxy's own client certificate towards this route's CSMS (profile 3).
+    client_cert: str | None = None
+    client_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,17 @@ class ProxyConfig:
     keep_ids: bool = False
     # Key for pseudonymising driver ids; else $OCPROXY_ID_KEY, else a per-user key file.
     id_key: str | None = None
+    # TLS towards chargers (profiles 2 and 3).
+    tls_cert: tuple[str, ...] = ()
+    tls_key: tuple[str, ...] = ()
+    client_ca: str | None = None
+    strict_client_cert: bool = False
+    # TLS towards the CSMS.
+    upstream_ca: str | None = None
+    insecure_upstream: bool = False
+    upstream_client_cert: str | None = None
+    upstream_client_key: str | None = None
+    forward_client_cert: bool = False
     settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def upstream_for(self, identity: str) -> str | None:
@@ -59,6 +73,13 @@ class ProxyConfig:
             if fnmatch.fnmatchcase(identity, route.identity):
                 return route.upstream
         return self.upstream
+
+    def client_cert_for(self, identity: str) -> tuple[str | None, str | None]:
+        """The proxy's client certificate and key towards this identity's CSMS."""
+        for route in self.routes:
+            if fnmatch.fnmatchcase(identity, route.identity) and route.client_cert:
+                return route.client_cert, route.client_key
+        return self.upstream_client_cert, self.upstream_client_key
 
     def validate(self) -> ProxyConfig:
         if self.upstream is None and not self.routes:
@@ -70,6 +91,10 @@ class ProxyConfig:
         for name in (*positive, "response_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
+        if len(self.tls_cert) != len(self.tls_key):
+            raise ConfigError("give one --tls-key for each --tls-cert, in the same order")
+        if self.client_ca and not self.tls_cert:
+            raise ConfigError("--client-ca needs --tls-cert/--tls-key (mutual TLS is TLS)")
         if not 0 <= self.listen_port <= 65535:
             raise ConfigError(f"listen port {self.listen_port} is out of range")
         return self
@@ -110,7 +135,17 @@ _FILE_KEYS = {
     "response_timeout",
     "keep_ids",
     "id_key",
+    "tls_cert",
+    "tls_key",
+    "client_ca",
+    "strict_client_cert",
+    "upstream_ca",
+    "insecure_upstream",
+    "upstream_client_cert",
+    "upstream_client_key",
+    "forward_client_cert",
 }
+_ROUTE_KEYS = {"identity", "upstream", "client_cert", "client_key"}
 
 
 def load_config(path: str | Path) -> ProxyConfig:
@@ -135,10 +170,20 @@ def _from_mapping(data: dict[str, Any], origin: str) -> ProxyConfig:
         values["listen_host"], values["listen_port"] = parse_listen(str(data["listen"]))
     routes = data.get("route", [])
     if not isinstance(routes, list) or not all(
-        isinstance(r, dict) and set(r) == {"identity", "upstream"} for r in routes
+        isinstance(r, dict) and {"identity", "upstream"} <= set(r) <= _ROUTE_KEYS for r in routes
     ):
-        raise ConfigError(f"config {origin}: each [[route]] needs exactly identity and upstream")
-    values["routes"] = tuple(Route(str(r["identity"]), str(r["upstream"])) for r in routes)
+        raise ConfigError(
+            f"config {origin}: each [[route]] needs identity and upstream "
+            "(and may have client_cert, client_key)"
+        )
+    values["routes"] = tuple(
+        Route(str(r["identity"]), str(r["upstream"]), r.get("client_cert"), r.get("client_key"))
+        for r in routes
+    )
+    for key in ("tls_cert", "tls_key"):
+        if key in data:
+            value = data.pop(key)
+            values[key] = tuple(value) if isinstance(value, list) else (str(value),)
     known = {f.name: f for f in fields(ProxyConfig)}
     for key, value in data.items():
         if key in known and key not in ("routes",):

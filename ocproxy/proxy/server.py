@@ -31,7 +31,14 @@ from ocproxy.errors import ProxyError
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
 from ocproxy.proxy.relay import Session
-from ocproxy.proxy.upstream import Refusal, copy_response_headers, not_found, open_csms_leg
+from ocproxy.proxy.tls import PeerCertificate, peer_certificate, server_context
+from ocproxy.proxy.upstream import (
+    Refusal,
+    copy_response_headers,
+    forbidden,
+    not_found,
+    open_csms_leg,
+)
 from ocproxy.recorder import Recorder
 
 # Recorded as the handshake status of a charger that hung up before it got an answer
@@ -48,6 +55,7 @@ class _Handshake:
     offered: list[str]
     upstream_url: str | None
     opened_at: float
+    peer: PeerCertificate | None = None
     csms: CsmsLeg | None = None
 
 
@@ -78,11 +86,19 @@ class ProxyServer:
 
     async def start(self) -> ProxyServer:
         config = self.config
+        tls = (
+            server_context(
+                list(zip(config.tls_cert, config.tls_key, strict=True)), config.client_ca
+            )
+            if config.tls_cert
+            else None
+        )
         try:
             self._server = await serve(
                 self._handle,
                 config.listen_host,
                 config.listen_port,
+                ssl=tls,
                 process_request=self._process_request,
                 process_response=self._process_response,
                 select_subprotocol=self._select_subprotocol,
@@ -128,12 +144,20 @@ class ProxyServer:
         base = self.config.upstream_for(identity)
         url = None if base is None else build_upstream_url(base, request.path)
         shake = _Handshake(str(uuid.uuid4()), identity, offered, url, self.clock())
+        shake.peer = peer_certificate(charger.transport.get_extra_info("ssl_object"))
+        refusal = self._client_cert_refusal(shake)
+        if refusal is not None:
+            self._record_open(charger, request, shake, refusal)
+            self._record_refusal(shake, ClosedBy.PROXY, "client certificate does not match")
+            return refusal
         if url is None:
             response = not_found(f"no upstream configured for identity {identity!r}")
             self._record_open(charger, request, shake, response)
             self._record_refusal(shake, ClosedBy.PROXY, "no upstream for this identity")
             return response
-        outcome = await open_csms_leg(url, request, offered, self.config)
+        outcome = await open_csms_leg(
+            url, request, offered, self.config, identity=identity, peer=shake.peer
+        )
         if isinstance(outcome, Refusal):
             self._record_open(charger, request, shake, outcome.response)
             self._record_refusal(shake, outcome.refused_by, outcome.detail)
@@ -142,6 +166,18 @@ class ProxyServer:
         self._handshakes[charger] = shake
         charger.connection_lost_waiter.add_done_callback(lambda _: self._abandon(charger))
         return None
+
+    def _client_cert_refusal(self, shake: _Handshake) -> Response | None:
+        """With --strict-client-cert, a certificate issued to another identity is refused."""
+        peer = shake.peer
+        if not self.config.strict_client_cert or peer is None:
+            return None
+        if peer.common_name == shake.identity:
+            return None
+        return forbidden(
+            f"client certificate is issued to {peer.common_name!r}, "
+            f"not to identity {shake.identity!r}"
+        )
 
     def _select_subprotocol(
         self, charger: ServerConnection, offered: Sequence[Subprotocol]
@@ -205,6 +241,7 @@ class ProxyServer:
         self, charger: ServerConnection, request: Request, shake: _Handshake, response: Response
     ) -> None:
         remote = charger.remote_address
+        peer = shake.peer
         self.recorder.submit(
             ConnectionOpened(
                 connection_id=shake.connection_id,
@@ -219,8 +256,23 @@ class ProxyServer:
                 request_headers=tuple(headers_for_record(request.headers.raw_items())),
                 response_headers=tuple(response.headers.raw_items()),
                 run_id=self.recorder.run_id,
+                tls_version=_tls_version(charger),
+                client_cert_subject=peer.subject if peer else None,
+                client_cert_common_name=peer.common_name if peer else None,
+                client_cert_serial=peer.serial if peer else None,
+                client_cert_fingerprint=peer.fingerprint_sha256 if peer else None,
+                insecure_upstream=bool(
+                    self.config.insecure_upstream
+                    and shake.upstream_url
+                    and shake.upstream_url.startswith("wss:")
+                ),
             )
         )
 
     def _record_refusal(self, shake: _Handshake, by: ClosedBy, detail: str) -> None:
         self.recorder.submit(ConnectionClosed(shake.connection_id, self.clock(), None, detail, by))
+
+
+def _tls_version(charger: ServerConnection) -> str | None:
+    ssl_object = charger.transport.get_extra_info("ssl_object")
+    return None if ssl_object is None else str(ssl_object.version())

@@ -20,6 +20,9 @@ from ocproxy.core.events import ClosedBy
 from ocproxy.core.handshake import end_to_end_headers
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.legs import CsmsLeg
+from ocproxy.proxy.tls import PeerCertificate, forwarded_client_cert, upstream_context
+
+_CLIENT_CERT_HEADERS = frozenset({"x-forwarded-client-cert", "client-cert", "client-cert-chain"})
 
 # Response headers websockets writes itself on the charger leg.
 _OWN_RESPONSE_HEADERS = frozenset({"date", "content-type"})
@@ -34,15 +37,41 @@ class Refusal:
     refused_by: ClosedBy
 
 
+def csms_request_headers(
+    request: Request, peer: PeerCertificate | None, forward_client_cert: bool
+) -> list[tuple[str, str]]:
+    """The charger's end-to-end headers, without any client-certificate header it sent
+    (only the proxy vouches for a certificate), plus the verified one if asked to."""
+    headers = [
+        (name, value)
+        for name, value in end_to_end_headers(request.headers.raw_items())
+        if name.lower() not in _CLIENT_CERT_HEADERS
+    ]
+    if forward_client_cert and peer is not None:
+        headers.append(("X-Forwarded-Client-Cert", forwarded_client_cert(peer)))
+    return headers
+
+
 async def open_csms_leg(
-    url: str, request: Request, offered: list[str], config: ProxyConfig
+    url: str,
+    request: Request,
+    offered: list[str],
+    config: ProxyConfig,
+    *,
+    identity: str = "",
+    peer: PeerCertificate | None = None,
 ) -> CsmsLeg | Refusal:
     """Connect to the CSMS offering the charger's subprotocols and end-to-end headers."""
+    tls = None
+    if url.startswith("wss:"):
+        cert, key = config.client_cert_for(identity)
+        tls = upstream_context(config.upstream_ca, cert, key, config.insecure_upstream)
     try:
         leg = await connect(
             url,
+            ssl=tls,
             subprotocols=[Subprotocol(p) for p in offered] or None,
-            additional_headers=end_to_end_headers(request.headers.raw_items()),
+            additional_headers=csms_request_headers(request, peer, config.forward_client_cert),
             user_agent_header=None,  # the charger's own User-Agent, if any, is forwarded
             open_timeout=config.connect_timeout,
             ping_interval=config.ping_interval,
@@ -77,6 +106,10 @@ def mirror_refusal(upstream: Response) -> Response:
 
 def bad_gateway(detail: str) -> Response:
     return _plain(http.HTTPStatus.BAD_GATEWAY, f"{detail}\n")
+
+
+def forbidden(detail: str) -> Response:
+    return _plain(http.HTTPStatus.FORBIDDEN, f"{detail}\n")
 
 
 def not_found(detail: str) -> Response:

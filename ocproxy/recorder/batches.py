@@ -102,7 +102,7 @@ def _append_opens(
 ) -> None:
     # Opens and closes are few (one per connection), so executemany is fast enough.
     db.executemany(
-        "INSERT INTO connection_opens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO connection_opens VALUES ({', '.join('?' * 21)})",
         [
             [
                 e.connection_id,
@@ -120,6 +120,12 @@ def _append_opens(
                 json.dumps([list(h) for h in e.request_headers]),
                 json.dumps([list(h) for h in e.response_headers]),
                 e.replay_of,
+                e.tls_version,
+                e.client_cert_subject,
+                e.client_cert_common_name,
+                e.client_cert_serial,
+                e.client_cert_fingerprint,
+                e.insecure_upstream,
             ]
             for e in opens
         ],

@@ -134,6 +134,23 @@ def m004_redaction(db: duckdb.DuckDBPyConnection) -> None:
     db.execute("ALTER TABLE frames ADD COLUMN redacted VARCHAR[]")
 
 
+@migration
+def m005_tls(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(
+        """
+        ALTER TABLE connection_opens ADD COLUMN tls_version VARCHAR;
+        ALTER TABLE connection_opens ADD COLUMN client_cert_subject VARCHAR;
+        ALTER TABLE connection_opens ADD COLUMN client_cert_common_name VARCHAR;
+        ALTER TABLE connection_opens ADD COLUMN client_cert_serial VARCHAR;
+        ALTER TABLE connection_opens ADD COLUMN client_cert_fingerprint VARCHAR;
+        ALTER TABLE connection_opens ADD COLUMN insecure_upstream BOOLEAN DEFAULT false;
+        CREATE OR REPLACE VIEW connections AS
+            SELECT o.*, c.closed_at, c.close_code, c.close_reason, c.closed_by
+            FROM connection_opens o LEFT JOIN connection_closes c USING (connection_id);
+        """
+    )
+
+
 def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations this database lacks; return their names."""
     db.execute(
