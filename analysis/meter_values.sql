@@ -12,96 +12,121 @@ WITH conn AS (
     WHERE $identity IS NULL OR identity = $identity
 ),
 carriers AS (
-    -- Only the frames that carry meter values are parsed (filtered on action first).
+    -- Only the frames that carry meter values are parsed (filtered on action first),
+    -- each once, into a struct that covers both versions' shapes. from_json is lenient:
+    -- a field of the wrong shape becomes NULL instead of failing the query.
     SELECT
         c.identity,
         c.ocpp_version,
         f.ts,
         f.seq,
         f.action AS source,
-        CASE f.action
-            WHEN 'TransactionEvent' THEN f.payload ->> '$.transactionInfo.transactionId'
-            ELSE f.payload ->> '$.transactionId'
-        END AS transaction_id,
-        TRY_CAST(coalesce(f.payload ->> '$.evseId', f.payload ->> '$.evse.id') AS INTEGER)
-            AS evse_id,
-        TRY_CAST(
-            coalesce(f.payload ->> '$.connectorId', f.payload ->> '$.evse.connectorId') AS INTEGER
-        ) AS connector_id,
-        CASE f.action
-            WHEN 'StopTransaction' THEN json_extract(f.payload, '$.transactionData[*]')
-            ELSE json_extract(f.payload, '$.meterValue[*]')
-        END AS meter_values
+        from_json(
+            f.payload,
+            '{"transactionId": "VARCHAR", "evseId": "VARCHAR", "connectorId": "VARCHAR",
+              "transactionInfo": {"transactionId": "VARCHAR"},
+              "evse": {"id": "VARCHAR", "connectorId": "VARCHAR"},
+              "meterValue": [{"timestamp": "VARCHAR", "sampledValue": [{"value": "JSON",
+                  "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR",
+                  "context": "VARCHAR", "format": "VARCHAR", "unit": "VARCHAR",
+                  "unitOfMeasure": {"unit": "VARCHAR", "multiplier": "VARCHAR"}}]}],
+              "transactionData": [{"timestamp": "VARCHAR", "sampledValue": [{"value": "JSON",
+                  "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR",
+                  "context": "VARCHAR", "format": "VARCHAR", "unit": "VARCHAR"}]}]}'
+        ) AS p
     FROM frames AS f
     JOIN conn AS c USING (connection_id)
     WHERE f.message_type = 2
         AND f.action IN ('MeterValues', 'StopTransaction', 'TransactionEvent')
 ),
-filled AS (
-    -- 2.x names the EVSE only in the first TransactionEvent of a transaction.
+located AS (
     SELECT
-        * EXCLUDE (evse_id, connector_id),
-        CASE WHEN transaction_id IS NULL THEN evse_id
-            ELSE coalesce(evse_id, max(evse_id) OVER tx) END AS evse_id,
-        CASE WHEN transaction_id IS NULL THEN connector_id
-            ELSE coalesce(connector_id, max(connector_id) OVER tx) END AS connector_id
+        identity,
+        ocpp_version,
+        ts,
+        seq,
+        source,
+        coalesce(p.transactionInfo.transactionId, p.transactionId) AS transaction_id,
+        TRY_CAST(coalesce(p.evseId, p.evse.id) AS INTEGER) AS evse_id,
+        TRY_CAST(coalesce(p.connectorId, p.evse.connectorId) AS INTEGER) AS connector_id,
+        coalesce(
+            CASE source WHEN 'StopTransaction' THEN p.transactionData ELSE p.meterValue END, []
+        ) AS meter_values
     FROM carriers
     -- A StopTransaction may omit its meter values: it then carries none, legally.
-    WHERE NOT (source = 'StopTransaction' AND len(meter_values) = 0)
-    WINDOW tx AS (PARTITION BY identity, transaction_id)
+    WHERE NOT (source = 'StopTransaction' AND coalesce(len(p.transactionData), 0) = 0)
+),
+evses AS (
+    -- 2.x names the EVSE only in the first TransactionEvent of a transaction: a small
+    -- lookup (a join, not a window over every row) fills it in for the others.
+    SELECT identity, transaction_id, max(evse_id) AS evse_id, max(connector_id) AS connector_id
+    FROM located
+    WHERE source = 'TransactionEvent' AND evse_id IS NOT NULL AND transaction_id IS NOT NULL
+    GROUP BY identity, transaction_id
+),
+filled AS (
+    SELECT
+        l.* EXCLUDE (evse_id, connector_id),
+        coalesce(l.evse_id, e.evse_id) AS evse_id,
+        coalesce(l.connector_id, e.connector_id) AS connector_id
+    FROM located AS l
+    LEFT JOIN evses AS e USING (identity, transaction_id)
 ),
 readings AS (
     -- An empty list still yields one row (NULL), so a violation is counted, not lost.
     SELECT
         * EXCLUDE (meter_values),
-        unnest(CASE WHEN len(meter_values) = 0 THEN [NULL::JSON] ELSE meter_values END)
-            AS meter_value
+        unnest(CASE WHEN len(meter_values) = 0 THEN [NULL] ELSE meter_values END) AS mv
     FROM filled
 ),
 samples AS (
     SELECT
-        * EXCLUDE (meter_value),
-        meter_value ->> '$.timestamp' AS sampled_text,
+        * EXCLUDE (mv),
+        mv.timestamp AS sampled_text,
         unnest(
-            CASE
-                WHEN len(json_extract(meter_value, '$.sampledValue[*]')) = 0 THEN [NULL::JSON]
-                ELSE json_extract(meter_value, '$.sampledValue[*]')
-            END
+            CASE WHEN coalesce(len(mv.sampledValue), 0) = 0 THEN [NULL] ELSE mv.sampledValue END
         ) AS sv
     FROM readings
+),
+valued AS (
+    SELECT
+        *,
+        -- The value as JSON text: a 2.x number (1500) or a 1.6 string ("1500").
+        sv.value::VARCHAR AS value_text,
+        TRY_CAST(trim(sv.value::VARCHAR, '"') AS DOUBLE) AS value_number,
+        TRY_CAST(sampled_text AS TIMESTAMPTZ) AS sampled_at
+    FROM samples
 )
 SELECT
     identity,
     ocpp_version,
     ts AS recorded_at,
-    TRY_CAST(sampled_text AS TIMESTAMPTZ) AS sampled_at,
+    sampled_at,
     source,
     transaction_id,
     evse_id,
     connector_id,
-    coalesce(sv ->> '$.measurand', 'Energy.Active.Import.Register') AS measurand,
-    sv ->> '$.phase' AS phase,
-    coalesce(sv ->> '$.location', 'Outlet') AS location,
-    coalesce(sv ->> '$.unit', sv ->> '$.unitOfMeasure.unit', 'Wh') AS unit,
-    coalesce(TRY_CAST(sv ->> '$.unitOfMeasure.multiplier' AS INTEGER), 0) AS multiplier,
-    coalesce(sv ->> '$.context', 'Sample.Periodic') AS context,
-    TRY_CAST(sv ->> '$.value' AS DOUBLE) AS value,
+    coalesce(sv.measurand, 'Energy.Active.Import.Register') AS measurand,
+    sv.phase AS phase,
+    coalesce(sv.location, 'Outlet') AS location,
+    coalesce(sv.unit, sv.unitOfMeasure.unit, 'Wh') AS unit,
+    coalesce(TRY_CAST(sv.unitOfMeasure.multiplier AS INTEGER), 0) AS multiplier,
+    coalesce(sv.context, 'Sample.Periodic') AS context,
+    value_number AS value,
     list_filter(
         [
             CASE WHEN sv IS NULL THEN 'no sampled value' END,
-            CASE WHEN sv IS NOT NULL AND sv ->> '$.value' IS NULL THEN 'value missing' END,
+            CASE WHEN sv IS NOT NULL AND value_text IS NULL THEN 'value missing' END,
             -- 1.6 signed values are not numbers, legally.
-            CASE WHEN sv ->> '$.value' IS NOT NULL
-                AND TRY_CAST(sv ->> '$.value' AS DOUBLE) IS NULL
-                AND coalesce(sv ->> '$.format', 'Raw') <> 'SignedData'
-                THEN 'value is not a number' END,
-            CASE WHEN ocpp_version <> '1.6' AND json_type(sv, '$.value') = 'VARCHAR'
+            CASE WHEN value_text IS NOT NULL AND value_number IS NULL
+                AND coalesce(sv.format, 'Raw') <> 'SignedData' THEN 'value is not a number' END,
+            CASE WHEN ocpp_version <> '1.6' AND starts_with(value_text, '"')
                 THEN 'value is a string, not a number' END,
-            CASE WHEN sampled_text IS NOT NULL AND TRY_CAST(sampled_text AS TIMESTAMPTZ) IS NULL
+            CASE WHEN sampled_text IS NOT NULL AND sampled_at IS NULL
                 THEN 'timestamp is not a date-time' END,
             CASE WHEN sv IS NOT NULL AND sampled_text IS NULL THEN 'timestamp missing' END
         ],
         lambda x: x IS NOT NULL
     ) AS issues
-FROM samples
+FROM valued
 ORDER BY identity, coalesce(sampled_at, recorded_at), recorded_at, seq

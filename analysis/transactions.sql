@@ -13,28 +13,50 @@ WITH conn AS (
     WHERE $identity IS NULL OR identity = $identity
 ),
 tx_frames AS (
-    -- Filter on the derived columns first: only these frames' payloads are parsed.
-    SELECT c.identity, c.ocpp_version, f.connection_id, f.seq, f.ts, f.action,
-        f.message_type, f.request_seq, f.payload
+    -- Filter on the derived columns first; only these frames' payloads are parsed, each
+    -- once, into a struct covering every shape involved. from_json is lenient: a field
+    -- of the wrong shape becomes NULL. Fields whose type is checked are kept as JSON
+    -- text (1 or "1"). 2.x MeterValues carry no transaction: they are not read.
+    SELECT
+        c.identity,
+        c.ocpp_version,
+        f.connection_id,
+        f.seq,
+        f.ts,
+        f.action,
+        f.message_type,
+        f.request_seq,
+        from_json(
+            f.payload,
+            '{"connectorId": "JSON", "idTag": "VARCHAR", "meterStart": "JSON",
+              "meterStop": "JSON", "timestamp": "VARCHAR", "transactionId": "JSON",
+              "reason": "VARCHAR", "eventType": "VARCHAR",
+              "transactionInfo": {"transactionId": "VARCHAR", "stoppedReason": "VARCHAR"},
+              "evse": {"id": "JSON", "connectorId": "VARCHAR"},
+              "idToken": {"idToken": "VARCHAR", "type": "VARCHAR"},
+              "meterValue": [{"timestamp": "VARCHAR", "sampledValue": [{"value": "VARCHAR",
+                  "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR",
+                  "unit": "VARCHAR", "unitOfMeasure": {"unit": "VARCHAR",
+                  "multiplier": "VARCHAR"}}]}],
+              "transactionData": [{"timestamp": "VARCHAR", "sampledValue": [{"value": "VARCHAR",
+                  "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR",
+                  "unit": "VARCHAR"}]}]}'
+        ) AS p
     FROM frames AS f
     JOIN conn AS c USING (connection_id)
     WHERE f.action IN ('StartTransaction', 'StopTransaction', 'MeterValues', 'TransactionEvent')
         AND (f.message_type = 2 OR (f.message_type = 3 AND f.action = 'StartTransaction'))
+        AND NOT (f.action = 'MeterValues' AND c.ocpp_version IS DISTINCT FROM '1.6')
 ),
 meter_values AS (
     SELECT
         identity,
         seq,
         ts,
-        CASE action
-            WHEN 'TransactionEvent' THEN payload ->> '$.transactionInfo.transactionId'
-            ELSE payload ->> '$.transactionId'
-        END AS transaction_id,
+        coalesce(p.transactionInfo.transactionId, trim(p.transactionId::VARCHAR, '"'))
+            AS transaction_id,
         unnest(
-            CASE action
-                WHEN 'StopTransaction' THEN json_extract(payload, '$.transactionData[*]')
-                ELSE json_extract(payload, '$.meterValue[*]')
-            END
+            CASE action WHEN 'StopTransaction' THEN p.transactionData ELSE p.meterValue END
         ) AS mv
     FROM tx_frames
     WHERE message_type = 2 AND action IN ('MeterValues', 'StopTransaction', 'TransactionEvent')
@@ -44,8 +66,8 @@ sampled AS (
         identity,
         transaction_id,
         seq,
-        coalesce(TRY_CAST(mv ->> '$.timestamp' AS TIMESTAMPTZ), ts) AS sampled_at,
-        unnest(json_extract(mv, '$.sampledValue[*]')) AS sv
+        coalesce(TRY_CAST(mv.timestamp AS TIMESTAMPTZ), ts) AS sampled_at,
+        unnest(mv.sampledValue) AS sv
     FROM meter_values
     WHERE transaction_id IS NOT NULL
 ),
@@ -56,24 +78,23 @@ register AS (
         transaction_id,
         seq,
         sampled_at,
-        TRY_CAST(sv ->> '$.value' AS DOUBLE)
-            * CASE lower(coalesce(sv ->> '$.unit', sv ->> '$.unitOfMeasure.unit', 'Wh'))
+        TRY_CAST(sv.value AS DOUBLE)
+            * CASE lower(coalesce(sv.unit, sv.unitOfMeasure.unit, 'Wh'))
                 WHEN 'kwh' THEN 1000 ELSE 1 END
-            * pow(10, coalesce(TRY_CAST(sv ->> '$.unitOfMeasure.multiplier' AS INTEGER), 0))
-            AS wh
+            * pow(10, coalesce(TRY_CAST(sv.unitOfMeasure.multiplier AS INTEGER), 0)) AS wh
     FROM sampled
-    WHERE coalesce(sv ->> '$.measurand', 'Energy.Active.Import.Register')
+    WHERE coalesce(sv.measurand, 'Energy.Active.Import.Register')
             = 'Energy.Active.Import.Register'
-        AND sv ->> '$.phase' IS NULL
-        AND coalesce(sv ->> '$.location', 'Outlet') = 'Outlet'
-        AND lower(coalesce(sv ->> '$.unit', sv ->> '$.unitOfMeasure.unit', 'Wh')) IN ('wh', 'kwh')
+        AND sv.phase IS NULL
+        AND coalesce(sv.location, 'Outlet') = 'Outlet'
+        AND lower(coalesce(sv.unit, sv.unitOfMeasure.unit, 'Wh')) IN ('wh', 'kwh')
 ),
 energy AS (
     SELECT
         identity,
         transaction_id,
-        first(wh ORDER BY sampled_at, seq) AS first_wh,
-        last(wh ORDER BY sampled_at, seq) AS last_wh
+        arg_min(wh, (sampled_at, seq)) AS first_wh,
+        arg_max(wh, (sampled_at, seq)) AS last_wh
     FROM register
     WHERE wh IS NOT NULL
     GROUP BY identity, transaction_id
@@ -82,21 +103,21 @@ starts16 AS (
     SELECT
         s.identity,
         s.ocpp_version,
-        r.payload ->> '$.transactionId' AS transaction_id,
-        TRY_CAST(s.payload ->> '$.connectorId' AS INTEGER) AS connector_id,
-        s.payload ->> '$.idTag' AS id_token,
-        TRY_CAST(s.payload ->> '$.meterStart' AS DOUBLE) AS meter_start_wh,
-        coalesce(TRY_CAST(s.payload ->> '$.timestamp' AS TIMESTAMPTZ), s.ts) AS started_at,
+        trim(r.p.transactionId::VARCHAR, '"') AS transaction_id,
+        TRY_CAST(trim(s.p.connectorId::VARCHAR, '"') AS INTEGER) AS connector_id,
+        s.p.idTag AS id_token,
+        TRY_CAST(trim(s.p.meterStart::VARCHAR, '"') AS DOUBLE) AS meter_start_wh,
+        coalesce(TRY_CAST(s.p.timestamp AS TIMESTAMPTZ), s.ts) AS started_at,
         list_filter(
             [
-                CASE WHEN coalesce(json_type(s.payload, '$.meterStart'), '-')
-                    NOT IN ('BIGINT', 'UBIGINT') THEN 'meterStart missing or not an integer' END,
-                CASE WHEN coalesce(json_type(s.payload, '$.connectorId'), '-')
-                    NOT IN ('BIGINT', 'UBIGINT') THEN 'connectorId missing or not an integer' END,
-                CASE WHEN TRY_CAST(s.payload ->> '$.timestamp' AS TIMESTAMPTZ) IS NULL
+                CASE WHEN NOT regexp_full_match(coalesce(s.p.meterStart::VARCHAR, '-'), '-?\d+')
+                    THEN 'meterStart missing or not an integer' END,
+                CASE WHEN NOT regexp_full_match(coalesce(s.p.connectorId::VARCHAR, '-'), '\d+')
+                    THEN 'connectorId missing or not an integer' END,
+                CASE WHEN TRY_CAST(s.p.timestamp AS TIMESTAMPTZ) IS NULL
                     THEN 'StartTransaction timestamp missing or not a date-time' END,
-                CASE WHEN coalesce(json_type(r.payload, '$.transactionId'), '-')
-                    NOT IN ('BIGINT', 'UBIGINT') THEN 'transactionId is not an integer' END
+                CASE WHEN NOT regexp_full_match(coalesce(r.p.transactionId::VARCHAR, '-'), '-?\d+')
+                    THEN 'transactionId missing or not an integer' END
             ],
             lambda x: x IS NOT NULL
         ) AS issues
@@ -109,18 +130,18 @@ stops16 AS (
     SELECT
         identity,
         ocpp_version,
-        payload ->> '$.transactionId' AS transaction_id,
-        TRY_CAST(payload ->> '$.meterStop' AS DOUBLE) AS meter_stop_wh,
-        coalesce(TRY_CAST(payload ->> '$.timestamp' AS TIMESTAMPTZ), ts) AS stopped_at,
-        payload ->> '$.reason' AS reason,
-        payload ->> '$.idTag' AS id_token,
+        trim(p.transactionId::VARCHAR, '"') AS transaction_id,
+        TRY_CAST(trim(p.meterStop::VARCHAR, '"') AS DOUBLE) AS meter_stop_wh,
+        coalesce(TRY_CAST(p.timestamp AS TIMESTAMPTZ), ts) AS stopped_at,
+        p.reason AS reason,
+        p.idTag AS id_token,
         list_filter(
             [
-                CASE WHEN coalesce(json_type(payload, '$.meterStop'), '-')
-                    NOT IN ('BIGINT', 'UBIGINT') THEN 'meterStop missing or not an integer' END,
-                CASE WHEN coalesce(json_type(payload, '$.transactionId'), '-')
-                    NOT IN ('BIGINT', 'UBIGINT') THEN 'transactionId missing or not an integer' END,
-                CASE WHEN TRY_CAST(payload ->> '$.timestamp' AS TIMESTAMPTZ) IS NULL
+                CASE WHEN NOT regexp_full_match(coalesce(p.meterStop::VARCHAR, '-'), '-?\d+')
+                    THEN 'meterStop missing or not an integer' END,
+                CASE WHEN NOT regexp_full_match(coalesce(p.transactionId::VARCHAR, '-'), '-?\d+')
+                    THEN 'transactionId missing or not an integer' END,
+                CASE WHEN TRY_CAST(p.timestamp AS TIMESTAMPTZ) IS NULL
                     THEN 'StopTransaction timestamp missing or not a date-time' END
             ],
             lambda x: x IS NOT NULL
@@ -158,23 +179,23 @@ events2 AS (
         identity,
         ocpp_version,
         seq,
-        payload ->> '$.transactionInfo.transactionId' AS transaction_id,
-        payload ->> '$.eventType' AS event_type,
-        coalesce(TRY_CAST(payload ->> '$.timestamp' AS TIMESTAMPTZ), ts) AS event_at,
-        TRY_CAST(payload ->> '$.evse.id' AS INTEGER) AS evse_id,
-        TRY_CAST(payload ->> '$.evse.connectorId' AS INTEGER) AS connector_id,
-        payload ->> '$.idToken.idToken' AS id_token,
-        payload ->> '$.idToken.type' AS id_token_type,
-        payload ->> '$.transactionInfo.stoppedReason' AS stopped_reason,
+        p.transactionInfo.transactionId AS transaction_id,
+        p.eventType AS event_type,
+        coalesce(TRY_CAST(p.timestamp AS TIMESTAMPTZ), ts) AS event_at,
+        TRY_CAST(trim(p.evse.id::VARCHAR, '"') AS INTEGER) AS evse_id,
+        TRY_CAST(p.evse.connectorId AS INTEGER) AS connector_id,
+        p.idToken.idToken AS id_token,
+        p.idToken.type AS id_token_type,
+        p.transactionInfo.stoppedReason AS stopped_reason,
         list_filter(
             [
-                CASE WHEN payload ->> '$.transactionInfo.transactionId' IS NULL
+                CASE WHEN p.transactionInfo.transactionId IS NULL
                     THEN 'transactionId missing' END,
-                CASE WHEN coalesce(payload ->> '$.eventType', '-')
-                    NOT IN ('Started', 'Updated', 'Ended') THEN 'eventType missing or unknown' END,
-                CASE WHEN TRY_CAST(payload ->> '$.timestamp' AS TIMESTAMPTZ) IS NULL
+                CASE WHEN coalesce(p.eventType, '-') NOT IN ('Started', 'Updated', 'Ended')
+                    THEN 'eventType missing or unknown' END,
+                CASE WHEN TRY_CAST(p.timestamp AS TIMESTAMPTZ) IS NULL
                     THEN 'TransactionEvent timestamp missing or not a date-time' END,
-                CASE WHEN json_type(payload, '$.evse.id') NOT IN ('BIGINT', 'UBIGINT')
+                CASE WHEN NOT regexp_full_match(coalesce(p.evse.id::VARCHAR, '0'), '\d+')
                     THEN 'evse.id is not an integer' END
             ],
             lambda x: x IS NOT NULL
@@ -193,10 +214,8 @@ tx2 AS (
         max(t.event_at) FILTER (WHERE t.event_type = 'Ended') AS stopped_at,
         any_value(e.first_wh) AS meter_start_wh,
         any_value(e.last_wh) AS meter_stop_wh,
-        first(t.id_token ORDER BY t.event_at, t.seq) FILTER (WHERE t.id_token IS NOT NULL)
-            AS id_token,
-        first(t.id_token_type ORDER BY t.event_at, t.seq) FILTER (WHERE t.id_token IS NOT NULL)
-            AS id_token_type,
+        arg_min(t.id_token, (t.event_at, t.seq)) AS id_token,
+        arg_min(t.id_token_type, (t.event_at, t.seq)) AS id_token_type,
         CASE WHEN bool_or(t.event_type = 'Ended')
             THEN coalesce(max(t.stopped_reason), 'Local') END AS stop_reason,
         list_distinct(flatten(list(t.issues))) AS issues

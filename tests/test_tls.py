@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import ssl
-import warnings
 import subprocess
 import sys
-from collections.abc import Iterator
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,8 +47,8 @@ class Pki:
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Iterator[Pki]:
-    yield Pki(tmp_path, trustme.CA(key_type=trustme.KeyType.RSA), trustme.CA())
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path, trustme.CA(key_type=trustme.KeyType.RSA), trustme.CA())
 
 
 async def _echo(ws: ServerConnection) -> None:
@@ -120,7 +119,7 @@ async def test_tls_1_1_client_is_refused(pki: Pki, proxy_factory: Any) -> None:
                 context.maximum_version = ssl.TLSVersion.TLSv1_1
             context.set_ciphers("DEFAULT@SECLEVEL=0")
             # An SSL alert or a reset, depending on what the client's OpenSSL still offers.
-            with pytest.raises(OSError):
+            with pytest.raises(OSError):  # noqa: PT011 - which OSError depends on OpenSSL
                 await connect(f"wss://localhost:{proxy.server.port}/CP", ssl=context)
 
 
@@ -219,21 +218,23 @@ async def test_csms_sees_proxy_client_cert_and_forwarded_header(
         port = upstream.sockets[0].getsockname()[1]
         charger_cert = pki.charger_ca.issue_cert("CP-17", common_name="CP-17")
         client_ca = pki.ca_file(pki.charger_ca, "chargers")
-        async with proxy_factory(
-            upstream=f"wss://localhost:{port}",
-            upstream_ca=pki.ca_file(csms_ca, "csms"),
-            upstream_client_cert=client[0],
-            upstream_client_key=client[1],
-            forward_client_cert=True,
-            **_tls_options(pki, client_ca=client_ca),
-        ) as (proxy, _box):
-            async with connect(
+        async with (
+            proxy_factory(
+                upstream=f"wss://localhost:{port}",
+                upstream_ca=pki.ca_file(csms_ca, "csms"),
+                upstream_client_cert=client[0],
+                upstream_client_key=client[1],
+                forward_client_cert=True,
+                **_tls_options(pki, client_ca=client_ca),
+            ) as (proxy, _box),
+            connect(
                 f"wss://localhost:{proxy.server.port}/ocpp/CP-17",
                 ssl=pki.charger_context(charger_cert),
                 additional_headers={"X-Forwarded-Client-Cert": "Hash=forged"},
-            ) as ws:
-                await ws.send("hello")
-                assert await ws.recv() == "hello"
+            ) as ws,
+        ):
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
     ((peer, forwarded),) = seen
     assert peer.common_name == "ocproxy"
     assert len(forwarded) == 1

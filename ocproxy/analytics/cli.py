@@ -102,13 +102,13 @@ def run_query_command(
             _note(err, note)
         result = run(opened.db, sql, params, what=what)
     try:
-        write_result(result.table, fmt, args.output, title=title, stdout=out)
+        written = write_result(result.table, fmt, args.output, title=title, stdout=out)
     except BrokenPipeError:
         # `ocproxy query ... | head`: the reader has gone, which is not an error; point
         # stdout at /dev/null so the interpreter's final flush does not fail either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    _report(err, result, args.output)
+    _report(err, result, written, args.output)
     return 0
 
 
@@ -136,7 +136,14 @@ def _read_sql(path: Path) -> str:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 
 
-def _report(err: TextIO, result: QueryResult, output: str | None) -> None:
+def _report(err: TextIO, result: QueryResult, written: int, output: str | None) -> None:
+    total = result.table.num_rows
+    if written < total:
+        _note(
+            err,
+            f"the table shows the first {written} of {total} rows: --format csv, json or "
+            "parquet, or --output FILE, give all of them",
+        )
     if result.lenient_rows:
         rows = result.lenient_rows
         _note(
@@ -145,8 +152,7 @@ def _report(err: TextIO, result: QueryResult, output: str | None) -> None:
             "violate the OCPP schemas (see the issues column)",
         )
     if output is not None:
-        rows = result.table.num_rows
-        _note(err, f"wrote {rows} row{'s' if rows != 1 else ''} to {output}")
+        _note(err, f"wrote {total} row{'s' if total != 1 else ''} to {output}")
 
 
 def _note(err: TextIO, message: str) -> None:

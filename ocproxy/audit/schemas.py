@@ -72,10 +72,17 @@ def _validator(version: OcppVersion, action: str, response: bool) -> Validator |
     if action not in actions(version):
         return None
     if response:
-        name = f"{action}Response.json"
+        names = [f"{action}Response.json"]
+    elif version is OcppVersion.V16:
+        names = [f"{action}.json"]
     else:
-        name = f"{action}.json" if version is OcppVersion.V16 else f"{action}Request.json"
-    schema = json.loads((_schema_dir(version) / name).read_text(encoding="utf-8-sig"))
+        # 2.1's SEND-only NotifyPeriodicEventStream ships as "<Action>.json".
+        names = [f"{action}Request.json", f"{action}.json"]
+    directory = _schema_dir(version)
+    entry = next((directory / n for n in names if (directory / n).is_file()), None)
+    if entry is None:  # a response to a SEND-only action: nothing to check it against
+        return None
+    schema = json.loads(entry.read_text(encoding="utf-8-sig"))
     # The schemas' "$id" URNs are not fetchable; every $ref in them is local.
     schema.pop("$id", None)
     validator: Validator = fastjsonschema.compile(schema, use_formats=True)
@@ -98,7 +105,7 @@ _RULES = {
 
 
 def _classify(exc: fastjsonschema.JsonSchemaValueException) -> SchemaViolation:
-    path = _json_path(exc.path)
+    path = _json_path(str(exc.name or "data"))
     rule = _RULES.get(str(exc.rule), "schema-violation")
     message = str(exc.message).replace(str(exc.name), path, 1)
     if rule == "schema-enum" and isinstance(exc.value, str):
@@ -124,8 +131,7 @@ def is_naive_timestamp(value: str) -> bool:
     return bool(_NAIVE_TIMESTAMP.match(value))
 
 
-def _json_path(parts: list[Any]) -> str:
-    path = "$"
-    for part in parts[1:]:  # the first part is fastjsonschema's "data"
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
+def _json_path(name: str) -> str:
+    # fastjsonschema names the value "data.meterValue[0].timestamp"; exc.path splits that
+    # into strings only, so array indexes cannot be told from keys there.
+    return "$" + name.removeprefix("data")

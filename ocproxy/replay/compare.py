@@ -5,8 +5,8 @@ live peer, so some values can never be equal (the CSMS's ``currentTime``, a fres
 assigned ``transactionId``, timestamps, message ids): those are compared for presence
 only, never for value. :class:`IgnoreRules` holds those defaults plus ``--ignore``.
 
-The tally of a whole replay (:class:`ReplayReport`) lives here too: it is what the
-comparison produces, and both the runner and the output read it.
+:func:`judge_answer` and :func:`judge_request` are what the replay calls per exchange:
+an answer to one of its CALLs, or a CALL the peer sent, against the recorded one.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import fnmatch
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ocproxy.core.frames import CallError, CallResult, Frame, Malformed
+from ocproxy.core.frames import Call, CallError, CallResult, Frame, Malformed, Send, parse_frame
+from ocproxy.replay.script import after_message_id
 
 PathPart = str | int
 _ANY_INDEX = -1  # "[*]" in a pattern
@@ -192,9 +193,7 @@ def _diff(
     out.append(Difference(kind, _show_path(path), show(old), show(new), where))
 
 
-def _presence(
-    kind: DiffKind, path: tuple[PathPart, ...], value: Any, where: str
-) -> Difference:
+def _presence(kind: DiffKind, path: tuple[PathPart, ...], value: Any, where: str) -> Difference:
     shown = show(value)
     if kind is DiffKind.FIELD_MISSING:
         return Difference(kind, _show_path(path), shown, None, where)
@@ -294,108 +293,50 @@ def _show_path(path: tuple[PathPart, ...]) -> str:
     return text
 
 
-# -- the tally of a whole replay --------------------------------------------------------
+# -- one exchange ------------------------------------------------------------------------
 
 
-class Outcome(StrEnum):
-    SAME = "same"
-    DIFFERENT = "different"
-    NOT_REPLAYED = "not replayed"
-    SKIPPED = "skipped"
+@dataclass(frozen=True)
+class Judgement:
+    differences: list[Difference]
+    recorded: Frame | None = None  # both parsed, when the bytes differed
+    replayed: Frame | None = None
 
 
-@dataclass
-class ExchangeResult:
-    """One exchange that did not come out the same (identical ones are only counted)."""
-
-    index: int
-    action: str
-    kind: str  # "call", "send", "raw", or "call from target"
-    outcome: Outcome
-    differences: list[Difference] = field(default_factory=list)
-    recorded_request: bytes | None = None
-    replay_request: bytes | None = None
-    recorded_response: bytes | None = None
-    replay_response: bytes | None = None
-    note: str = ""
+def judge_answer(
+    recorded: bytes | None, answer: bytes, rules: IgnoreRules, action: str | None
+) -> Judgement:
+    """The replay's answer to a CALL against the recorded answer (``None``: there was none)."""
+    if recorded is None:
+        return Judgement([Difference(DiffKind.NOT_IN_RECORDING, replayed=show_bytes(answer))])
+    # Fast path, and the common case: the same bytes but for the message id.
+    if after_message_id(recorded) == after_message_id(answer):
+        return Judgement([])
+    old, new = parse_frame(recorded), parse_frame(answer)
+    return Judgement(compare_responses(old, new, rules, action), old, new)
 
 
-@dataclass
-class ActionTally:
-    exchanges: int = 0
-    same: int = 0
-    different: int = 0
-    timeouts: int = 0
-    not_replayed: int = 0
-    skipped: int = 0
+def judge_request(
+    recorded_payload: Any,
+    recorded_type: int | None,
+    frame: Call | Send,
+    rules: IgnoreRules,
+    *,
+    late: bool = False,
+) -> list[Difference]:
+    """A CALL or SEND the peer sent against the recorded one it was matched with."""
+    differences = diff_payloads(
+        recorded_payload, frame.payload, rules, frame.action, where="request"
+    )
+    if recorded_type != int(frame.message_type):
+        kind = DiffKind.VALUE_CHANGED
+        shown = (show(recorded_type), show(int(frame.message_type)))
+        differences.append(Difference(kind, "message type", *shown, where="request"))
+    if late:
+        detail = "after the replay stopped waiting for it (--timeout)"
+        differences.append(Difference(DiffKind.LATE, "", None, detail, "request"))
+    return differences
 
 
-@dataclass
-class ReplayReport:
-    """Everything the output needs; filled in by the runner as the replay goes."""
-
-    source_id: str
-    role: str
-    peer: str  # the target URL, or the address listened on
-    total: int  # exchanges in the script
-    replay_id: str | None = None
-    identity: str = ""
-    results: list[ExchangeResult] = field(default_factory=list)
-    tally: dict[str, ActionTally] = field(default_factory=dict)
-    id_map: list[tuple[int, str, str, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    failure: str | None = None  # why the replay stopped early, naming the exchange
-    connection: list[Difference] = field(default_factory=list)
-    interrupted: bool = False
-    unsolicited_recorded: int = 0
-    unsolicited_replayed: int = 0
-    first_sent: float | None = None  # perf_counter() of the first frame sent
-    last_done: float | None = None  # perf_counter() when the last exchange finished
-    latencies_ms: list[float] = field(default_factory=list)
-
-    def count(self, action: str, outcome: Outcome, *, timeout: bool = False) -> ActionTally:
-        row = self.tally.setdefault(action, ActionTally())
-        row.exchanges += 1
-        if outcome is Outcome.SAME:
-            row.same += 1
-        elif outcome is Outcome.DIFFERENT:
-            row.different += 1
-        elif outcome is Outcome.NOT_REPLAYED:
-            row.not_replayed += 1
-        else:
-            row.skipped += 1
-        row.timeouts += timeout
-        return row
-
-    def add(self, result: ExchangeResult) -> None:
-        timeout = any(d.kind is DiffKind.TIMEOUT for d in result.differences)
-        self.count(result.action, result.outcome, timeout=timeout)
-        self.results.append(result)
-
-    @property
-    def differs(self) -> bool:
-        return (
-            self.failure is not None
-            or bool(self.connection)
-            or any(r.outcome is Outcome.DIFFERENT for r in self.results)
-        )
-
-    @property
-    def done(self) -> int:
-        return sum(t.exchanges for t in self.tally.values())
-
-    @property
-    def exit_code(self) -> int:
-        """1 when anything differs, 130 when interrupted without a difference, else 0."""
-        if self.differs:
-            return 1
-        return 130 if self.interrupted else 0
-
-    @property
-    def rate(self) -> float | None:
-        """Exchanges per second from the first frame sent to the last exchange finished."""
-        if self.first_sent is None or self.last_done is None:
-            return None
-        elapsed = self.last_done - self.first_sent
-        replayed = sum(t.same + t.different for t in self.tally.values())
-        return replayed / elapsed if elapsed > 0 else None
+def show_bytes(data: bytes) -> str:
+    return show(data.decode("utf-8", "replace"))

@@ -224,9 +224,7 @@ def _label(frame: RecordedFrame) -> str:
 
 # The head of an OCPP-J frame: '[', the message type, the message id as a JSON string.
 _HEAD = re.compile(rb'\A\s*\[\s*([2-6])\s*,\s*("(?:[^"\\]|\\.)*")')
-_TIMESTAMP = re.compile(
-    rb'"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})?"'
-)
+_TIMESTAMP = re.compile(rb'"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})?"')
 _TRANSACTION_ID = re.compile(rb'("transactionId"\s*:\s*)(-?\d+|"(?:[^"\\]|\\.)*")')
 
 
@@ -237,6 +235,11 @@ def with_message_id(raw: bytes, message_id: str) -> bytes:
         return raw
     start, end = head.span(2)
     return raw[:start] + json.dumps(message_id).encode() + raw[end:]
+
+
+def json_frame(value: list[Any]) -> bytes:
+    """A frame of our own (the CALLERROR for a CALL the recording cannot answer)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def after_message_id(raw: bytes) -> bytes | None:
@@ -313,7 +316,7 @@ def load_script(
 ) -> Script:
     """The selected connection's frames as a script; ConfigError says what is missing."""
     source = _find_connection(db, selection)
-    where, params = "connection_id = $id", {"id": source.connection_id}
+    where, params = "connection_id = $id", dict[str, Any](id=source.connection_id)
     if selection.since is not None:
         where, params["since"] = where + " AND ts >= $since", selection.since
     if selection.until is not None:
