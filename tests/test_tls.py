@@ -287,3 +287,26 @@ def test_bad_certificate_files_exit_2(pki: Pki, tmp_path: Path) -> None:
         assert result.returncode == 2, (message, result.stderr)
         assert message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_sni_chooses_the_certificate_for_the_name_dialled(
+    pki: Pki, proxy_factory: Any
+) -> None:
+    first = pki.write("a", pki.server_ca.issue_cert("a.example"))
+    second = pki.write("b", pki.server_ca.issue_cert("b.example"))
+    async with serve(_echo, "127.0.0.1", 0) as upstream:
+        port = upstream.sockets[0].getsockname()[1]
+        async with proxy_factory(
+            upstream=f"ws://127.0.0.1:{port}",
+            tls_cert=(first[0], second[0]),
+            tls_key=(first[1], second[1]),
+        ) as (proxy, _box):
+            for name in ("a.example", "b.example"):
+                async with connect(
+                    f"wss://127.0.0.1:{proxy.server.port}/CP",
+                    ssl=pki.charger_context(),
+                    server_hostname=name,  # verification fails unless the right one is served
+                ) as ws:
+                    der = ws.transport.get_extra_info("ssl_object").getpeercert()
+                    sans = [value for kind, value in der["subjectAltName"] if kind == "DNS"]
+                    assert sans == [name]
