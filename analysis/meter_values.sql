@@ -5,6 +5,8 @@
 --   measurand, phase, location, unit, multiplier (2.x), context and the value as a
 --   number. Omitted fields get the spec's defaults (measurand
 --   Energy.Active.Import.Register, unit Wh, context Sample.Periodic, location Outlet).
+--   Unordered: it can be millions of rows, and sorting them would cost more than the
+--   query (add ORDER BY in your own SQL, or sort the export).
 -- param identity: only this charger (default: every charger)
 WITH conn AS (
     SELECT connection_id, identity, ocpp_version
@@ -129,4 +131,3 @@ SELECT
         lambda x: x IS NOT NULL
     ) AS issues
 FROM valued
-ORDER BY identity, coalesce(sampled_at, recorded_at), recorded_at, seq

@@ -15,9 +15,11 @@ from rich.console import Console
 
 from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.console import ConsoleSink, summary_table
+from ocproxy.control.server import ControlServer, LiveFeed
+from ocproxy.control.token import new_token, publish_token
 from ocproxy.core.redaction import Redactor
 from ocproxy.idkey import resolve_id_key
-from ocproxy.proxy.config import ProxyConfig
+from ocproxy.proxy.config import ProxyConfig, parse_control
 from ocproxy.proxy.server import ProxyServer
 from ocproxy.recorder import Recorder, RecorderStats
 
@@ -28,6 +30,7 @@ async def running_proxy(
 ) -> AsyncIterator[tuple[ProxyServer, ConsoleSink]]:
     """Start recorder and server; on exit close every connection (1001) and flush."""
     sink = ConsoleSink(console, quiet=config.quiet)
+    feed = LiveFeed(asyncio.get_running_loop()) if config.control else None
     settings = {k: v for k, v in asdict(config).items() if k != "settings"}
     auditor = (
         Auditor(AuditSettings(response_timeout_s=config.response_timeout)) if config.audit else None
@@ -37,7 +40,7 @@ async def running_proxy(
         source=source,
         settings=settings,
         queue_limit=config.queue_limit,
-        sinks=[sink],
+        sinks=[sink] if feed is None else [sink, feed],
         auditor=auditor,
         redactor=Redactor(None if config.keep_ids else resolve_id_key(config.id_key)),
     )
@@ -45,12 +48,29 @@ async def running_proxy(
     await asyncio.to_thread(recorder.start)
     try:
         proxy = await ProxyServer(config, recorder).start()
+        control = None
         try:
+            if feed is not None and config.control is not None:
+                control = await _start_control(proxy, feed, config, console)
             yield proxy, sink
         finally:
+            if control is not None:
+                await control.stop()
             await proxy.stop(1001, "proxy shutting down")
     finally:
         await asyncio.to_thread(recorder.close)
+
+
+async def _start_control(
+    proxy: ProxyServer, feed: LiveFeed, config: ProxyConfig, console: Console
+) -> ControlServer:
+    assert config.control is not None
+    host, port = parse_control(config.control)
+    token = new_token(config.control_token)
+    control = await ControlServer(proxy, feed, token, host, port).start()
+    path = publish_token(control.port, token)
+    console.print(f"control endpoint on {host}:{control.port} (token in {path})", highlight=False)
+    return control
 
 
 async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderStats:

@@ -16,8 +16,11 @@ from typing import Any
 from rich.console import Console
 
 from ocproxy import __version__
+from ocproxy.analytics.cli import add_query_command
 from ocproxy.audit.cli import add_audit_command
+from ocproxy.control.cli import add_inject_command
 from ocproxy.errors import ConfigError, OcproxyError
+from ocproxy.mitm.cli import add_addon_path_command
 from ocproxy.proxy.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ProxyConfig,
@@ -57,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_proxy(commands)
     add_audit_command(commands)
+    add_inject_command(commands)
+    add_query_command(commands)
     _add_demo(commands)
+    add_addon_path_command(commands)
     return parser
 
 
@@ -171,6 +177,12 @@ def _add_proxy(commands: Any) -> None:
         "(a copy sent by the charger is always removed)",
     )
     cmd.add_argument(
+        "--control",
+        metavar="HOST:PORT",
+        help="serve the control endpoint for ocproxy tail / inject / query --live here "
+        "(PORT alone: loopback); a token is written to ~/.config/ocproxy/control-PORT.token",
+    )
+    cmd.add_argument(
         "--keep-ids",
         action="store_true",
         help="record idTag/idToken as sent instead of pseudonymised (for a lab)",
@@ -218,6 +230,7 @@ _VALUE_OPTIONS = (
     "upstream_ca",
     "upstream_client_cert",
     "upstream_client_key",
+    "control",
 )
 _FLAG_OPTIONS = (
     "quiet",

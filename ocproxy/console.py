@@ -8,6 +8,7 @@ only decides *when* to print.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ocproxy.audit.auditor import Finding
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened
 from ocproxy.core.frames import MessageType, ParseStatus
 from ocproxy.core.observe import ObservedFrame
@@ -160,7 +162,7 @@ class ConsoleSink(Sink):
             text = f"{event.identity} refused: HTTP {event.handshake_status}"
             self.console.print(Text(text, "yellow"))
 
-    def on_frame(self, frame: ObservedFrame) -> None:
+    def on_frame(self, frame: ObservedFrame, findings: Sequence[Finding] = ()) -> None:
         with self._lock:
             self.summary.frame(frame)
         if not self.quiet:

@@ -6,7 +6,9 @@ with ``raise ... from`` so that callers only ever need to catch these::
     OcproxyError
     ├── ConfigError        bad command line value or config file    (CLI exit code 2)
     ├── RecorderError      the recording cannot be opened or written (CLI exit code 1)
-    └── ProxyError         the proxy cannot start (e.g. port in use) (CLI exit code 1)
+    ├── ProxyError         the proxy cannot start (e.g. port in use) (CLI exit code 1)
+    └── ControlError       a control-endpoint request failed          (CLI exit code 1)
+        └── InjectError    an injected CALL cannot be sent
 
 Peer data never raises: a malformed frame is a value (``core.frames.Malformed``).
 """
@@ -30,3 +32,11 @@ class RecorderError(OcproxyError):
 
 class ProxyError(OcproxyError):
     """The proxy cannot start or run (listen address in use, ...)."""
+
+
+class ControlError(OcproxyError):
+    """A request to a running proxy's control endpoint failed (or was refused)."""
+
+
+class InjectError(ControlError):
+    """An injected CALL cannot be sent (connection closed, one already outstanding)."""

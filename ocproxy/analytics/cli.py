@@ -9,11 +9,13 @@ line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -23,6 +25,7 @@ from ocproxy.analytics.queries import (
     NamedQuery,
     Param,
     QueryResult,
+    lenient_rows,
     bind,
     get_query,
     load_queries,
@@ -31,16 +34,22 @@ from ocproxy.analytics.queries import (
     run,
 )
 from ocproxy.analytics.sources import open_sources
+from ocproxy.control.cli import add_control_option
+from ocproxy.control.client import ControlClient
 from ocproxy.errors import ConfigError
+from ocproxy.proxy.config import parse_control
 
 _USAGE = """\
 ocproxy query [--param NAME=VALUE] [--format FORMAT] [--output FILE] SOURCE... (SQL | NAME)
+       ocproxy query --live [--control HOST:PORT] (SQL | NAME)
        ocproxy query --list"""
 
 _EPILOG = """\
 SOURCE is a recording (.duckdb file), a glob of them ('site-*.duckdb', quoted so the
 shell leaves it alone) or a Parquet export directory; several are queried as one.
-The views frames, connections, runs and run_stats span all of them.
+The views frames, connections, runs and run_stats span all of them. The last
+argument is the query: SQL, a .sql file, or the NAME of a named query. A table shows
+at most 1000 rows; csv, json and parquet have them all.
 
 examples:
   ocproxy query --list
@@ -81,6 +90,12 @@ def add_query_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cmd.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
     )
+    cmd.add_argument(
+        "--live",
+        action="store_true",
+        help="query a running proxy's recording through its control endpoint (no SOURCE)",
+    )
+    add_control_option(cmd)
     cmd.set_defaults(func=run_query_command)
 
 
@@ -92,15 +107,18 @@ def run_query_command(
     if args.list:
         print_query_list(out)
         return 0
-    if len(args.words) < 2:
-        raise ConfigError("query needs one or more SOURCEs, then SQL or a query NAME (or --list)")
-    *sources, text = args.words
     fmt = choose_format(args.format, args.output)
-    sql, params, what, title = _resolve(text, parse_params(args.param))
-    with open_sources(sources) as opened:
-        for note in opened.notes:
-            _note(err, note)
-        result = run(opened.db, sql, params, what=what)
+    if args.live:
+        if len(args.words) != 1:
+            raise ConfigError("query --live takes no SOURCE: just SQL or a query NAME")
+        result, title = _live_query(args, args.words[0], parse_params(args.param))
+    else:
+        if len(args.words) < 2:
+            raise ConfigError(
+                "query needs one or more SOURCEs, then SQL or a query NAME (or --list)"
+            )
+        *sources, text = args.words
+        result, title = _query(sources, text, parse_params(args.param), err)
     try:
         written = write_result(result.table, fmt, args.output, title=title, stdout=out)
     except BrokenPipeError:
@@ -112,21 +130,62 @@ def run_query_command(
     return 0
 
 
+def _query(
+    sources: list[str], text: str, given: dict[str, str], err: TextIO
+) -> tuple[QueryResult, str | None]:
+    """Run the query over the sources; the notes about the sources go to ``err``."""
+    sql, params, what, title = _resolve(text, given)
+    with open_sources(sources) as opened:
+        for note in opened.notes:
+            _note(err, note)
+        return run(opened.db, sql, params, what=what), title
+
+
+def _live_query(
+    args: argparse.Namespace, text: str, given: dict[str, str]
+) -> tuple[QueryResult, str | None]:
+    """The query run by a live proxy's writer thread (only it may open the file)."""
+    sql, params, _what, title = _resolve(text, given)
+    host, port = parse_control(args.control)
+
+    async def ask() -> dict[str, Any]:
+        async with ControlClient(host, port, args.token) as control:
+            answer: dict[str, Any] = await control.request("sql", query=sql, params=params)
+            return answer
+
+    answer = asyncio.run(ask())
+    columns = [str(c) for c in answer["columns"]]
+    rows = answer["rows"]
+    table = pa.table({c: [row[i] for row in rows] for i, c in enumerate(columns)})
+    return QueryResult(table, lenient_rows(table)), title
+
+
 def _resolve(
     text: str, given: dict[str, str]
 ) -> tuple[str, dict[str, str | None], str, str | None]:
     """(sql, parameters, what to call it in errors, title) for the last argument."""
-    path = Path(text)
-    if text.endswith(".sql") and path.is_file():
+    path = _existing(text)
+    if path is not None and path.suffix == ".sql" and path.is_file():
         return _read_sql(path), dict(given), f"query in {text}", None
-    if path.exists():
+    if path is not None:
         raise ConfigError(
             f"{text} is a file, not SQL or a query name: the last argument is the query"
         )
+    if text.endswith(".sql") and "\n" not in text:
+        raise ConfigError(f"{text}: no such file")
     if looks_like_name(text):
         query = get_query(text)
         return query.sql, bind(query, given), f"query {query.name}", query.title
     return text, dict(given), "SQL", None
+
+
+def _existing(text: str) -> Path | None:
+    # SQL is rarely a file name, and a long statement is not a name the OS will stat.
+    try:
+        path = Path(text)
+        return path if path.exists() else None
+    except (OSError, ValueError):
+        return None
 
 
 def _read_sql(path: Path) -> str:

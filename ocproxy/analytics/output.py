@@ -2,9 +2,10 @@
 
 Results arrive as Arrow tables. Parquet is written by pyarrow, keeping DuckDB's types;
 CSV and JSON by DuckDB's own writers (millions of rows in seconds, where Python's
-csv module would take minutes), with list and struct columns as JSON text in CSV and
-timestamps in UTC. A table is for reading: on a terminal or pipe it shows at most
-:data:`TABLE_ROWS` rows (the caller says how many were left out).
+csv module would take minutes), with list and struct columns as JSON text in CSV,
+bytes as UTF-8 text (``base64:...`` when they are not UTF-8) and timestamps in UTC.
+A table is for reading: on a terminal or pipe it shows at most :data:`TABLE_ROWS` rows
+(the caller says how many were left out).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def write_result(
     """Write ``table`` in ``fmt`` to ``output`` (a path) or ``stdout``; return rows written."""
     stream = stdout if stdout is not None else sys.stdout
     try:
+        if output is not None:
+            # Fail here, with the OS's reason, rather than deep inside a writer.
+            open(output, "wb").close()
         if fmt == "parquet":
             assert output is not None  # choose_format() insists on it
             pq.write_table(table, output)
@@ -72,7 +76,7 @@ def write_result(
         if isinstance(exc, BrokenPipeError):
             raise
         raise OcproxyError(f"cannot write {output or 'the output'}: {_reason(exc)}") from exc
-    return table.num_rows
+    return int(table.num_rows)
 
 
 def _reason(exc: BaseException) -> str:
@@ -89,16 +93,19 @@ def _write_table(table: pa.Table, output: str | None, stream: TextIO, title: str
     if output is not None:
         with open(output, "w", encoding="utf-8") as file:
             _render(table, file, title, table.num_rows)
-        return table.num_rows
+        return int(table.num_rows)
     shown = table.slice(0, TABLE_ROWS)
     _render(shown, stream, title, table.num_rows)
-    return shown.num_rows
+    return int(shown.num_rows)
 
 
 def _render(table: pa.Table, stream: TextIO, title: str | None, total: int) -> None:
     is_terminal = stream.isatty() if hasattr(stream, "isatty") else False
     console = Console(file=stream, width=None if is_terminal else _UNWRAPPED)
-    view = Table(title=title, caption=_caption(table.num_rows, total), header_style="bold")
+    shown = table.num_rows
+    # A caption is only as wide as the table: the longer "first N of M" goes below it.
+    caption = "no rows" if total == 0 else f"{total} row{'s' if total != 1 else ''}"
+    view = Table(title=title, caption=caption if shown == total else None, header_style="bold")
     for field in table.schema:
         view.add_column(field.name, justify="right" if _is_numeric(field.type) else "left")
     # Column by column, not to_pylist(): its dicts would merge two columns of one name.
@@ -106,13 +113,8 @@ def _render(table: pa.Table, stream: TextIO, title: str | None, total: int) -> N
         # Text, not str: a value such as "[red]" must not be read as rich markup.
         view.add_row(*(Text(_cell(value)) for value in row))
     console.print(view)
-
-
-def _caption(shown: int, total: int) -> str:
-    if total == 0:
-        return "no rows"
-    rows = f"{total} row{'s' if total != 1 else ''}"
-    return rows if shown == total else f"first {shown} of {rows}"
+    if shown < total:
+        console.print(Text(f"first {shown} of {caption}", style="dim"))
 
 
 def _is_numeric(kind: pa.DataType) -> bool:
@@ -164,6 +166,10 @@ def _select(table: pa.Table, fmt: str) -> str:
         name = '"' + field.name.replace('"', '""') + '"'
         if fmt == "csv" and _is_nested(field.type):
             replaced.append(f"to_json({name})::VARCHAR AS {name}")
+        elif pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            # frames.raw: the text it almost always is, not DuckDB's \x.. escapes.
+            text = f"coalesce(try(decode({name})), 'base64:' || to_base64({name}))"
+            replaced.append(f"{text} AS {name}")
         elif fmt == "json" and pa.types.is_floating(field.type):
             # DuckDB would write NaN and Infinity, which JSON does not have.
             replaced.append(f"CASE WHEN isfinite({name}) THEN {name} END AS {name}")

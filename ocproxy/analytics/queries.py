@@ -214,7 +214,7 @@ def run(
         table = pa.table({}) if relation is None else relation.to_arrow_table()
     except duckdb.Error as exc:
         raise ConfigError(f"{what} failed: {_explain(exc, sql, params)}") from exc
-    return QueryResult(table, _lenient_rows(table))
+    return QueryResult(table, lenient_rows(table))
 
 
 def _explain(exc: duckdb.Error, sql: str, params: dict[str, str | None]) -> str:
@@ -232,7 +232,7 @@ def _explain(exc: duckdb.Error, sql: str, params: dict[str, str | None]) -> str:
     return line
 
 
-def _lenient_rows(table: pa.Table) -> int:
+def lenient_rows(table: pa.Table) -> int:
     if ISSUES_COLUMN not in table.column_names:
         return 0
     column = table.column(ISSUES_COLUMN)

@@ -100,6 +100,8 @@ def open_sources(args: list[str]) -> Sources:
             if _is_empty(db, source):
                 notes.append(f"{path} holds no connections or frames")
         _create_views(db, schema, parts)
+        if len(paths) > 1:
+            notes.extend(_overlap_note(db))
     except BaseException:
         db.close()
         raise
@@ -123,7 +125,7 @@ def expand(args: list[str]) -> list[Path]:
 def _expand_one(arg: str) -> list[Path]:
     pattern = str(Path(arg).expanduser())
     if not _GLOB_MAGIC & set(pattern):
-        if not Path(pattern).exists():
+        if not _exists(Path(pattern)):
             raise ConfigError(f"{arg}: no such file or directory")
         return [Path(pattern)]
     # A recording being written leaves a .wal beside it: a glob like rec/* must not
@@ -133,6 +135,13 @@ def _expand_one(arg: str) -> list[Path]:
     if not matches:
         raise ConfigError(f"{arg}: no file matches")
     return matches
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the OS, a NUL byte
+        return False
 
 
 def _create_schema_copy(db: duckdb.DuckDBPyConnection) -> _Schema:
@@ -263,10 +272,22 @@ def _union(selects: list[str]) -> str:
 def _is_empty(db: duckdb.DuckDBPyConnection, source: dict[str, str]) -> bool:
     for name in ("frames", "connection_opens", "connections"):
         if name in source:
-            row = db.execute(f"SELECT count(*) FROM ({source[name]})").fetchone()
-            if row is not None and row[0]:
+            ((rows,),) = db.execute(f"SELECT count(*) FROM ({source[name]})").fetchall()
+            if rows:
                 return False
     return True
+
+
+def _overlap_note(db: duckdb.DuckDBPyConnection) -> list[str]:
+    # Connection ids are UUIDs: seen in two sources, it is one recording given twice
+    # (a copy), and every count and join over it would double.
+    # fetchall, not fetchone: DuckDB 2 refuses new work while a result is unfinished.
+    ((repeated,),) = db.execute(
+        "SELECT count(*) - count(DISTINCT connection_id) FROM connection_opens"
+    ).fetchall()
+    if not repeated:
+        return []
+    return [f"{repeated} connection ids are in more than one source: a recording given twice?"]
 
 
 def _literal(text: str) -> str:

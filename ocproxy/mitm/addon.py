@@ -130,7 +130,42 @@ def injection_target(words: Iterable[str]) -> Direction:
     raise ValueError(f"expected nothing, 'csms' or '--to csms|charger', got {' '.join(words)!r}")
 
 
+_INJECT_HELP = (
+    "Send the OCPP CALL [2, id, ACTION, PAYLOAD] on a live OCPP WebSocket flow, with a fresh "
+    'UUID as message id: to the charger, or to the CSMS with a last argument "--to csms" (or '
+    '"csms"). PAYLOAD is a JSON object; quote it with single quotes. The CALL and its answer '
+    "are recorded with injected = true, and the answer is not forwarded. Returns the id."
+)
+
+
 # -- state ------------------------------------------------------------------------------------
+
+
+class _IdleCloses(logging.Handler):
+    """Notices mitmproxy closing idle connections (``tcp_timeout``).
+
+    mitmproxy does that by cancelling the connection's task, which the WebSocket layer
+    reports like a charger that vanished (1006, closed by the client); its log line
+    (with the client's address) is the only sign that mitmproxy closed it.
+    """
+
+    LOGGER = "mitmproxy.proxy.server"
+    MESSAGE = "Closing connection due to inactivity"
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.peers: set[tuple[Any, ...]] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        client = getattr(record, "client", None)
+        if client is not None and str(record.msg).startswith(self.MESSAGE):
+            self.peers.add(tuple(client))
+
+    def install(self) -> None:
+        logging.getLogger(self.LOGGER).addHandler(self)
+
+    def uninstall(self) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
 
 
 class _LogSink(Sink):
@@ -186,10 +221,12 @@ class OcproxyRecorder:
         self._worker: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.unrecorded_frames = 0  # OCPP frames relayed while no recording was usable
+        self._idle_closes = _IdleCloses()
 
     # -- mitmproxy life cycle -------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
+        self._idle_closes.install()
         loader.add_option(
             "ocproxy_db",
             _OPTIONAL_STR,
@@ -244,6 +281,7 @@ class OcproxyRecorder:
 
     def done(self) -> None:
         """Close what is still open in the recording, flush it and report what was lost."""
+        self._idle_closes.uninstall()
         for live in self._live.values():
             self._submit(live, self._closed(live, 1006, "mitmproxy shut down", ClosedBy.PROXY))
         self._live.clear()
@@ -418,18 +456,24 @@ class OcproxyRecorder:
         websocket = flow.websocket
         if live is None or websocket is None:
             return
+        code, reason = websocket.close_code, websocket.close_reason
         if websocket.closed_by_client is None:
             closed_by = ClosedBy.PROXY
         else:
             closed_by = ClosedBy.CHARGER if websocket.closed_by_client else ClosedBy.CSMS
-        self._submit(
-            live, self._closed(live, websocket.close_code, websocket.close_reason, closed_by)
-        )
+        peer = flow.client_conn.peername
+        if peer is not None and tuple(peer) in self._idle_closes.peers:
+            self._idle_closes.peers.discard(tuple(peer))
+            closed_by = ClosedBy.PROXY
+            reason = f"idle for tcp_timeout ({ctx.options.tcp_timeout} s): mitmproxy closed it"
+        self._submit(live, self._closed(live, code, reason, closed_by))
         if not self._keep_messages:
             websocket.messages.clear()
 
     def client_disconnected(self, client: connection.Client) -> None:
         """Safety net: a flow whose connection went without ``websocket_end`` is closed too."""
+        if client.peername is not None:
+            self._idle_closes.peers.discard(tuple(client.peername))
         gone = [key for key, live in self._live.items() if live.client_id == client.id]
         for key in gone:
             live = self._live.pop(key)
@@ -439,10 +483,7 @@ class OcproxyRecorder:
 
     @_command("ocproxy.inject")
     def inject(self, flow: mflow.Flow, action: str, payload: str, *to: str) -> str:
-        """Send an OCPP CALL [2, id, ACTION, PAYLOAD] with a fresh UUID as message id to the
-        charger, or to the CSMS with a last argument of "csms" (or "--to csms"). The CALL and
-        its answer are recorded with injected = true, and the answer is not forwarded.
-        Returns the message id."""
+        # The help mitmproxy shows is _INJECT_HELP (set below: one paragraph, no indents).
         live = self._live.get(flow.id)
         if live is None or not isinstance(flow, http.HTTPFlow) or not flow.live:
             raise exceptions.CommandError(
@@ -466,6 +507,8 @@ class OcproxyRecorder:
             f"{live.opened.identity!r}"
         )
         return message_id
+
+    inject.__doc__ = _INJECT_HELP
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -581,7 +624,12 @@ def _describe(flow: http.HTTPFlow) -> str:
 
 
 def _summary(stats: RecorderStats) -> str:
-    text = f"recorded {stats.frames_recorded} frames on {stats.connections} connections"
+    frames, connections = stats.frames_recorded, stats.connections
+    text = f"recorded {_plural(frames, 'frame')} on {_plural(connections, 'connection')}"
     if stats.frames_lost:
         text += f", {stats.frames_lost} frames LOST"
     return text
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"

@@ -65,6 +65,10 @@ class ProxyConfig:
     upstream_client_cert: str | None = None
     upstream_client_key: str | None = None
     forward_client_cert: bool = False
+    # Control endpoint (ocproxy tail / inject / query --live): off unless set; loopback
+    # unless a host is given.
+    control: str | None = None
+    control_token: str | None = None
     settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def upstream_for(self, identity: str) -> str | None:
@@ -95,6 +99,8 @@ class ProxyConfig:
             raise ConfigError("give one --tls-key for each --tls-cert, in the same order")
         if self.client_ca and not self.tls_cert:
             raise ConfigError("--client-ca needs --tls-cert/--tls-key (mutual TLS is TLS)")
+        if self.control is not None:
+            parse_control(self.control)
         if not 0 <= self.listen_port <= 65535:
             raise ConfigError(f"listen port {self.listen_port} is out of range")
         return self
@@ -105,6 +111,14 @@ def check_ws_url(url: str) -> str:
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ConfigError(f"upstream {url!r} is not a ws:// or wss:// URL")
     return url
+
+
+def parse_control(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, or ``:PORT`` / ``PORT`` for loopback (the control endpoint's default)."""
+    if value.isdigit():
+        value = f":{value}"
+    host, port = parse_listen(value)
+    return ("127.0.0.1" if value.startswith(":") else host), port
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -144,6 +158,8 @@ _FILE_KEYS = {
     "upstream_client_cert",
     "upstream_client_key",
     "forward_client_cert",
+    "control",
+    "control_token",
 }
 _ROUTE_KEYS = {"identity", "upstream", "client_cert", "client_key"}
 

@@ -9,16 +9,21 @@ the same bytes with the same opcode on the other leg. The first leg to close dec
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed, PayloadTooBig
 from websockets.frames import Close, CloseCode
 
 from ocproxy.core.events import ClosedBy, FrameReceived
 from ocproxy.core.events import ConnectionClosed as ClosedEvent
-from ocproxy.core.frames import Direction
+from ocproxy.core.frames import CallError, CallResult, Direction, parse_frame
+from ocproxy.core.frames import Opcode as FrameOpcode
+from ocproxy.errors import InjectError
 from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
 from ocproxy.recorder import Recorder
 
@@ -86,12 +91,20 @@ class Session:
         self.clock = clock
         self._seq = 0
         self._decision: CloseDecision | None = None
+        # Injected CALLs awaiting their answer, by the direction they were sent in. One per
+        # direction: OCPP allows one outstanding CALL per direction.
+        self._injected: dict[Direction, tuple[str, asyncio.Future[bytes]]] = {}
+        self.opened_at = clock()
+        self.subprotocol = charger.subprotocol
 
     async def run(self) -> CloseDecision:
         """Relay both ways; return how the connection ended once both legs are closed."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._pump(self.charger, self.csms, Direction.TO_CSMS))
             group.create_task(self._pump(self.csms, self.charger, Direction.TO_CHARGER))
+        for _message_id, answer in self._injected.values():
+            if not answer.done():
+                answer.set_exception(InjectError(f"{self.identity} disconnected"))
         assert self._decision is not None
         decision = self._decision
         self.recorder.submit(
@@ -122,18 +135,9 @@ class Session:
                 data, opcode = await src.recv_message()
             except ConnectionClosed:
                 break
-            recorder.submit(
-                FrameReceived(
-                    self.connection_id,
-                    self._next_seq(),
-                    self.clock(),
-                    direction,
-                    opcode,
-                    data,
-                    len(data),
-                    identity=self.identity,
-                )
-            )
+            if self._injected and self._answers_injection(data, direction):
+                continue
+            self._submit(direction, data, opcode)
             try:
                 await dst.send_message(data, opcode)
             except ConnectionClosed:
@@ -174,7 +178,76 @@ class Session:
             )
         )
 
+    async def inject(
+        self, to: Direction, action: str, payload: dict[str, Any], answer_within: float
+    ) -> bytes:
+        """Send a CALL of the proxy's own towards ``to``; return the raw answer.
+
+        The CALL and its answer are recorded with ``injected`` set; the answer is never
+        forwarded. Raises InjectError when a CALL is already outstanding that way,
+        TimeoutError when no answer comes in time.
+        """
+        if to in self._injected:
+            raise InjectError(
+                f"an injected CALL to the {_peer(to)} of {self.identity} is still unanswered; "
+                "OCPP allows one outstanding CALL per direction: retry when it is answered"
+            )
+        message_id = str(uuid.uuid4())  # cannot collide with the peers' own ids
+        data = json.dumps([2, message_id, action, payload], separators=(",", ":")).encode()
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._injected[to] = (message_id, answer)
+        try:
+            self._submit(to, data, FrameOpcode.TEXT, injected=True)
+            leg = self.charger if to is Direction.TO_CHARGER else self.csms
+            try:
+                await leg.send_message(data, FrameOpcode.TEXT)
+            except ConnectionClosed as exc:
+                raise InjectError(f"{self.identity}: the {_peer(to)} leg is closed") from exc
+            async with asyncio.timeout(answer_within):
+                return await answer
+        finally:
+            del self._injected[to]
+
+    def _answers_injection(self, data: bytes, direction: Direction) -> bool:
+        """Swallow (record, never forward) the answer to a CALL the proxy injected."""
+        pending = self._injected.get(direction.reverse)
+        if pending is None:
+            return False
+        frame = parse_frame(data)
+        if not isinstance(frame, CallResult | CallError) or frame.message_id != pending[0]:
+            return False
+        self._submit(direction, data, FrameOpcode.TEXT, injected=True)
+        if not pending[1].done():
+            pending[1].set_result(data)
+        return True
+
+    def _submit(
+        self, direction: Direction, data: bytes, opcode: FrameOpcode, *, injected: bool = False
+    ) -> None:
+        self.recorder.submit(
+            FrameReceived(
+                self.connection_id,
+                self._next_seq(),
+                self.clock(),
+                direction,
+                opcode,
+                data,
+                len(data),
+                identity=self.identity,
+                injected=injected,
+            )
+        )
+
+    @property
+    def frames(self) -> int:
+        """Frames relayed (and injected) so far on this connection."""
+        return self._seq
+
     def _next_seq(self) -> int:
         seq = self._seq
         self._seq += 1
         return seq
+
+
+def _peer(direction: Direction) -> str:
+    return "charger" if direction is Direction.TO_CHARGER else "CSMS"

@@ -17,6 +17,8 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import duckdb
 
 from ocproxy import __version__
-from ocproxy.audit.auditor import Auditor
+from ocproxy.audit.auditor import Auditor, Finding
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened, FrameReceived, RecorderEvent
 from ocproxy.core.observe import ObservedFrame, observe
@@ -42,8 +44,8 @@ class Sink:
     def on_open(self, event: ConnectionOpened) -> None:
         """A connection was opened (or refused: see ``handshake_status``)."""
 
-    def on_frame(self, frame: ObservedFrame) -> None:
-        """A frame was parsed and correlated (it is written with the next batch)."""
+    def on_frame(self, frame: ObservedFrame, findings: Sequence[Finding] = ()) -> None:
+        """A frame was parsed, correlated and audited (it is written with the next batch)."""
 
     def on_close(self, event: ConnectionClosed) -> None:
         """A connection was closed."""
@@ -62,6 +64,43 @@ class RecorderStats:
     backpressure_wait_s: float = 0.0
     max_queue_depth: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool
+
+
+class LiveQuery:
+    """A read-only query for the writer thread (only it may touch the live file)."""
+
+    def __init__(self, sql: str, limit: int, params: dict[str, Any] | None = None) -> None:
+        self.sql = sql
+        self.limit = limit
+        self.params = params or None
+        self.future: Future[QueryResult] = Future()
+
+    def run(self, db: duckdb.DuckDBPyConnection) -> None:
+        try:
+            kinds = {s.type for s in db.extract_statements(self.sql)}
+            if kinds != {duckdb.StatementType.SELECT}:
+                raise RecorderError("live queries are read-only: one SELECT, no changes")
+            cursor = db.cursor()
+            try:
+                cursor.execute(self.sql, self.params)
+                columns = [d[0] for d in cursor.description or []]
+                rows = cursor.fetchmany(self.limit + 1)
+            finally:
+                cursor.close()
+        except duckdb.Error as exc:
+            self.future.set_exception(RecorderError(_first_line(exc)))
+            return
+        except RecorderError as exc:
+            self.future.set_exception(exc)
+            return
+        self.future.set_result(QueryResult(columns, rows[: self.limit], len(rows) > self.limit))
 
 
 _STOP = object()
@@ -158,6 +197,14 @@ class Recorder:
     def congested(self) -> bool:
         return self.depth >= self.queue_limit
 
+    def query(
+        self, sql: str, limit: int = 10_000, params: dict[str, Any] | None = None
+    ) -> Future[QueryResult]:
+        """Run a read-only query on the writer's connection, after what was submitted."""
+        request = LiveQuery(sql, limit, params)
+        self._pending.append(request)
+        return request.future
+
     async def wait_for_room(self) -> None:
         """Wait while the queue is at its limit; each wait is counted in the stats."""
         if not self.congested:
@@ -228,6 +275,11 @@ class Recorder:
                 if item is _STOP:
                     self._flush(db, buffer)
                     return
+                if isinstance(item, LiveQuery):
+                    # Answer from the file as it will be once everything before is in.
+                    buffer, deadline = self._flushed(db, buffer)
+                    item.run(db)
+                    continue
                 self._handle(item, buffer, correlators)  # type: ignore[arg-type]
                 self._processed += 1
                 if count % _YIELD_EVERY == 0:
@@ -250,10 +302,10 @@ class Recorder:
             correlator = correlators.setdefault(event.connection_id, Correlator())
             frame = observe(event, correlator, self.redactor)
             buffer.frames.append(frame)
-            if self.auditor is not None:
-                buffer.findings.extend(self.auditor.frame(frame))
+            findings = self.auditor.frame(frame) if self.auditor is not None else []
+            buffer.findings.extend(findings)
             for sink in self.sinks:
-                sink.on_frame(frame)
+                sink.on_frame(frame, findings)
         elif isinstance(event, ConnectionOpened):
             correlators[event.connection_id] = Correlator()
             buffer.opens.append(event)

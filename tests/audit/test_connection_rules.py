@@ -1,0 +1,128 @@
+"""Findings about a connection itself: subprotocol, identity, Basic-auth user name.
+
+They carry no frame (``seq`` is None) and are produced when the connection opens.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ocproxy.audit.rules import RULES, Severity
+
+from .helpers import CP, CS, Feed, heartbeat_response, only, rules
+
+ALLOWED_48 = "C" * 48
+
+
+def _open(**kwargs: object) -> list:  # type: ignore[type-arg]
+    feed = Feed()
+    _, found = feed.open(**kwargs)  # type: ignore[arg-type]
+    return found
+
+
+@pytest.mark.parametrize("subprotocol", ["ocpp1.6", "ocpp2.0", "ocpp2.0.1", "ocpp2.1"])
+def test_clean_connection_has_no_finding(subprotocol: str) -> None:
+    assert _open(subprotocol=subprotocol, identity="CP-1") == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "rule", "message"),
+    [
+        ({"subprotocol": None, "offered": ()}, "no-subprotocol", "offered no subprotocol"),
+        (
+            {"subprotocol": None, "offered": ("ocpp1.6",)},
+            "no-subprotocol",
+            "CSMS chose none",
+        ),
+        (
+            {"subprotocol": "ocpp1.6", "offered": ("ocpp1.6", "OCPP1.6J")},
+            "unknown-subprotocol",
+            "OCPP1.6J",
+        ),
+        (
+            {"subprotocol": "ocpp2.0.1", "offered": ("ocpp2.0.1", "ocpp2.0.1 ")},
+            "unknown-subprotocol",
+            "ocpp2.0.1 ",
+        ),
+        (
+            {"subprotocol": "ocpp2.0.1", "identity": ALLOWED_48 + "X"},
+            "identity-invalid",
+            "49 characters",
+        ),
+        ({"subprotocol": "ocpp2.1", "identity": "CP:1"}, "identity-invalid", "':'"),
+        ({"subprotocol": "ocpp2.0", "identity": "CP:1"}, "identity-invalid", "':'"),
+        (
+            {
+                "subprotocol": "ocpp2.0.1",
+                "identity": "CP-1",
+                "headers": [("Authorization", "Basic other:[redacted]")],
+            },
+            "basic-auth-username-mismatch",
+            "'other' differs from identity 'CP-1'",
+        ),
+        (
+            {
+                "subprotocol": "ocpp1.6",
+                "identity": "CP-1",
+                "headers": [("authorization", "basic cp-1:[redacted]")],
+            },
+            "basic-auth-username-mismatch",  # identities are case-sensitive
+            "'cp-1'",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_connection_finding(kwargs: dict, rule: str, message: str) -> None:  # type: ignore[type-arg]
+    finding = only(_open(**kwargs))
+    assert finding.rule == rule
+    assert finding.severity == RULES[rule].severity
+    assert message in finding.message
+    assert finding.seq is None
+    assert finding.path is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"subprotocol": "ocpp2.0.1", "identity": ALLOWED_48},
+        {"subprotocol": "ocpp1.6", "identity": ALLOWED_48 + "X" * 100},
+        {"subprotocol": "ocpp1.6", "identity": "CP:1"},
+        {"subprotocol": "ocpp2.0.1", "headers": [("Authorization", "Basic CP-1:[redacted]")]},
+        # not Basic, or no password recorded: nothing to compare
+        {"subprotocol": "ocpp2.0.1", "headers": [("Authorization", "Bearer abc")]},
+        {"subprotocol": "ocpp2.0.1", "headers": [("X-Other", "Basic x:[redacted]")]},
+        # a refused handshake: no subprotocol chosen is no finding (the CSMS said no)
+        {"subprotocol": None, "offered": ("ocpp1.6",), "status": 401},
+    ],
+)
+def test_no_connection_finding(kwargs: dict) -> None:  # type: ignore[type-arg]
+    assert _open(**kwargs) == []
+
+
+def test_several_connection_findings_at_once() -> None:
+    found = _open(
+        subprotocol="ocpp2.0.1",
+        offered=("ocpp2.0.1", "ocpp9"),
+        identity="A:B",
+        headers=[("Authorization", "Basic other:[redacted]")],
+    )
+    assert rules(found) == [
+        "unknown-subprotocol",
+        "identity-invalid",
+        "basic-auth-username-mismatch",
+    ]
+    assert {f.severity for f in found} == {Severity.WARNING, Severity.ERROR}
+
+
+def test_no_subprotocol_connection_skips_schema_checks() -> None:
+    """Without a version the schemas are unknown: only the RPC rules apply."""
+    feed = Feed()
+    connection_id, found = feed.open(subprotocol=None, offered=())
+    assert rules(found) == ["no-subprotocol"]
+    steps = [
+        (CP, [2, "1", "BootNotification", {"nonsense": True}], 0.0),
+        (CS, [3, "1", heartbeat_response()], 0.1),
+        (CP, [2, "2", "Heartbeat", {}], 1.0),
+        (CP, [2, "3", "Heartbeat", {}], 1.5),
+    ]
+    assert rules(feed.steps(connection_id, steps)) == ["outstanding-call"]
