@@ -194,25 +194,25 @@ async def test_second_inject_while_outstanding_is_refused(tmp_path: Path) -> Non
         SimCsms() as csms,
         _proxy(tmp_path / "r.duckdb", csms.url) as (proxy, port),
         connect(f"ws://127.0.0.1:{proxy.port}/CP-MUTE", subprotocols=["ocpp1.6"]),  # type: ignore[list-item]
+        ControlClient("127.0.0.1", port) as control,
     ):
-        async with ControlClient("127.0.0.1", port) as control:
-            await _wait_connected(control, "CP-MUTE")
-            first = asyncio.create_task(
-                control.request(
-                    "inject",
-                    identity="CP-MUTE",
-                    action="Reset",
-                    payload={"type": "Soft"},
-                    timeout=2,
-                )
+        await _wait_connected(control, "CP-MUTE")
+        first = asyncio.create_task(
+            control.request(
+                "inject",
+                identity="CP-MUTE",
+                action="Reset",
+                payload={"type": "Soft"},
+                timeout=2,
             )
-            await asyncio.sleep(0.2)
-            with pytest.raises(ControlError, match="still unanswered"):
-                await control.request(
-                    "inject", identity="CP-MUTE", action="Reset", payload={"type": "Hard"}
-                )
-            with pytest.raises(ControlError, match="no answer"):
-                await first
+        )
+        await asyncio.sleep(0.2)
+        with pytest.raises(ControlError, match="still unanswered"):
+            await control.request(
+                "inject", identity="CP-MUTE", action="Reset", payload={"type": "Hard"}
+            )
+        with pytest.raises(ControlError, match="no answer"):
+            await first
 
 
 async def test_close_a_connection_with_a_code(tmp_path: Path) -> None:
