@@ -23,6 +23,7 @@ from ocproxy.errors import ConfigError, OcproxyError
 from ocproxy.mitm.cli import add_addon_path_command
 from ocproxy.proxy.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    MirrorRoute,
     ProxyConfig,
     check_ws_url,
     load_config,
@@ -183,6 +184,12 @@ def _add_proxy(commands: Any) -> None:
         "(PORT alone: loopback); a token is written to ~/.config/ocproxy/control-PORT.token",
     )
     cmd.add_argument(
+        "--mirror",
+        metavar="URL",
+        help="also send every charger's messages to this secondary CSMS; its answers are "
+        "recorded, never forwarded (per identity pattern: [[mirror]] in --config)",
+    )
+    cmd.add_argument(
         "--keep-ids",
         action="store_true",
         help="record idTag/idToken as sent instead of pseudonymised (for a lab)",
@@ -258,6 +265,8 @@ def proxy_config(args: argparse.Namespace) -> ProxyConfig:
         overrides["ping_interval"] = args.ping_interval or None
     if args.tls_cert or args.tls_key:
         overrides.update(tls_cert=tuple(args.tls_cert), tls_key=tuple(args.tls_key))
+    if args.mirror is not None:
+        overrides["mirrors"] = (MirrorRoute("*", check_ws_url(args.mirror)),)
     return replace(config, **overrides).validate()
 
 

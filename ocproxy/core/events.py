@@ -36,6 +36,7 @@ class ConnectionOpened:
     source: str = "proxy"
     run_id: str | None = None
     replay_of: str | None = None  # the recorded connection this one replays
+    mirror_of: str | None = None  # the charger connection this secondary leg mirrors
     tls_version: str | None = None  # the charger leg's, e.g. "TLSv1.3"; None for ws://
     # The verified charger certificate (security profile 3).
     client_cert_subject: str | None = None

@@ -36,11 +36,22 @@ class Route:
 
 
 @dataclass(frozen=True)
+class MirrorRoute:
+    """Chargers matching ``identity`` are mirrored to a secondary CSMS at ``upstream``."""
+
+    identity: str
+    upstream: str
+    # The secondary's own CALLs with these actions reach the charger; others are refused.
+    allow_actions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 9000
     upstream: str | None = None
     routes: tuple[Route, ...] = ()
+    mirrors: tuple[MirrorRoute, ...] = ()
     db: str = DEFAULT_DB
     connect_timeout: float = 10.0
     ping_interval: float | None = 20.0
@@ -78,6 +89,12 @@ class ProxyConfig:
                 return route.upstream
         return self.upstream
 
+    def mirror_for(self, identity: str) -> MirrorRoute | None:
+        for mirror in self.mirrors:
+            if fnmatch.fnmatchcase(identity, mirror.identity):
+                return mirror
+        return None
+
     def client_cert_for(self, identity: str) -> tuple[str | None, str | None]:
         """The proxy's client certificate and key towards this identity's CSMS."""
         for route in self.routes:
@@ -88,7 +105,8 @@ class ProxyConfig:
     def validate(self) -> ProxyConfig:
         if self.upstream is None and not self.routes:
             raise ConfigError("no upstream: give --upstream URL or routes in --config")
-        for url in [self.upstream, *(r.upstream for r in self.routes)]:
+        mirrors = (m.upstream for m in self.mirrors)
+        for url in [self.upstream, *(r.upstream for r in self.routes), *mirrors]:
             if url is not None:
                 check_ws_url(url)
         positive = ("connect_timeout", "close_timeout", "max_message_size", "queue_limit")
@@ -137,6 +155,7 @@ _FILE_KEYS = {
     "listen",
     "upstream",
     "route",
+    "mirror",
     "db",
     "connect_timeout",
     "ping_interval",
@@ -196,6 +215,7 @@ def _from_mapping(data: dict[str, Any], origin: str) -> ProxyConfig:
         Route(str(r["identity"]), str(r["upstream"]), r.get("client_cert"), r.get("client_key"))
         for r in routes
     )
+    values["mirrors"] = _mirrors(data.pop("mirror", []), origin)
     for key in ("tls_cert", "tls_key"):
         if key in data:
             value = data.pop(key)
@@ -205,6 +225,21 @@ def _from_mapping(data: dict[str, Any], origin: str) -> ProxyConfig:
         if key in known and key not in ("routes",):
             values[key] = _typed(key, value, type(getattr(config, key)), origin)
     return replace(config, **values)
+
+
+def _mirrors(entries: Any, origin: str) -> tuple[MirrorRoute, ...]:
+    keys = {"identity", "upstream", "allow_actions"}
+    if not isinstance(entries, list) or not all(
+        isinstance(m, dict) and {"identity", "upstream"} <= set(m) <= keys for m in entries
+    ):
+        raise ConfigError(
+            f"config {origin}: each [[mirror]] needs identity and upstream "
+            "(and may have allow_actions)"
+        )
+    return tuple(
+        MirrorRoute(str(m["identity"]), str(m["upstream"]), tuple(m.get("allow_actions", ())))
+        for m in entries
+    )
 
 
 def _typed(key: str, value: Any, kind: type, origin: str) -> Any:

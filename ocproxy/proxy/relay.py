@@ -9,6 +9,7 @@ the same bytes with the same opcode on the other leg. The first leg to close dec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -25,6 +26,7 @@ from ocproxy.core.frames import CallError, CallResult, Direction, parse_frame
 from ocproxy.core.frames import Opcode as FrameOpcode
 from ocproxy.errors import InjectError
 from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
+from ocproxy.proxy.mirror import Mirror
 from ocproxy.recorder import Recorder
 
 # Codes a peer may put in a Close frame (RFC 6455 §7.4); 1005, 1006 and 1015 are
@@ -82,8 +84,10 @@ class Session:
         csms: CsmsLeg,
         recorder: Recorder,
         clock: Callable[[], float] = time.time,
+        mirror: Mirror | None = None,
     ) -> None:
         self.connection_id = connection_id
+        self.mirror = mirror
         self.identity = identity
         self.charger = charger
         self.csms = csms
@@ -99,9 +103,15 @@ class Session:
 
     async def run(self) -> CloseDecision:
         """Relay both ways; return how the connection ended once both legs are closed."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._pump(self.charger, self.csms, Direction.TO_CSMS))
-            group.create_task(self._pump(self.csms, self.charger, Direction.TO_CHARGER))
+        async with asyncio.TaskGroup() as outer:
+            mirroring = None if self.mirror is None else outer.create_task(self.mirror.run(self))
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._pump(self.charger, self.csms, Direction.TO_CSMS))
+                group.create_task(self._pump(self.csms, self.charger, Direction.TO_CHARGER))
+            if self.mirror is not None and mirroring is not None:
+                await self.mirror.close()
+                if not self.mirror.connected:
+                    mirroring.cancel()  # still dialling the secondary: nothing to close
         for _message_id, answer in self._injected.values():
             if not answer.done():
                 answer.set_exception(InjectError(f"{self.identity} disconnected"))
@@ -137,11 +147,17 @@ class Session:
                 break
             if self._injected and self._answers_injection(data, direction):
                 continue
+            mirror = self.mirror if direction is Direction.TO_CSMS else None
+            if mirror is not None and mirror.answers_forwarded(data):
+                self._submit(direction, data, opcode, injected=True)  # for the secondary only
+                continue
             self._submit(direction, data, opcode)
             try:
                 await dst.send_message(data, opcode)
             except ConnectionClosed:
                 return  # the other pump reads dst: it sees the close and handles it
+            if mirror is not None:
+                mirror.offer(data, opcode)
         await self._source_closed(src, dst, direction)
 
     async def _source_closed(
@@ -237,6 +253,12 @@ class Session:
                 injected=injected,
             )
         )
+
+    async def forward_from_mirror(self, data: bytes) -> None:
+        """A CALL the secondary CSMS may send: to the charger, recorded as injected."""
+        self._submit(Direction.TO_CHARGER, data, FrameOpcode.TEXT, injected=True)
+        with contextlib.suppress(ConnectionClosed):
+            await self.charger.send_message(data, FrameOpcode.TEXT)
 
     @property
     def frames(self) -> int:

@@ -30,6 +30,7 @@ from ocproxy.core.handshake import upstream_url as build_upstream_url
 from ocproxy.errors import ProxyError
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
+from ocproxy.proxy.mirror import Mirror
 from ocproxy.proxy.relay import Session
 from ocproxy.proxy.tls import PeerCertificate, peer_certificate, server_context
 from ocproxy.proxy.upstream import (
@@ -228,8 +229,20 @@ class ProxyServer:
         assert charger.request is not None
         assert charger.response is not None
         self._record_open(charger, charger.request, shake, charger.response)
+        route = self.config.mirror_for(shake.identity)
+        mirror = (
+            None
+            if route is None
+            else Mirror(route, charger.request, self.config, self.recorder, self.clock)
+        )
         session = Session(
-            shake.connection_id, shake.identity, charger, shake.csms, self.recorder, self.clock
+            shake.connection_id,
+            shake.identity,
+            charger,
+            shake.csms,
+            self.recorder,
+            self.clock,
+            mirror,
         )
         self.sessions.add(session)
         try:

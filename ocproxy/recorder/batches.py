@@ -102,7 +102,7 @@ def _append_opens(
 ) -> None:
     # Opens and closes are few (one per connection), so executemany is fast enough.
     db.executemany(
-        f"INSERT INTO connection_opens VALUES ({', '.join('?' * 21)})",
+        f"INSERT INTO connection_opens VALUES ({', '.join('?' * 22)})",
         [
             [
                 e.connection_id,
@@ -126,6 +126,7 @@ def _append_opens(
                 e.client_cert_serial,
                 e.client_cert_fingerprint,
                 e.insecure_upstream,
+                e.mirror_of,
             ]
             for e in opens
         ],

@@ -151,6 +151,19 @@ def m005_tls(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m006_mirror(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(
+        """
+        -- A connection to a secondary CSMS names the charger connection it mirrors.
+        ALTER TABLE connection_opens ADD COLUMN mirror_of VARCHAR;
+        CREATE OR REPLACE VIEW connections AS
+            SELECT o.*, c.closed_at, c.close_code, c.close_reason, c.closed_by
+            FROM connection_opens o LEFT JOIN connection_closes c USING (connection_id);
+        """
+    )
+
+
 def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations this database lacks; return their names."""
     db.execute(

@@ -1,0 +1,237 @@
+"""Mirroring a charger to a second CSMS, to evaluate or migrate to another network.
+
+The secondary gets a copy of every message the charger sends to the primary, on its own
+connection, recorded as a connection of its own (``mirror_of`` names the charger's).
+Its answers are recorded and never forwarded. Its own CALLs reach the charger only for
+the actions the route allows (then recorded on the charger's connection as injected,
+and the charger's answer goes back to the secondary only); others are refused with a
+CALLERROR from the proxy. Nothing the secondary does, including dying, can disturb the
+primary leg: copies go through a bounded queue and a full queue drops the mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from ocproxy.core.events import ClosedBy, ConnectionOpened, FrameReceived
+from ocproxy.core.events import ConnectionClosed as ClosedEvent
+from ocproxy.core.frames import Call, CallError, CallResult, Direction, Opcode, parse_frame
+from ocproxy.core.handshake import identity_from_path, redact_url
+from ocproxy.proxy.config import MirrorRoute, ProxyConfig
+from ocproxy.proxy.legs import CsmsLeg
+from ocproxy.proxy.tls import upstream_context
+from ocproxy.proxy.upstream import csms_request_headers
+from ocproxy.recorder import Recorder
+
+if TYPE_CHECKING:
+    from websockets.http11 import Request
+
+    from ocproxy.proxy.relay import Session
+
+_BACKLOG = 1_000
+
+
+class Mirror:
+    def __init__(
+        self,
+        route: MirrorRoute,
+        request: Request,
+        config: ProxyConfig,
+        recorder: Recorder,
+        clock: Callable[[], float],
+    ) -> None:
+        self.route = route
+        self.request = request
+        self.config = config
+        self.recorder = recorder
+        self.clock = clock
+        self.connection_id = str(uuid.uuid4())
+        self.url = route.upstream.rstrip("/") + request.path
+        self.identity = identity_from_path(request.path)
+        self.dropped = 0
+        self._queue: asyncio.Queue[tuple[bytes, Opcode]] = asyncio.Queue(_BACKLOG)
+        self._leg: CsmsLeg | None = None
+        self._seq = 0
+        self._alive = True
+        # ids of the secondary's CALLs forwarded to the charger, awaiting its answer
+        self._forwarded: set[str] = set()
+
+    # -- called by the charger's session -----------------------------------------
+
+    def offer(self, data: bytes, opcode: Opcode) -> None:
+        """A copy of a charger message; never blocks the primary leg."""
+        if not self._alive:
+            return
+        try:
+            self._queue.put_nowait((data, opcode))
+        except asyncio.QueueFull:
+            self._alive = False  # a secondary this slow is dropped, and counted
+            self.dropped += 1
+
+    def answers_forwarded(self, data: bytes) -> bool:
+        """Is this charger message the answer to a CALL the secondary sent it?"""
+        if not self._forwarded:
+            return False
+        frame = parse_frame(data)
+        if isinstance(frame, CallResult | CallError) and frame.message_id in self._forwarded:
+            self._forwarded.discard(frame.message_id)
+            self.offer(data, Opcode.TEXT)
+            return True
+        return False
+
+    async def run(self, session: Session) -> None:
+        """Mirror until the charger's session ends or the secondary goes; never raises."""
+        leg = await self._open(session)
+        if leg is None:
+            return
+        self._leg = leg
+        try:
+            async with asyncio.TaskGroup() as group:
+                sender = group.create_task(self._send(leg))
+                await self._receive(leg, session)
+                sender.cancel()
+        except Exception as exc:  # the secondary's troubles stay here
+            self._closed(ClosedBy.PROXY, None, f"mirror failed: {type(exc).__name__}: {exc}")
+            return
+        self._closed_from(leg)
+
+    @property
+    def connected(self) -> bool:
+        return self._leg is not None
+
+    async def close(self) -> None:
+        self._alive = False
+        if self._leg is not None:
+            await self._leg.close(1001, "charger disconnected")
+
+    # -- the secondary leg ----------------------------------------------------------
+
+    async def _open(self, session: Session) -> CsmsLeg | None:
+        tls = None
+        if self.url.startswith("wss:"):
+            tls = upstream_context(
+                self.config.upstream_ca, None, None, self.config.insecure_upstream
+            )
+        offered = [Subprotocol(session.subprotocol)] if session.subprotocol else None
+        status, detail = 101, ""
+        leg: CsmsLeg | None = None
+        try:
+            opened = await connect(
+                self.url,
+                ssl=tls,
+                subprotocols=offered,
+                additional_headers=csms_request_headers(self.request, None, False),
+                user_agent_header=None,
+                open_timeout=self.config.connect_timeout,
+                create_connection=CsmsLeg,
+                proxy=None,
+            )
+            assert isinstance(opened, CsmsLeg)
+            leg = opened
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            detail = f"secondary refused: HTTP {status}"
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            status = 502
+            detail = f"secondary unreachable: {exc}"
+        self._record_open(session, status, leg)
+        if leg is None:
+            self._closed(ClosedBy.CSMS if status != 502 else ClosedBy.PROXY, None, detail)
+            return None
+        return leg
+
+    async def _send(self, leg: CsmsLeg) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                data, opcode = await self._queue.get()
+                self._record(Direction.TO_CSMS, data, opcode)
+                await leg.send_message(data, opcode)
+
+    async def _receive(self, leg: CsmsLeg, session: Session) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                data, opcode = await leg.recv_message()
+                self._record(Direction.TO_CHARGER, data, opcode)
+                frame = parse_frame(data)
+                if isinstance(frame, Call):
+                    await self._secondary_call(leg, session, frame, data)
+        self._alive = False
+
+    async def _secondary_call(
+        self, leg: CsmsLeg, session: Session, frame: Call, data: bytes
+    ) -> None:
+        if frame.action in self.route.allow_actions:
+            self._forwarded.add(frame.message_id)
+            await session.forward_from_mirror(data)
+            return
+        refusal = json.dumps(
+            [
+                4,
+                frame.message_id,
+                "SecurityError",
+                f"ocproxy mirror: {frame.action} from the secondary CSMS is not allowed",
+                {},
+            ],
+            separators=(",", ":"),
+        ).encode()
+        self._record(Direction.TO_CSMS, refusal, Opcode.TEXT, injected=True)
+        await leg.send_message(refusal, Opcode.TEXT)
+
+    # -- recording ------------------------------------------------------------------
+
+    def _record(
+        self, direction: Direction, data: bytes, opcode: Opcode, *, injected: bool = False
+    ) -> None:
+        self.recorder.submit(
+            FrameReceived(
+                self.connection_id,
+                self._seq,
+                self.clock(),
+                direction,
+                opcode,
+                data,
+                len(data),
+                identity=self.identity,
+                injected=injected,
+            )
+        )
+        self._seq += 1
+
+    def _record_open(self, session: Session, status: int, leg: CsmsLeg | None) -> None:
+        self.recorder.submit(
+            ConnectionOpened(
+                connection_id=self.connection_id,
+                ts=self.clock(),
+                identity=session.identity,
+                path=self.request.path,
+                remote_addr=None,
+                offered_subprotocols=(session.subprotocol,) if session.subprotocol else (),
+                subprotocol=None if leg is None else leg.subprotocol,
+                upstream_url=redact_url(self.url),
+                handshake_status=status,
+                source="mirror",
+                run_id=self.recorder.run_id,
+                mirror_of=session.connection_id,
+            )
+        )
+
+    def _closed_from(self, leg: CsmsLeg) -> None:
+        rcvd, sent = leg.protocol.close_rcvd, leg.protocol.close_sent
+        if rcvd is not None and (sent is None or leg.protocol.close_rcvd_then_sent):
+            self._closed(ClosedBy.CSMS, int(rcvd.code), rcvd.reason)
+        elif sent is not None:
+            self._closed(ClosedBy.PROXY, int(sent.code), sent.reason)
+        else:
+            self._closed(ClosedBy.CSMS, 1006, "secondary connection lost")
+
+    def _closed(self, by: ClosedBy, code: int | None, reason: str) -> None:
+        self.recorder.submit(ClosedEvent(self.connection_id, self.clock(), code, reason, by))

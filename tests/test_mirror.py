@@ -1,0 +1,127 @@
+"""Mirroring a charger to a second CSMS, with real ocpp peers on both sides."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from helpers_ws import wait_until
+from ocpp.v16 import call_result
+
+from ocproxy.analytics.queries import bind, get_query, run
+from ocproxy.analytics.sources import open_sources
+from ocproxy.proxy.config import MirrorRoute
+from ocproxy.sim.charger import ChargerSpec, run_charger
+from ocproxy.sim.csms import SimCsms
+
+
+def _invalid_authorize(**_: Any) -> Any:
+    return call_result.Authorize(id_tag_info={"status": "Invalid"})
+
+
+def _mirror_report(db: Path) -> list[dict[str, Any]]:
+    query = get_query("mirror")
+    with open_sources([str(db)]) as opened:
+        table = run(opened.db, query.sql, bind(query, {})).table
+    return table.to_pylist()  # type: ignore[no-any-return]
+
+
+async def test_secondary_answering_differently_is_reported(
+    proxy_factory: Any, db_path: Path
+) -> None:
+    spec = ChargerSpec(identity="CP-MIRROR", version="1.6", meter_samples=2)
+    async with (
+        SimCsms() as primary,
+        SimCsms(overrides={"Authorize": _invalid_authorize}) as secondary,
+        proxy_factory(upstream=primary.url, mirrors=(MirrorRoute("CP-*", secondary.url),)) as (
+            proxy,
+            box,
+        ),
+    ):
+        transcript = await run_charger(proxy.url, spec)
+        # The secondary got every message the charger sent, in order.
+        await wait_until(
+            lambda: len(secondary.transcripts.get("CP-MIRROR", [])) >= len(transcript),
+            "the secondary got every charger message",
+        )
+        secondary_got = secondary.transcripts["CP-MIRROR"].in_direction("to_csms")
+    assert secondary_got == transcript.in_direction("to_csms")
+    # The charger only ever saw the primary's answers: the session went on to charge.
+    assert any("StartTransaction" in m for m in transcript.in_direction("to_csms"))
+    recording = box[0]
+    connections = recording.rows(
+        "SELECT connection_id, source, mirror_of, handshake_status, closed_by FROM connections "
+        "ORDER BY opened_at"
+    )
+    charger_row, mirror_row = connections
+    assert mirror_row["mirror_of"] == charger_row["connection_id"]
+    assert mirror_row["source"] == "mirror"
+    assert mirror_row["handshake_status"] == 101
+    report = _mirror_report(db_path)
+    assert [(r["action"], r["primary_answer"], r["secondary_answer"]) for r in report] == [
+        ("Authorize", "CALLRESULT", "CALLRESULT")
+    ]
+    assert json.loads(report[0]["primary_payload"])["idTagInfo"]["status"] == "Accepted"
+    assert json.loads(report[0]["secondary_payload"])["idTagInfo"]["status"] == "Invalid"
+
+
+async def test_secondary_dying_mid_session_never_disturbs_the_primary(
+    proxy_factory: Any, db_path: Path
+) -> None:
+    spec = ChargerSpec(identity="CP-DIE", version="2.0.1", meter_samples=6, pace=0.05)
+    secondary = SimCsms()
+    await secondary.start()
+    async with (
+        SimCsms() as primary,
+        proxy_factory(upstream=primary.url, mirrors=(MirrorRoute("*", secondary.url),)) as (
+            proxy,
+            box,
+        ),
+    ):
+        charging = asyncio.create_task(run_charger(proxy.url, spec))
+        await wait_until(
+            lambda: len(secondary.transcripts.get("CP-DIE", [])) >= 4, "the mirror is running"
+        )
+        await secondary.stop()  # the secondary goes away mid-session
+        transcript = await charging
+        primary_side = primary.transcripts["CP-DIE"]
+    assert transcript == primary_side  # the primary leg saw every message, undisturbed
+    rows = box[0].rows("SELECT source, close_code, closed_by FROM connections ORDER BY opened_at")
+    assert rows[0] == {"source": "proxy", "close_code": 1000, "closed_by": "charger"}
+    assert rows[1]["source"] == "mirror"
+    assert rows[1]["closed_by"] == "csms"
+
+
+async def test_secondary_calls_refused_unless_allowed(proxy_factory: Any, db_path: Path) -> None:
+    spec = ChargerSpec(identity="CP-ASK", version="1.6", heartbeats=2, pace=0.1)
+    for allowed in ((), ("GetConfiguration",)):
+        async with (
+            SimCsms() as primary,
+            SimCsms(initiate=True) as secondary,  # asks GetConfiguration after boot
+            proxy_factory(
+                upstream=primary.url,
+                mirrors=(MirrorRoute("*", secondary.url, allow_actions=allowed),),
+            ) as (proxy, box),
+        ):
+            transcript = await run_charger(proxy.url, spec)
+        charger_got_ask = any(
+            "GetConfiguration" in m for m in transcript.in_direction("to_charger")
+        )
+        with duckdb.connect(str(db_path), read_only=True) as con:
+            answer = con.execute(
+                "SELECT f.message_type, f.error_code, f.injected FROM frames f JOIN connections c "
+                "USING (connection_id) WHERE c.source = 'mirror' AND f.direction = 'to_csms' "
+                "AND f.action = 'GetConfiguration' AND f.message_type IN (3, 4) "
+                "ORDER BY c.opened_at DESC LIMIT 1"
+            ).fetchone()
+        await asyncio.to_thread(db_path.unlink)  # a fresh recording for the next case
+        assert box
+        if allowed:
+            assert charger_got_ask
+            assert answer == (3, None, False)  # the charger's own answer, relayed
+        else:
+            assert not charger_got_ask
+            assert answer == (4, "SecurityError", True)  # refused by the proxy
