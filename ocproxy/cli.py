@@ -30,6 +30,7 @@ from ocproxy.proxy.config import (
     parse_listen,
 )
 from ocproxy.recorder import DEFAULT_DB
+from ocproxy.tail.cli import add_tail_command
 
 _PROXY_EPILOG = """\
 examples:
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_proxy(commands)
     add_audit_command(commands)
     add_inject_command(commands)
+    add_tail_command(commands)
     add_query_command(commands)
     _add_demo(commands)
     add_addon_path_command(commands)

@@ -772,7 +772,8 @@ def test_tail_bad_db_is_config_error(tmp_path: Path, content: bytes | None) -> N
 
 
 def test_readme_section_examples_parse() -> None:
-    section = (Path(__file__).parent.parent / "ocproxy" / "tail" / "README_SECTION.md").read_text()
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### `ocproxy tail`", 1)[1].split("\n### ", 1)[0]
     examples = [
         shlex.split(line.split("#")[0])[2:]
         for line in section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()

@@ -129,6 +129,8 @@ class ControlServer:
             try:
                 async for message in connection:
                     group.create_task(self._answer(connection, message, queue))
+            except ConnectionClosed:
+                pass  # a client that vanished without a close handshake: nothing to answer
             finally:
                 self.feed.subscribers.pop(queue, None)
                 pusher.cancel()

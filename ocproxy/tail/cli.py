@@ -303,6 +303,8 @@ async def tail_live(
             for task in (follower, stopper):
                 task.cancel()
             await asyncio.gather(follower, stopper, return_exceptions=True)
+        if not follower.cancelled() and (failure := follower.exception()) is not None:
+            raise failure
         if stop.is_set():
             return 0
     raise ControlError(ENDED)

@@ -5,8 +5,11 @@ They carry no frame (``seq`` is None) and are produced when the connection opens
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from ocproxy.audit.auditor import Finding
 from ocproxy.audit.rules import RULES, Severity
 
 from .helpers import CP, CS, Feed, heartbeat_response, only, rules
@@ -14,9 +17,8 @@ from .helpers import CP, CS, Feed, heartbeat_response, only, rules
 ALLOWED_48 = "C" * 48
 
 
-def _open(**kwargs: object) -> list:  # type: ignore[type-arg]
-    feed = Feed()
-    _, found = feed.open(**kwargs)  # type: ignore[arg-type]
+def _open(**kwargs: Any) -> list[Finding]:
+    _, found = Feed().open(**kwargs)
     return found
 
 
@@ -72,7 +74,7 @@ def test_clean_connection_has_no_finding(subprotocol: str) -> None:
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )
-def test_connection_finding(kwargs: dict, rule: str, message: str) -> None:  # type: ignore[type-arg]
+def test_connection_finding(kwargs: dict[str, Any], rule: str, message: str) -> None:
     finding = only(_open(**kwargs))
     assert finding.rule == rule
     assert finding.severity == RULES[rule].severity
@@ -95,7 +97,7 @@ def test_connection_finding(kwargs: dict, rule: str, message: str) -> None:  # t
         {"subprotocol": None, "offered": ("ocpp1.6",), "status": 401},
     ],
 )
-def test_no_connection_finding(kwargs: dict) -> None:  # type: ignore[type-arg]
+def test_no_connection_finding(kwargs: dict[str, Any]) -> None:
     assert _open(**kwargs) == []
 
 

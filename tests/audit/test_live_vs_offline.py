@@ -49,7 +49,7 @@ def _live(db_path: Path) -> Counter[Row]:
         rows = db.execute(
             "SELECT connection_id, seq, rule, severity, message, path FROM findings"
         ).fetchall()
-    return Counter(tuple(row) for row in rows)  # type: ignore[misc]
+    return Counter((r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows)
 
 
 def _offline(db_path: Path, settings: AuditSettings = SETTINGS) -> Counter[Row]:

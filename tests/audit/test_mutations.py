@@ -8,6 +8,7 @@ connection's findings are compared, so a mutation that also tripped another rule
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -521,7 +522,7 @@ def _error_code_cases() -> list[Case]:
 
 
 def _heartbeat_cases() -> list[Case]:
-    def session(*beats: float, extra: list[Step] = ()) -> list[Step]:  # type: ignore[assignment]
+    def session(*beats: float, extra: Sequence[Step] = ()) -> list[Step]:
         steps = [
             (CP, [2, "b1", "BootNotification", boot_request(V16)], 0.0),
             (CS, [3, "b1", boot_response(interval=60)], 0.1),
