@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collects no test: make fails then, it never passes silently.
 test: lint
+	bash scripts/install-browser.sh
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
