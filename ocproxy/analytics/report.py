@@ -7,160 +7,55 @@ volume per time bucket, latency histogram per action). Whatever the recording's 
 what reaches Python is small: at most :data:`MAX_BUCKETS` time buckets, ``top``
 transactions, actions and chargers, and :data:`TIMELINE_COLUMNS` status spans per
 connector lane (shorter periods are folded into the longest one of their column).
+
+The dataclasses and the formats live in :mod:`ocproxy.analytics.report_data`;
+:class:`Report` and the ``fmt_*`` formats are re-exported here (``import X as X``), so
+imports from this module keep working.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 
 from ocproxy.analytics.queries import bind, get_query, run
+from ocproxy.analytics.report_data import (
+    BINS_PER_DECADE,
+    BUCKET_STEPS,
+    ChargerRow,
+    Energy,
+    ErrorCode,
+    Lane,
+    LatencyRow,
+    Overview,
+    Span,
+    Timeline,
+    Transaction,
+    Volume,
+)
+from ocproxy.analytics.report_data import Report as Report
+from ocproxy.analytics.report_data import fmt_count as fmt_count
+from ocproxy.analytics.report_data import fmt_duration as fmt_duration
+from ocproxy.analytics.report_data import fmt_kwh as fmt_kwh
+from ocproxy.analytics.report_data import fmt_ms as fmt_ms
+from ocproxy.analytics.report_data import fmt_stamp as fmt_stamp
+from ocproxy.analytics.report_data import fmt_step as fmt_step
+from ocproxy.analytics.report_data import fmt_time as fmt_time
+from ocproxy.analytics.report_data import fmt_wh as fmt_wh
 from ocproxy.analytics.sources import open_sources
 from ocproxy.errors import ConfigError
 
 DEFAULT_TOP = 20
 MAX_BUCKETS = 120
 TIMELINE_COLUMNS = 300
-# Bucket widths in seconds, the smallest giving at most MAX_BUCKETS buckets wins.
-BUCKET_STEPS = (
-    *(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30),
-    *(60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200),
-    *(86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400, 91 * 86400, 365 * 86400),
-)
 TYPE_NAMES = {2: "CALL", 3: "CALLRESULT", 4: "CALLERROR", 5: "CALLRESULTERROR", 6: "SEND"}
 MALFORMED = "malformed"
 DIRECTIONS = ("to_csms", "to_charger")
 NO_ANSWER = "(no answer)"
-# Latency histogram bins: a quarter of a decade each, bin k covers [10^(k/4), 10^((k+1)/4)).
-BINS_PER_DECADE = 4
-
-
-@dataclass(frozen=True)
-class Overview:
-    first_at: datetime | None
-    last_at: datetime | None
-    frames: int
-    bytes: int
-    malformed: int
-    connections: int
-    refused: int
-    chargers: int
-    transactions: int
-    energy_wh: float
-    callerrors: int
-    unanswered: int
-
-
-@dataclass(frozen=True)
-class Volume:
-    bucket_s: float
-    starts: tuple[datetime, ...]
-    by_type: dict[str, tuple[int, ...]]
-    by_direction: dict[str, tuple[int, ...]]
-
-
-@dataclass(frozen=True)
-class Transaction:
-    identity: str
-    transaction_id: str
-    energy_wh: float
-    started_at: datetime | None
-    stopped_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Energy:
-    shown: tuple[Transaction, ...]  # chronological, or the largest when there are many
-    transactions: int
-    metered: int  # transactions with an energy figure
-    total_wh: float
-
-
-@dataclass(frozen=True)
-class Span:
-    status: str
-    error_code: str | None
-    start: datetime
-    end: datetime
-    current: bool  # the charger's status still, when the recording ends
-    periods: int  # status periods folded into this span (1 = exact)
-
-
-@dataclass(frozen=True)
-class Lane:
-    identity: str
-    connector: str
-    spans: tuple[Span, ...]
-
-
-@dataclass(frozen=True)
-class Timeline:
-    lanes: tuple[Lane, ...]
-    chargers: int  # chargers with any status notification
-    start: datetime | None = None
-    end: datetime | None = None
-
-    @property
-    def chargers_shown(self) -> int:
-        return len({lane.identity for lane in self.lanes})
-
-
-@dataclass(frozen=True)
-class LatencyRow:
-    action: str
-    direction: str
-    calls: int
-    errors: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    bins: tuple[tuple[int, int], ...]  # (bin k, answers); see BINS_PER_DECADE
-
-
-@dataclass(frozen=True)
-class ErrorCode:
-    code: str
-    kind: str  # callerror, callresulterror or unanswered
-    count: int
-    top_action: str | None
-    actions: int
-
-
-@dataclass(frozen=True)
-class ChargerRow:
-    identity: str
-    connections: int
-    frames: int
-    transactions: int
-    energy_wh: float
-    errors: int
-    unanswered: int
-
-
-@dataclass(frozen=True)
-class Report:
-    sources: tuple[str, ...]
-    identity: str | None
-    overview: Overview
-    volume: Volume
-    energy: Energy
-    timeline: Timeline
-    latency: tuple[LatencyRow, ...]
-    latency_pairs: int  # (action, direction) pairs in the recording
-    errors: tuple[ErrorCode, ...]
-    chargers: tuple[ChargerRow, ...]
-    notes: tuple[str, ...] = ()
-    generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    elapsed_s: float = 0.0
-
-    @property
-    def empty(self) -> bool:
-        return self.overview.frames == 0 and self.overview.connections + self.overview.refused == 0
 
 
 def build_report(
@@ -479,56 +374,3 @@ def _chargers(db: duckdb.DuckDBPyConnection, top: int) -> tuple[ChargerRow, ...]
         {"top": top},
     )
     return tuple(ChargerRow(**r) for r in rows)
-
-
-# -- formats, shared by the HTML page and the terminal summary --------------------------------
-
-
-def fmt_count(n: int | float) -> str:
-    return f"{n:,.0f}"
-
-
-def fmt_wh(wh: float) -> str:
-    """Exactly what the meter said: 5,000 Wh, 1,500.5 Wh."""
-    text = f"{wh:,.3f}".rstrip("0").rstrip(".")
-    return f"{text} Wh"
-
-
-def fmt_kwh(wh: float) -> str:
-    return f"{wh / 1000:,.3f}".rstrip("0").rstrip(".") + " kWh"
-
-
-def fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    if ms >= 1000:
-        return f"{ms / 1000:.3g} s"
-    return f"{ms:.3g} ms"
-
-
-def fmt_time(ts: datetime | None, span_s: float = 86400.0) -> str:
-    if ts is None:
-        return "-"
-    ts = ts.astimezone(UTC)
-    if span_s < 10:
-        return ts.strftime("%H:%M:%S.%f")[:-3]
-    if span_s < 3600:
-        return ts.strftime("%H:%M:%S")
-    return ts.strftime("%Y-%m-%d %H:%M" if span_s >= 2 * 86400 else "%H:%M")
-
-
-def fmt_stamp(ts: datetime | None) -> str:
-    return "-" if ts is None else ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
-
-
-def fmt_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.3g} s"
-    return str(timedelta(seconds=round(seconds)))
-
-
-def fmt_step(seconds: float) -> str:
-    for unit, size in (("day", 86400), ("h", 3600), ("min", 60), ("s", 1)):
-        if seconds >= size:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds * 1000:g} ms"
