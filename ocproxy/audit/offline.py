@@ -87,7 +87,9 @@ def audit_recording(
             correlators[event.connection_id] = Correlator()
             findings.extend(auditor.opened(event))
         elif isinstance(event, FrameReceived):
-            correlator = correlators.setdefault(event.connection_id, Correlator())
+            correlator = correlators.get(event.connection_id) or correlators.setdefault(
+                event.connection_id, Correlator()
+            )
             findings.extend(auditor.frame(observe(event, correlator)))
         else:
             findings.extend(auditor.closed(event))
@@ -200,14 +202,21 @@ def _evidence(
             wanted.setdefault(
                 (identities.get(f.connection_id, "?"), f.rule), (f.connection_id, f.seq)
             )
-    refs: dict[tuple[str, int], FrameRef] = {}
-    for connection_id, seq in set(wanted.values()):
-        row = db.execute(
-            "SELECT raw FROM frames WHERE connection_id = ? AND seq = ?", [connection_id, seq]
-        ).fetchone()
-        raw = None if row is None or row[0] is None else bytes(row[0])
-        refs[(connection_id, seq)] = FrameRef(identities.get(connection_id, "?"), raw)
-    return refs
+    cited = sorted(set(wanted.values()))
+    # One query for every cited frame: one per frame costs seconds on a big recording.
+    rows = db.execute(
+        "SELECT connection_id, seq, raw FROM frames WHERE (connection_id, seq) IN "
+        "(SELECT (unnest($ids::VARCHAR[]), unnest($seqs::BIGINT[])))",
+        {"ids": [c for c, _ in cited], "seqs": [s for _, s in cited]},
+    ).fetchall()
+    found = {(row[0], row[1]): row[2] for row in rows}
+    return {
+        (connection_id, seq): FrameRef(
+            identities.get(connection_id, "?"),
+            None if found.get((connection_id, seq)) is None else bytes(found[(connection_id, seq)]),
+        )
+        for connection_id, seq in cited
+    }
 
 
 def _first_line(exc: BaseException) -> str:

@@ -114,7 +114,10 @@ def observe(
 def _redact(
     redactor: Redactor, frame: Call | Send | CallResult, action: str | None, raw: bytes
 ) -> tuple[Any, bytes, tuple[str, ...] | None]:
-    result = redactor.redact(action, frame.payload, response=isinstance(frame, CallResult))
+    response = isinstance(frame, CallResult)
+    if not redactor.may_redact(action, raw, response=response):
+        return frame.payload, raw, None
+    result = redactor.redact(action, frame.payload, response=response)
     if not result.removed:
         return frame.payload, raw, None
     head: list[Any] = [int(frame.message_type), frame.message_id]
@@ -162,9 +165,12 @@ def _raw_bytes(data: str | bytes | None) -> bytes | None:
     return bytes(data)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _compact_json(value: Any) -> str | None:
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _ENCODER.encode(value)
     except ValueError:
         # 1e999 parses as infinity, which JSON cannot hold: keep only ``raw`` for it.
         return None

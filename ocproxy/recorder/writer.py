@@ -299,7 +299,9 @@ class Recorder:
         self, event: RecorderEvent, buffer: batches.Batch, correlators: dict[str, Correlator]
     ) -> None:
         if isinstance(event, FrameReceived):
-            correlator = correlators.setdefault(event.connection_id, Correlator())
+            correlator = correlators.get(event.connection_id) or correlators.setdefault(
+                event.connection_id, Correlator()
+            )
             frame = observe(event, correlator, self.redactor)
             buffer.frames.append(frame)
             findings = self.auditor.frame(frame) if self.auditor is not None else []
