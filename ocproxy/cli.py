@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ocproxy import __version__
 from ocproxy.analytics.cli import add_query_command
+from ocproxy.analytics.export_cli import add_export_command
 from ocproxy.analytics.report_cli import add_report_command
 from ocproxy.audit.cli import add_audit_command
 from ocproxy.control.cli import add_inject_command
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tail_command(commands)
     add_query_command(commands)
     add_report_command(commands)
+    add_export_command(commands)
     _add_demo(commands)
     add_addon_path_command(commands)
     return parser

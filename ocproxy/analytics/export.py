@@ -304,6 +304,7 @@ def _run_watched(
 ) -> int:
     """Run ``sql`` on a worker thread, reporting DuckDB's progress; Ctrl-C interrupts it."""
     outcome: list[int | BaseException] = []
+    finished = threading.Event()
 
     def work() -> None:
         try:
@@ -311,19 +312,22 @@ def _run_watched(
             outcome.append(int(rows))
         except BaseException as exc:  # handed to the caller's thread below
             outcome.append(exc)
+        finally:
+            finished.set()
 
-    worker = threading.Thread(target=work, name=f"ocproxy-export-{name}", daemon=True)
-    worker.start()
+    threading.Thread(target=work, name=f"ocproxy-export-{name}", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(_POLL_S)
-            if progress is not None and worker.is_alive():
+        # An Event, not Thread.join: a join interrupted by Ctrl-C may return at once
+        # afterwards while the thread still runs, and the connection is still busy.
+        while not finished.wait(_POLL_S):
+            if progress is not None:
                 done = db.query_progress()
                 if done >= 0:
                     progress(name, min(float(done), 99.0))
     except BaseException:
         db.interrupt()
-        worker.join()
+        while not finished.wait(_POLL_S):
+            db.interrupt()
         raise
     result = outcome[0]
     if isinstance(result, duckdb.Error):

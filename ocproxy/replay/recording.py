@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -192,6 +193,10 @@ def _unpack(item: _Packed) -> RecorderEvent:
 def _child(conn: Connection, path: str, source: str, settings: dict[str, Any]) -> None:
     # Ctrl-C reaches the whole process group: the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The recording is off the replay's critical path (it catches up, within the queue
+    # limit): on a busy machine, let the kernel run the replay first.
+    with contextlib.suppress(OSError):
+        os.nice(5)
     try:
         recorder = Recorder(path, source=source, settings=settings).start()
     except Exception as exc:  # reported to the parent's start(), which raises it

@@ -152,20 +152,19 @@ class Context:
         self.report.replay_id, self.report.identity = connection_id, identity
         return connection_id
 
-    def record_close(self, connection_id: str, leg: Leg, ours: bool) -> None:
-        """Record how the connection ended: by whom, and the code that side sent."""
+    def record_close(self, connection_id: str, leg: Leg) -> None:
+        """Record how the connection ended: who closed first, and the code they sent."""
         me = ClosedBy.CHARGER if self.options.role is Role.CHARGER else ClosedBy.CSMS
         peer = ClosedBy.CSMS if me is ClosedBy.CHARGER else ClosedBy.CHARGER
-        sent = leg.protocol.close_sent
-        # When both sides close at once, close_code is the peer's: record our own code.
-        code, reason = (
-            (sent.code, sent.reason)
-            if ours and sent is not None
-            else (leg.close_code, leg.close_reason)
-        )
-        self.recorder.submit(
-            ClosedEvent(connection_id, wall_clock(), code, reason, me if ours else peer)
-        )
+        protocol = leg.protocol
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        if rcvd is not None and (sent is None or protocol.close_rcvd_then_sent):
+            code, reason, by = int(rcvd.code), rcvd.reason, peer
+        elif sent is not None:
+            code, reason, by = int(sent.code), sent.reason, me
+        else:  # the peer vanished without a Close frame
+            code, reason, by = 1006, "", peer
+        self.recorder.submit(ClosedEvent(connection_id, wall_clock(), code, reason, by))
 
     def record_refusal(self, connection_id: str, status: int) -> None:
         peer = ClosedBy.CSMS if self.options.role is Role.CHARGER else ClosedBy.CHARGER
@@ -314,6 +313,7 @@ async def _first_charger(
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)  # nothing left pending
     return accepted.result() if accepted.done() else None
 
 
@@ -334,4 +334,4 @@ async def _run_session(ctx: Context, leg: Leg, connection_id: str) -> None:
     )
     # OCPP-J: a CSMS that cannot speak the charger's version closes with 1002.
     await leg.close(1002 if ctx.options.role is Role.CSMS else 1000, "subprotocol mismatch")
-    ctx.record_close(connection_id, leg, True)
+    ctx.record_close(connection_id, leg)

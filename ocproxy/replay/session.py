@@ -96,7 +96,7 @@ class Session:
                 self._closing = not self._receiver_done
                 await self.leg.close(1001 if self.report.interrupted else 1000, f"replay {done}")
         self._finish()
-        self.ctx.record_close(self.connection_id, self.leg, self._closing)
+        self.ctx.record_close(self.connection_id, self.leg)
 
     # -- sending ---------------------------------------------------------------------
 
