@@ -46,7 +46,6 @@ from ocproxy.sim.charger import ChargerSpec, run_charger
 from ocproxy.sim.csms import SimCsms
 
 REPO = Path(__file__).resolve().parent.parent
-SECTION = REPO / "ocproxy" / "analytics" / "EXPORT_README_SECTION.md"
 TABLES = ("frames", "connections", "findings", "runs", "run_stats")
 
 # -- the command line -----------------------------------------------------------------------
@@ -487,10 +486,7 @@ def test_an_interrupted_export_leaves_the_lake_as_it_was(odd: Path, tmp_path: Pa
 
 
 def _readme_sql() -> str:
-    readme = (REPO / "README.md").read_text("utf-8")
-    marker = "### `ocproxy export`"
-    text = readme if marker in readme else SECTION.read_text("utf-8")
-    section = text.split(marker, 1)[1].split("\n## ", 1)[0]
+    section = _section()
     return section.split("```sql\n", 1)[1].split("```", 1)[0]
 
 
@@ -526,8 +522,13 @@ def test_the_readme_duckdb_example_works_verbatim(
     )
 
 
+def _section() -> str:
+    readme = (REPO / "README.md").read_text("utf-8")
+    return readme.split("### `ocproxy export`", 1)[1].split("\n## ", 1)[0]
+
+
 def test_the_section_documents_every_option() -> None:
-    section = SECTION.read_text("utf-8")
+    section = _section()
     parser = argparse.ArgumentParser()
     add_export_command(parser.add_subparsers())
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -156,6 +156,7 @@ def answer_calls(data: bytes) -> list[bytes | int]:
 class RawCsms:
     url: str = ""
     received: list[tuple[Opcode, bytes]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # monotonic, when each arrived
 
 
 @asynccontextmanager
@@ -169,6 +170,7 @@ async def raw_csms(policy: Policy = answer_calls) -> AsyncIterator[RawCsms]:
             while True:
                 data, opcode = await leg.recv_message()
                 box.received.append((opcode, data))
+                box.times.append(time.monotonic())
                 for action in policy(data):
                     if isinstance(action, int):
                         await leg.close(action, "test CSMS closes")
@@ -367,7 +369,12 @@ async def test_as_csms_a_charger_without_the_recorded_subprotocol_is_closed(
         (DiffKind.HANDSHAKE, "ocpp1.6", None)
     ]
     assert report.totals().not_replayed == script.total
-    assert replayed.connection()["close_code"] == 1002
+    # The ocpp charger gives up on its own (1011) and may beat our 1002 to it.
+    connection = replayed.connection()
+    assert (connection["closed_by"], connection["close_code"]) in [
+        ("csms", 1002),
+        ("charger", 1011),
+    ]
 
 
 # -- malformed frames -------------------------------------------------------------------------
@@ -536,17 +543,16 @@ async def test_an_answer_that_does_not_come_is_a_timeout(tmp_path: Path) -> None
 
 async def test_pacing_follows_the_recording_scaled_by_speed(tmp_path: Path) -> None:
     source = tmp_path / "lit.duckdb"
-    frames = [(UP, b'[2,"h1","Heartbeat",{}]'), (DOWN, b'[3,"h1",{}]')] * 1
+    frames = [(UP, b'[2,"h1","Heartbeat",{}]'), (DOWN, b'[3,"h1",{}]')]
     frames += [(UP, b'[2,"h2","Heartbeat",{}]'), (DOWN, b'[3,"h2",{}]')]
     connection_id = literal_recording(source, frames, gap=0.5)
     script = load(source, Role.CHARGER, connection=connection_id)
     async with raw_csms() as csms:
-        started = time.monotonic()
         replayed = await run_replay(tmp_path, script, charger(csms.url, speed=5.0))
-        elapsed = time.monotonic() - started
     # The second CALL was recorded 1 s after the first: 0.2 s apart at 5x.
     assert replayed.report.exit_code == 0
-    assert 0.2 <= elapsed < 1.0
+    first, second = csms.times
+    assert 0.19 <= second - first < 0.6
 
 
 async def test_shift_time_moves_payload_timestamps_to_the_present(tmp_path: Path) -> None:
