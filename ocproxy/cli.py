@@ -32,6 +32,7 @@ from ocproxy.proxy.config import (
     parse_listen,
 )
 from ocproxy.recorder import DEFAULT_DB
+from ocproxy.replay.cli import add_replay_command
 from ocproxy.tail.cli import add_tail_command
 
 _PROXY_EPILOG = """\
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_proxy(commands)
     add_audit_command(commands)
+    add_replay_command(commands)
     add_inject_command(commands)
     add_tail_command(commands)
     add_query_command(commands)
