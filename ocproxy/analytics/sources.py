@@ -273,9 +273,8 @@ def _union(selects: list[str]) -> str:
 
 def _is_empty(db: duckdb.DuckDBPyConnection, source: dict[str, str]) -> bool:
     for name in ("frames", "connection_opens", "connections"):
-        if name in source:
-            if db.execute(f"SELECT 1 FROM ({source[name]}) LIMIT 1").fetchall():
-                return False
+        if name in source and db.execute(f"SELECT 1 FROM ({source[name]}) LIMIT 1").fetchall():
+            return False
     return True
 
 

@@ -193,10 +193,12 @@ def _unpack(item: _Packed) -> RecorderEvent:
 def _child(conn: Connection, path: str, source: str, settings: dict[str, Any]) -> None:
     # Ctrl-C reaches the whole process group: the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The recording is off the replay's critical path (it catches up, within the queue
-    # limit): on a busy machine, let the kernel run the replay first.
+    # The recording is off the replay's critical path: it only needs the CPU the replay
+    # and its peer leave idle, and catches up within _CHILD_QUEUE_LIMIT (beyond that the
+    # pipe makes the replay wait: nothing is lost). At nice 0 it preempted the ping-pong
+    # and cost a --speed max replay ~20 % of its rate; at 19 it costs ~nothing.
     with contextlib.suppress(OSError):
-        os.nice(5)
+        os.nice(19)
     try:
         recorder = Recorder(path, source=source, settings=settings).start()
     except Exception as exc:  # reported to the parent's start(), which raises it
