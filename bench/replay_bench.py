@@ -105,7 +105,7 @@ def replay_command() -> list[str]:
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if "replay" in commands.choices:
         return [sys.executable, "-m", "ocproxy", "replay"]
-    return [sys.executable, "-m", "ocproxy.replay.cli", "replay"]
+    return [sys.executable, "-m", "ocproxy", "replay"]
 
 
 async def run_replay(

@@ -596,7 +596,7 @@ async def test_stop_interrupts_cleanly_and_keeps_the_partial_comparison(tmp_path
 async def test_command_line_end_to_end(
     proxy_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ocproxy.replay.cli import main
+    from ocproxy.cli import main
 
     source, connection_id = await record_session(proxy_factory, "1.6")
     out, summary = tmp_path / "out.duckdb", tmp_path / "summary.json"
@@ -656,7 +656,7 @@ async def test_command_line_end_to_end(
 async def test_command_line_usage_errors_exit_2(
     argv: list[str], message: str, proxy_factory: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ocproxy.replay.cli import main
+    from ocproxy.cli import main
 
     source, _ = await record_session(proxy_factory, "1.6")
     with pytest.raises(SystemExit) as exited:

@@ -12,18 +12,16 @@ import asyncio
 import csv
 import json
 import signal
-import sys
 import threading
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.text import Text
 
 from ocproxy.errors import ConfigError, OcproxyError
+from ocproxy.proxy.config import check_ws_url
 from ocproxy.recorder import DEFAULT_DB
 from ocproxy.replay.compare import IgnoreRules
 from ocproxy.replay.script import Role, Script, Selection
@@ -185,7 +183,7 @@ def replay_options(args: argparse.Namespace) -> ReplayOptions:
     if role is Role.CHARGER:
         if args.target is None:
             raise ConfigError("--as charger needs --target URL (the CSMS to replay against)")
-        _check_url(args.target)
+        check_ws_url(args.target)
         if args.listen is not None:
             raise ConfigError("--listen is for --as csms; --as charger dials --target")
     elif args.target is not None or args.target_identity is not None or args.header:
@@ -320,30 +318,3 @@ def _header(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not 'NAME: VALUE'")
     return name.strip(), value.strip()
-
-
-def _check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(f"--target {url!r} is not a ws:// or wss:// URL")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ocproxy.replay.cli replay ...``: the command on its own."""
-    parser = argparse.ArgumentParser(prog="ocproxy")
-    add_replay_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.func(args)
-    except ConfigError as exc:
-        parser.exit(exc.exit_code, f"ocproxy: error: {exc}\n")
-    except OcproxyError as exc:
-        print(f"ocproxy: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
