@@ -81,11 +81,11 @@ def show_recording(path: Path, console: Console) -> None:
         console.print(_table(db, "Frames per action", _ACTIONS_SQL))
         total = db.execute("SELECT count(*) FROM frames").fetchone()
     console.print(
-        f"{total[0] if total else 0} frames recorded in [bold]{path}[/]. "
-        "Query it with DuckDB, e.g.\n"
-        f"  python -c \"import duckdb; print(duckdb.connect('{path}')"
-        ".sql('SELECT identity, action, count(*) FROM frames JOIN connections "
-        "USING (connection_id) GROUP BY ALL ORDER BY ALL'))\"",
+        f"{total[0] if total else 0} frames recorded in [bold]{path}[/]. Next:\n"
+        f"  ocproxy query {path} transactions      # energy per transaction\n"
+        f"  ocproxy audit {path}                   # compliance findings\n"
+        f"  ocproxy report {path} --html demo.html # charts\n"
+        f"  ocproxy tail {path} --limit 20          # the last frames",
         highlight=False,
     )
 
