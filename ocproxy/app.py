@@ -6,15 +6,16 @@ Shared by ``ocproxy proxy`` and ``ocproxy demo``; the CLI only parses options.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 from rich.console import Console
 
 from ocproxy.audit.auditor import Auditor, AuditSettings
-from ocproxy.console import ConsoleSink, summary_table
+from ocproxy.console import ConsoleSink, Summary, console_sinks, summary_table
 from ocproxy.control.server import ControlServer, LiveFeed
 from ocproxy.control.token import new_token, publish_token
 from ocproxy.core.redaction import Redactor
@@ -22,28 +23,56 @@ from ocproxy.idkey import resolve_id_key
 from ocproxy.proxy.config import ProxyConfig, parse_control
 from ocproxy.proxy.server import ProxyServer
 from ocproxy.recorder import Recorder, RecorderStats
+from ocproxy.recorder.process import ChildOptions, RecordingProcess
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run leaves: the per-connection summary and the recorder's stats."""
+
+    summary: Summary = field(default_factory=Summary)
+    stats: RecorderStats | None = None
 
 
 @asynccontextmanager
 async def running_proxy(
     config: ProxyConfig, console: Console, *, source: str = "proxy"
-) -> AsyncIterator[tuple[ProxyServer, ConsoleSink]]:
-    """Start recorder and server; on exit close every connection (1001) and flush."""
-    sink = ConsoleSink(console, quiet=config.quiet)
-    feed = LiveFeed(asyncio.get_running_loop()) if config.control else None
+) -> AsyncIterator[tuple[ProxyServer, RunOutcome]]:
+    """Start recorder and server; on exit close every connection (1001) and flush.
+
+    Without a control endpoint the recorder runs in a child process (off the relay's
+    GIL); the control endpoint's live stream and SQL need it in-process, on a thread.
+    """
+    outcome = RunOutcome()
     settings = {k: v for k, v in asdict(config).items() if k != "settings"}
-    auditor = (
-        Auditor(AuditSettings(response_timeout_s=config.response_timeout)) if config.audit else None
-    )
-    recorder = Recorder(
-        config.db,
-        source=source,
-        settings=settings,
-        queue_limit=config.queue_limit,
-        sinks=[sink] if feed is None else [sink, feed],
-        auditor=auditor,
-        redactor=Redactor(None if config.keep_ids else resolve_id_key(config.id_key)),
-    )
+    audit = AuditSettings(response_timeout_s=config.response_timeout) if config.audit else None
+    redactor = Redactor(None if config.keep_ids else resolve_id_key(config.id_key))
+    feed = LiveFeed(asyncio.get_running_loop()) if config.control else None
+    recorder: Recorder | RecordingProcess
+    if feed is None:
+        recorder = RecordingProcess(
+            config.db,
+            ChildOptions(
+                source=source,
+                settings=settings,
+                audit=audit,
+                redactor=redactor,
+                queue_limit=config.queue_limit,
+                sinks=functools.partial(console_sinks, config.quiet),
+            ),
+        )
+    else:
+        sink = ConsoleSink(console, quiet=config.quiet)
+        outcome.summary = sink.summary
+        recorder = Recorder(
+            config.db,
+            source=source,
+            settings=settings,
+            queue_limit=config.queue_limit,
+            sinks=[sink, feed],
+            auditor=None if audit is None else Auditor(audit),
+            redactor=redactor,
+        )
     # Opening DuckDB can take a moment on a large file: keep the loop free meanwhile.
     await asyncio.to_thread(recorder.start)
     try:
@@ -52,13 +81,15 @@ async def running_proxy(
         try:
             if feed is not None and config.control is not None:
                 control = await _start_control(proxy, feed, config, console)
-            yield proxy, sink
+            yield proxy, outcome
         finally:
             if control is not None:
                 await control.stop()
             await proxy.stop(1001, "proxy shutting down")
     finally:
-        await asyncio.to_thread(recorder.close)
+        outcome.stats = await asyncio.to_thread(recorder.close)
+        if isinstance(recorder, RecordingProcess) and recorder.result is not None:
+            outcome.summary = recorder.result
 
 
 async def _start_control(
@@ -79,7 +110,7 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_proxy(config, console) as (proxy, sink):
+    async with running_proxy(config, console) as (proxy, outcome):
         console.print(
             f"[bold]ocproxy[/] listening on ws://{config.listen_host}:{proxy.port}, "
             f"recording to [bold]{config.db}[/]; Ctrl-C to stop",
@@ -87,8 +118,9 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
         )
         await stop.wait()
         console.print("stopping: closing connections with 1001 and flushing the recording")
-    stats = proxy.recorder.stats
-    console.print(summary_table(sink.summary, stats))
+    stats = outcome.stats
+    assert stats is not None
+    console.print(summary_table(outcome.summary, stats))
     for error in stats.errors:
         console.print(f"[bold red]{error}[/]")
     return stats

@@ -8,7 +8,7 @@ only decides *when* to print.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -182,3 +182,9 @@ class ConsoleSink(Sink):
 
     def on_error(self, message: str) -> None:
         self.console.print(Text(f"RECORDING ERROR: {message}", "bold red"))
+
+
+def console_sinks(quiet: bool) -> tuple[list[Sink], Callable[[], Summary]]:
+    """For a recorder in a child process: print there, hand the summary back at close."""
+    sink = ConsoleSink(Console(), quiet=quiet)
+    return [sink], lambda: sink.summary

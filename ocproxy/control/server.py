@@ -31,7 +31,7 @@ from ocproxy.core.observe import ObservedFrame
 from ocproxy.errors import ControlError, OcproxyError, ProxyError
 from ocproxy.proxy.relay import Session
 from ocproxy.proxy.server import ProxyServer
-from ocproxy.recorder import Sink
+from ocproxy.recorder import Recorder, Sink
 
 log = logging.getLogger("ocproxy.control")
 _SUBSCRIBER_BACKLOG = 10_000
@@ -189,7 +189,10 @@ class ControlServer:
         params = request.params.get("params") or None
         if params is not None and not isinstance(params, dict):
             raise ControlError("sql: params must be an object of name: value")
-        result = await asyncio.wrap_future(self.proxy.recorder.query(query, limit, params))
+        recorder = self.proxy.recorder
+        if not isinstance(recorder, Recorder):  # the control endpoint runs the recorder in-process
+            raise ControlError("sql: this proxy's recording is not reachable live")
+        result = await asyncio.wrap_future(recorder.query(query, limit, params))
         return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
 
     async def _inject(self, request: protocol.Request) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from ocproxy.proxy.config import MirrorRoute, ProxyConfig
 from ocproxy.proxy.legs import CsmsLeg
 from ocproxy.proxy.tls import upstream_context
 from ocproxy.proxy.upstream import csms_request_headers
-from ocproxy.recorder import Recorder
+from ocproxy.recorder.process import EventSink
 
 if TYPE_CHECKING:
     from websockets.http11 import Request
@@ -46,7 +46,7 @@ class Mirror:
         route: MirrorRoute,
         request: Request,
         config: ProxyConfig,
-        recorder: Recorder,
+        recorder: EventSink,
         clock: Callable[[], float],
     ) -> None:
         self.route = route

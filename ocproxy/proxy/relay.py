@@ -27,7 +27,7 @@ from ocproxy.core.frames import Opcode as FrameOpcode
 from ocproxy.errors import InjectError
 from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
 from ocproxy.proxy.mirror import Mirror
-from ocproxy.recorder import Recorder
+from ocproxy.recorder.process import EventSink
 
 # Codes a peer may put in a Close frame (RFC 6455 §7.4); 1005, 1006 and 1015 are
 # only ever *reported*, never sent.
@@ -82,7 +82,7 @@ class Session:
         identity: str,
         charger: ChargerLeg,
         csms: CsmsLeg,
-        recorder: Recorder,
+        recorder: EventSink,
         clock: Callable[[], float] = time.time,
         mirror: Mirror | None = None,
     ) -> None:

@@ -40,7 +40,7 @@ from ocproxy.proxy.upstream import (
     not_found,
     open_csms_leg,
 )
-from ocproxy.recorder import Recorder
+from ocproxy.recorder.process import EventSink
 
 # Recorded as the handshake status of a charger that hung up before it got an answer
 # (the CSMS leg was open by then and is closed at once); nginx's convention.
@@ -70,7 +70,7 @@ class ProxyServer:
     """A running proxy. ``async with ProxyServer(config, recorder) as proxy: ...``"""
 
     def __init__(
-        self, config: ProxyConfig, recorder: Recorder, clock: Callable[[], float] = wall_clock
+        self, config: ProxyConfig, recorder: EventSink, clock: Callable[[], float] = wall_clock
     ) -> None:
         self.config = config
         self.recorder = recorder

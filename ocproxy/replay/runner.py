@@ -35,9 +35,9 @@ from ocproxy.errors import ProxyError
 from ocproxy.proxy.config import DEFAULT_MAX_MESSAGE_SIZE
 from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
 from ocproxy.proxy.server import wall_clock
+from ocproxy.recorder.process import EventSink
 from ocproxy.replay.compare import Difference, DiffKind, IgnoreRules
 from ocproxy.replay.output import ExchangeResult, Outcome, ReplayReport
-from ocproxy.replay.recording import EventSink
 from ocproxy.replay.script import Role, Script
 from ocproxy.replay.session import Leg, Session
 

@@ -1,18 +1,15 @@
-"""The replay's own recording, written by a :class:`Recorder` in a child process.
+"""The recorder in a child process: the same :class:`Recorder`, off the relay's GIL.
 
-Why a process and not the recorder's usual writer thread: the writer parses,
-correlates, redacts and batches every frame (~40 µs of Python each) holding the GIL.
-In the replaying process that work serializes with the event loop, and every answer
-then waits for the GIL: a ``--speed max`` replay ran at ~0.6x of a direct client. In
-a child process it runs on another core; the replay only pickles batches of plain
-tuples (~2 µs a frame). The child is the same Recorder, so the rows are identical.
+Why a process and not only the writer thread: the writer parses, correlates, redacts,
+audits and batches every frame (~45 µs of Python each) holding the GIL; in the relaying
+process that work serializes with the event loop and every frame waits behind it. In a
+child it runs on another core; the relay only pickles batches of plain tuples (~2 µs a
+frame). The child runs the same Recorder, so the rows are identical.
 
-Like any multiprocessing user, a script that replays through this module must guard
-its entry point with ``if __name__ == "__main__":`` (the ``ocproxy`` command does).
-
-Batches go out when full or ``max_age`` after their first event, so a slow replay is
-still recorded as it goes. A child that dies is reported in the stats' ``errors``
-with the frames lost, like any recording failure; it never stops the replay.
+Backpressure is the pipe: when the child is behind, sending a batch waits, and so does
+forwarding; such waits are counted in the run's stats. A child that dies is reported in
+the stats' ``errors`` with the frames lost, like any recording failure; it never stops
+the relay. Entry points must guard with ``if __name__ == "__main__":`` (``ocproxy`` does).
 """
 
 from __future__ import annotations
@@ -23,22 +20,26 @@ import multiprocessing
 import os
 import signal
 import time
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.core.events import FrameReceived, RecorderEvent
 from ocproxy.core.frames import Direction, Opcode
+from ocproxy.core.redaction import Redactor
 from ocproxy.errors import RecorderError
-from ocproxy.recorder import Recorder, RecorderStats
+from ocproxy.recorder.writer import SECRETS_ONLY, Recorder, RecorderStats, Sink
 
 _BATCH = 256
-_MAX_AGE_S = 0.1
+_MAX_AGE_S = 0.05
 _CHILD_QUEUE_LIMIT = 20_000  # the child stops reading the pipe above this: backpressure
+_SLOW_SEND_S = 0.001  # a send that took longer waited for the child: count it
 _Packed = tuple[Any, ...]
 
 
 class EventSink(Protocol):
-    """What a replay session needs of a recorder (a :class:`Recorder` is one)."""
+    """What a relay needs of a recorder (a :class:`Recorder` is one)."""
 
     @property
     def run_id(self) -> str: ...
@@ -51,21 +52,38 @@ class EventSink(Protocol):
     def submit(self, event: RecorderEvent) -> None: ...
 
 
+@dataclass(frozen=True)
+class ChildOptions:
+    """How the child builds its Recorder (everything picklable)."""
+
+    source: str = "proxy"
+    settings: dict[str, Any] = field(default_factory=dict)
+    audit: AuditSettings | None = None
+    redactor: Redactor | None = SECRETS_ONLY
+    queue_limit: int = 10_000
+    # A callable building sinks in the child (e.g. the console's), and returning an
+    # object the parent gets back at close (e.g. the console's summary).
+    sinks: Any = None
+    niceness: int = 0
+
+
 class RecordingProcess:
-    """``Recorder(path, source=..., settings=...)`` running in a child process."""
+    """``Recorder(path, ...)`` running in a child process."""
 
     congested = False  # backpressure is the pipe: send() waits while the child is behind
 
-    def __init__(
-        self, path: str, *, source: str = "replay", settings: dict[str, Any] | None = None
-    ) -> None:
-        self.path, self.source, self.settings = path, source, settings or {}
+    def __init__(self, path: str, options: ChildOptions | None = None) -> None:
+        self.path = path
+        self.options = options or ChildOptions()
+        self.result: Any = None  # what the child's sinks factory returned, after close()
         self._conn: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._run_id = ""
         self._buffer: list[_Packed] = []
         self._timer: asyncio.TimerHandle | None = None
         self._lost = 0
+        self._waits = 0
+        self._wait_s = 0.0
         self._error: str | None = None
 
     @property
@@ -74,16 +92,16 @@ class RecordingProcess:
 
     def start(self) -> RecordingProcess:
         """Start the child and wait until its recording is open; RecorderError if not."""
-        # forkserver: each child is forked from a clean, thread-free server process (the
-        # replay's own process has threads), and ocproxy needs POSIX anyway.
+        # forkserver: each child is forked from a clean, thread-free server process (ours
+        # has threads), with duckdb & co. imported once, not per child.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])  # duckdb & co. imported once, not per child
+        context.set_forkserver_preload([__name__])
         ours, theirs = context.Pipe()
         self._process = context.Process(
             target=_child,
-            args=(theirs, self.path, self.source, self.settings),
-            name="ocproxy-replay-recorder",
-            daemon=True,  # never outlives us; close() always joins it first
+            args=(theirs, self.path, self.options),
+            name="ocproxy-recorder",
+            daemon=True,
         )
         self._process.start()
         theirs.close()
@@ -125,11 +143,17 @@ class RecordingProcess:
         if self._error is not None:
             self._lost += sum(1 for item in batch if item[0] == "f")
             return
+        started = time.perf_counter()
         try:
             self._conn.send(batch)
         except (OSError, ValueError) as exc:
             self._error = f"recording to {self.path} failed: recorder process gone ({exc})"
             self._lost += sum(1 for item in batch if item[0] == "f")
+            return
+        waited = time.perf_counter() - started
+        if waited > _SLOW_SEND_S:
+            self._waits += 1
+            self._wait_s += waited
 
     def close(self) -> RecorderStats:
         """Send what is left, let the child flush and close the file, return its stats."""
@@ -137,8 +161,8 @@ class RecordingProcess:
         stats = RecorderStats(run_id=self._run_id)
         if self._conn is not None and self._error is None:
             try:
-                self._conn.send(None)
-                stats = self._conn.recv()
+                self._conn.send(("close", self._waits, self._wait_s))
+                stats, self.result = self._conn.recv()
             except (OSError, EOFError) as exc:
                 self._error = f"recording to {self.path} failed: recorder process gone ({exc})"
         if self._process is not None:
@@ -190,24 +214,42 @@ def _unpack(item: _Packed) -> RecorderEvent:
     )
 
 
-def _child(conn: Connection, path: str, source: str, settings: dict[str, Any]) -> None:
+def _child(conn: Connection, path: str, options: ChildOptions) -> None:
     # Ctrl-C reaches the whole process group: the parent decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The recording is off the replay's critical path: it only needs the CPU the replay
-    # and its peer leave idle, and catches up within _CHILD_QUEUE_LIMIT (beyond that the
-    # pipe makes the replay wait: nothing is lost). At nice 0 it preempted the ping-pong
-    # and cost a --speed max replay ~20 % of its rate; at 19 it costs ~nothing.
-    with contextlib.suppress(OSError):
-        os.nice(19)
+    if options.niceness:
+        with contextlib.suppress(OSError):
+            os.nice(options.niceness)
+    sinks: list[Sink] = []
+    collect = None
+    if options.sinks is not None:
+        sinks, collect = options.sinks()
     try:
-        recorder = Recorder(path, source=source, settings=settings).start()
+        recorder = Recorder(
+            path,
+            source=options.source,
+            settings=options.settings,
+            queue_limit=options.queue_limit,
+            sinks=sinks,
+            auditor=None if options.audit is None else Auditor(options.audit),
+            redactor=options.redactor,
+        ).start()
     except Exception as exc:  # reported to the parent's start(), which raises it
         conn.send(("error", str(exc)))
         return
     conn.send(("ready", recorder.run_id))
+    _serve(conn, recorder, collect)
+
+
+def _serve(conn: Connection, recorder: Recorder, collect: Any) -> None:
     try:
-        while (batch := conn.recv()) is not None:
-            for item in batch:
+        while True:
+            message = conn.recv()
+            if isinstance(message, tuple) and message and message[0] == "close":
+                recorder.stats.backpressure_waits += message[1]
+                recorder.stats.backpressure_wait_s += message[2]
+                break
+            for item in message:
                 recorder.submit(_unpack(item))
             while recorder.depth > _CHILD_QUEUE_LIMIT:
                 time.sleep(0.005)
@@ -216,4 +258,4 @@ def _child(conn: Connection, path: str, source: str, settings: dict[str, Any]) -
     finally:
         stats = recorder.close()
         with contextlib.suppress(OSError):
-            conn.send(stats)
+            conn.send((stats, None if collect is None else collect()))
