@@ -178,7 +178,12 @@ async def test_mtls_bad_certificates_are_refused(
         cert = None
     error, recording = await _mtls_attempt(pki, proxy_factory, cert, "CP-17")  # type: ignore[arg-type]
     assert error is not None
-    assert recording.connections() == []  # the TLS layer refused it before any handshake
+    # Refused by the TLS layer, before any HTTP: recorded with its reason all the same.
+    (connection,) = recording.connections()
+    assert connection["handshake_status"] == 495
+    assert connection["close_reason"].startswith("TLS handshake failed")
+    assert connection["remote_addr"].startswith("127.0.0.1:")
+    assert connection["closed_by"] == "proxy"
 
 
 async def test_mtls_wrong_identity_is_a_finding_or_a_refusal(pki: Pki, proxy_factory: Any) -> None:
@@ -310,3 +315,26 @@ async def test_sni_chooses_the_certificate_for_the_name_dialled(
                     der = ws.transport.get_extra_info("ssl_object").getpeercert()
                     sans = [value for kind, value in der["subjectAltName"] if kind == "DNS"]
                     assert sans == [name]
+
+
+async def test_a_failed_tls_handshake_never_disturbs_other_connections(
+    pki: Pki, proxy_factory: Any
+) -> None:
+    async with serve(_echo, "127.0.0.1", 0) as upstream:
+        port = upstream.sockets[0].getsockname()[1]
+        async with proxy_factory(upstream=f"ws://127.0.0.1:{port}", **_tls_options(pki)) as (
+            proxy,
+            box,
+        ):
+            url = f"wss://localhost:{proxy.server.port}/ocpp"
+            async with connect(f"{url}/CP-GOOD", ssl=pki.charger_context()) as good:
+                stranger = ssl.create_default_context()  # does not trust the proxy's CA
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    await connect(f"{url}/CP-BAD", ssl=stranger)
+                await good.send("still here")
+                assert await good.recv() == "still here"
+    rows = box[0].rows(
+        "SELECT identity, handshake_status, close_reason FROM connections ORDER BY opened_at"
+    )
+    assert [(r["identity"], r["handshake_status"]) for r in rows] == [("CP-GOOD", 101), ("", 495)]
+    assert rows[1]["close_reason"].startswith("TLS handshake failed")

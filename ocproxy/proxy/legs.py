@@ -9,7 +9,9 @@ message as its first frame arrives, and :meth:`recv_message` pairs them up again
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
+from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
@@ -61,3 +63,59 @@ class ChargerLeg(_RawMessages, ServerConnection):
 
 class CsmsLeg(_RawMessages, ClientConnection):
     """The leg between the proxy and the CSMS (the proxy is the client)."""
+
+
+TlsFailure = Callable[[str | None, str], None]
+
+
+def tls_charger_leg(
+    context: ssl.SSLContext, timeout: float, failed: TlsFailure
+) -> type[ChargerLeg]:
+    """A ChargerLeg class that terminates TLS itself, so a failed handshake is seen.
+
+    asyncio's own TLS server drops a failed handshake before any protocol hears of it
+    (it only logs in debug mode). Here the plain TCP connection comes first; the leg
+    upgrades it with ``loop.start_tls`` and reports a failure, with the peer address
+    and OpenSSL's reason, to ``failed``.
+    """
+
+    class TlsChargerLeg(ChargerLeg):
+        _secured = False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            # Before TLS is up, websockets has nothing to tear down (the failure is
+            # reported by _start_tls).
+            if self._secured:
+                super().connection_lost(exc)
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            # No byte may reach the WebSocket parser before the TLS layer is in place.
+            transport.pause_reading()
+            self._tls_task = asyncio.get_running_loop().create_task(self._start_tls(transport))
+
+        async def _start_tls(self, transport: asyncio.Transport) -> None:
+            peer = transport.get_extra_info("peername")
+            remote = None if peer is None else f"{peer[0]}:{peer[1]}"
+            loop = asyncio.get_running_loop()
+            try:
+                secure = await loop.start_tls(
+                    transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+                )
+            except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+                transport.abort()
+                failed(remote, _tls_reason(exc))
+                return
+            assert secure is not None
+            self._secured = True
+            super().connection_made(secure)
+
+    return TlsChargerLeg
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError):
+        return "TLS handshake timed out"
+    return f"TLS handshake failed: {type(exc).__name__}: {exc}".rstrip(": ")

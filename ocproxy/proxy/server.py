@@ -9,6 +9,7 @@ upstream connection outlives its charger's handshake).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from ocproxy.core.handshake import (
 from ocproxy.core.handshake import upstream_url as build_upstream_url
 from ocproxy.errors import ProxyError
 from ocproxy.proxy.config import ProxyConfig
-from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
+from ocproxy.proxy.legs import ChargerLeg, CsmsLeg, tls_charger_leg
 from ocproxy.proxy.mirror import Mirror
 from ocproxy.proxy.relay import Session
 from ocproxy.proxy.tls import PeerCertificate, peer_certificate, server_context
@@ -45,6 +46,10 @@ from ocproxy.recorder.process import EventSink
 # Recorded as the handshake status of a charger that hung up before it got an answer
 # (the CSMS leg was open by then and is closed at once); nginx's convention.
 CLIENT_CLOSED_REQUEST = 499
+# Recorded as the handshake status of a charger whose TLS handshake failed (nginx's 495,
+# "SSL certificate error"); close_reason says what OpenSSL objected to.
+TLS_HANDSHAKE_FAILED = 495
+log = logging.getLogger("ocproxy.proxy")
 
 
 @dataclass
@@ -94,17 +99,20 @@ class ProxyServer:
             if config.tls_cert
             else None
         )
+        leg: type[ChargerLeg] = ChargerLeg
+        if tls is not None:
+            # The leg terminates TLS itself (asyncio would drop failed handshakes unseen).
+            leg = tls_charger_leg(tls, config.connect_timeout, self._tls_failed)
         try:
             self._server = await serve(
                 self._handle,
                 config.listen_host,
                 config.listen_port,
-                ssl=tls,
                 process_request=self._process_request,
                 process_response=self._process_response,
                 select_subprotocol=self._select_subprotocol,
                 server_header=None,
-                create_connection=ChargerLeg,
+                create_connection=leg,
                 # The handshake includes opening the CSMS leg: give it room to answer 502.
                 open_timeout=config.connect_timeout + 5.0,
                 ping_interval=config.ping_interval,
@@ -281,6 +289,27 @@ class ProxyServer:
                 ),
             )
         )
+
+    def _tls_failed(self, remote: str | None, reason: str) -> None:
+        """A charger's TLS handshake failed: log it and record a refused connection."""
+        log.warning("charger %s: %s", remote or "?", reason)
+        now = self.clock()
+        connection_id = str(uuid.uuid4())
+        self.recorder.submit(
+            ConnectionOpened(
+                connection_id=connection_id,
+                ts=now,
+                identity="",
+                path="",
+                remote_addr=remote,
+                offered_subprotocols=(),
+                subprotocol=None,
+                upstream_url=None,
+                handshake_status=TLS_HANDSHAKE_FAILED,
+                run_id=self.recorder.run_id,
+            )
+        )
+        self.recorder.submit(ConnectionClosed(connection_id, now, None, reason, ClosedBy.PROXY))
 
     def _record_refusal(self, shake: _Handshake, by: ClosedBy, detail: str) -> None:
         self.recorder.submit(ConnectionClosed(shake.connection_id, self.clock(), None, detail, by))
