@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import duckdb
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from ocproxy.cli import main
 
@@ -208,3 +210,73 @@ def test_python_dash_m_and_console_script_agree() -> None:
     )
     assert module.stdout == installed.stdout
     assert module.stdout.startswith("ocproxy ")
+
+
+async def test_a_dead_recorder_is_loud_and_counted_and_forwarding_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Kill the recorder process mid-run: frames still flow, the loss is reported, exit 1."""
+
+    async def csms(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                await ws.send(message)
+
+    db = tmp_path / "site.duckdb"
+    port = _free_port()
+    async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
+        up_port = upstream.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *_ocproxy(
+                "proxy",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--upstream",
+                f"ws://127.0.0.1:{up_port}",
+                "--db",
+                str(db),
+                "--quiet",
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-LOSS")
+            children = _recorder_processes(proc.pid)
+            assert len(children) == 1
+            os.kill(children[0], signal.SIGKILL)
+            for i in range(600):  # enough batches to reach the dead pipe
+                await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
+                assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                returncode = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        stdout = (await proc.stdout.read()).decode() if proc.stdout else ""
+    assert returncode == 1
+    assert "recorder process gone" in stdout
+    assert "frames lost" in stdout
+
+
+def _children(ppid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                pids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return pids
+
+
+def _recorder_processes(proxy: int) -> list[int]:
+    """The recorder: a child of the multiprocessing forkserver the proxy started."""
+    servers = [
+        pid
+        for pid in _children(proxy)
+        if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    return [child for server in servers for child in _children(server)]
