@@ -7,6 +7,8 @@ only decides *when* to print.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -186,5 +188,9 @@ class ConsoleSink(Sink):
 
 def console_sinks(quiet: bool) -> tuple[list[Sink], Callable[[], Summary]]:
     """For a recorder in a child process: print there, hand the summary back at close."""
+    # Line by line even into a pipe or file, so the child's lines interleave in time with
+    # the parent's instead of arriving in one block at exit.
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sink = ConsoleSink(Console(), quiet=quiet)
     return [sink], lambda: sink.summary
