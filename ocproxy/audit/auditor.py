@@ -299,7 +299,7 @@ def _payload_checks(
 ) -> None:
     naive: dict[str, str] = {}
     if checks.may_hold_naive_timestamp(found.observed.raw):
-        naive = dict(checks.naive_timestamps(payload))
+        naive = dict(checks.naive_timestamps(payload, keys=schemas.date_time_keys(version)))
     for path, value in naive.items():
         found.add("timestamp-without-zone", f"{path} is {value!r}, without a zone", path=path)
     violation = schemas.validate(version, action, payload, response=response)

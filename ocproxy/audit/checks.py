@@ -74,15 +74,21 @@ def may_hold_naive_timestamp(raw: bytes | None) -> bool:
     return raw is None or _NAIVE_IN_RAW.search(raw) is not None
 
 
-def naive_timestamps(payload: Any, path: str = "$") -> Iterator[tuple[str, str]]:
-    """(JSON path, value) of every string in ``payload`` that is a timestamp without zone."""
+def naive_timestamps(
+    payload: Any, path: str = "$", keys: frozenset[str] | None = None, key: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """(JSON path, value) of every timestamp without zone in ``payload``.
+
+    With ``keys``, only strings under those property names count (the version's
+    date-time fields): a free-form string that merely looks like a time is not one.
+    """
     if isinstance(payload, dict):
-        for key, value in payload.items():
-            yield from naive_timestamps(value, f"{path}.{key}")
+        for name, value in payload.items():
+            yield from naive_timestamps(value, f"{path}.{name}", keys, name)
     elif isinstance(payload, list):
         for index, value in enumerate(payload):
-            yield from naive_timestamps(value, f"{path}[{index}]")
-    elif isinstance(payload, str) and is_naive_timestamp(payload):
+            yield from naive_timestamps(value, f"{path}[{index}]", keys, key)
+    elif isinstance(payload, str) and (keys is None or key in keys) and is_naive_timestamp(payload):
         yield path, payload
 
 

@@ -53,6 +53,28 @@ def actions(version: OcppVersion) -> frozenset[str]:
     return frozenset(names)
 
 
+@cache
+def date_time_keys(version: OcppVersion) -> frozenset[str]:
+    """Property names that hold a date-time in any of the version's schemas."""
+    keys: set[str] = set()
+    for entry in _schema_dir(version).iterdir():
+        if entry.name.endswith(".json"):
+            _collect_date_times(json.loads(entry.read_text(encoding="utf-8-sig")), keys)
+    return frozenset(keys)
+
+
+def _collect_date_times(node: Any, keys: set[str]) -> None:
+    if isinstance(node, dict):
+        for name, child in (node.get("properties") or {}).items():
+            if isinstance(child, dict) and child.get("format") == "date-time":
+                keys.add(name)
+        for child in node.values():
+            _collect_date_times(child, keys)
+    elif isinstance(node, list):
+        for child in node:
+            _collect_date_times(child, keys)
+
+
 def validate(
     version: OcppVersion, action: str, payload: Any, *, response: bool
 ) -> SchemaViolation | None:

@@ -158,6 +158,18 @@ def _schema_cases() -> list[Case]:
             )
         )
     cases += [
+        # A free-form string that looks like a time is not a date-time field: no finding.
+        *(
+            Case(
+                f"{v}-naive-looking-free-text",
+                v,
+                answered(
+                    "DataTransfer", {"vendorId": "ACME", "data": NAIVE}, {"status": "Accepted"}
+                ),
+                None,
+            )
+            for v in (V16, V201)
+        ),
         # customData is allowed on every 2.x object, with whatever vendor fields in it
         *(
             Case(
