@@ -44,7 +44,7 @@ async def running_proxy(
     GIL); the control endpoint's live stream and SQL need it in-process, on a thread.
     """
     outcome = RunOutcome()
-    settings = {k: v for k, v in asdict(config).items() if k != "settings"}
+    settings = asdict(config)
     audit = AuditSettings(response_timeout_s=config.response_timeout) if config.audit else None
     redactor = Redactor(None if config.keep_ids else resolve_id_key(config.id_key))
     feed = LiveFeed(asyncio.get_running_loop()) if config.control else None

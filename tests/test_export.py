@@ -6,9 +6,6 @@ submitted to a real ``Recorder`` (for identities no charger would pick, midnight
 malformed frame), and the benchmark's generator at a small size. Every check compares
 the lake with the recording it came from: ``ocproxy query DIR NAME`` against
 ``ocproxy query DB NAME`` for every named query, row counts, and the files on disk.
-
-The command runs through ``ocproxy.cli.main`` once ``export`` is wired there, else
-through a parser built the same way (the same error handling as ``main``).
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -28,8 +24,8 @@ from typing import Any
 
 import duckdb
 import pytest
+from helpers_cli import run_ocproxy
 
-from ocproxy import cli as ocproxy_cli
 from ocproxy.analytics import load_queries
 from ocproxy.analytics.export import TABLE_NAMES, export_recording
 from ocproxy.analytics.export_cli import add_export_command
@@ -40,7 +36,6 @@ from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.observe import observe
-from ocproxy.errors import ConfigError, OcproxyError
 from ocproxy.recorder import Recorder
 from ocproxy.sim.charger import ChargerSpec, run_charger
 from ocproxy.sim.csms import SimCsms
@@ -51,40 +46,9 @@ TABLES = ("frames", "connections", "findings", "runs", "run_stats")
 # -- the command line -----------------------------------------------------------------------
 
 
-def _wired() -> bool:
-    parser = ocproxy_cli.build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return "export" in action.choices
-
-
-WIRED = _wired()
-
-
-def _own_main(argv: Sequence[str]) -> int:
-    """``ocproxy.cli.main`` with ``export`` added to its parser."""
-    parser = ocproxy_cli.build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    add_export_command(action)
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.func(args)
-    except ConfigError as exc:
-        parser.exit(exc.exit_code, f"ocproxy: error: {exc}\n")
-    except OcproxyError as exc:
-        print(f"ocproxy: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return result
-
-
 def ocproxy(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
     """Run the command line in-process; (exit code, stdout, stderr)."""
-    main = ocproxy_cli.main if WIRED else _own_main
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_ocproxy(capsys, *argv)
 
 
 def export(capsys: pytest.CaptureFixture[str], lake: Path, *recordings: Path) -> str:

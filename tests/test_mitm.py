@@ -40,14 +40,10 @@ from ocproxy.sim.charger import ChargerSpec, run_charger
 from ocproxy.sim.csms import SimCsms
 from ocproxy.sim.transcript import TO_CHARGER, TO_CSMS, Transcript
 
-pytest.importorskip("mitmproxy")
-
 REPO = Path(__file__).resolve().parents[1]
 SHIM = Path("addons/ocproxy_recorder.py")  # relative to REPO, as `mitmdump -s` from the root
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 TIMEOUT = 15.0
-
-pytestmark = pytest.mark.skipif(not MITMDUMP.exists(), reason=f"no mitmdump at {MITMDUMP}")
 
 
 # -- a mitmdump subprocess --------------------------------------------------------------------

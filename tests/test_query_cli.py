@@ -1,55 +1,23 @@
-"""``ocproxy query`` as a user runs it: formats, files, and one-line errors with exit 2.
-
-Runs through ``ocproxy.cli.main`` once the command is wired there, else through a
-parser built the same way (``add_query_command`` on a sub-command parser, the same
-error handling as ``main``).
-"""
+"""``ocproxy query`` as a user runs it: formats, files, and one-line errors with exit 2."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers_cli import run_ocproxy
 from test_analytics import field_16, field_201, record
-
-from ocproxy import cli as ocproxy_cli
-from ocproxy.analytics.cli import add_query_command
-from ocproxy.errors import ConfigError, OcproxyError
-
-WIRED = "add_query_command" in vars(ocproxy_cli)
-
-
-def _own_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ocproxy")
-    add_query_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        result: int = args.func(args)
-    except ConfigError as exc:
-        parser.exit(exc.exit_code, f"ocproxy: error: {exc}\n")
-    except OcproxyError as exc:
-        print(f"ocproxy: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return result
 
 
 def ocproxy(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
     """Run the command line in-process; (exit code, stdout, stderr)."""
-    main = ocproxy_cli.main if WIRED else _own_main
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_ocproxy(capsys, *argv)
 
 
 @pytest.fixture
@@ -207,7 +175,6 @@ def test_bad_input_is_one_line_and_exit_2(
         assert err.count("\n") == 1, (argv, err)
 
 
-@pytest.mark.skipif(not WIRED, reason="`query` is not wired into ocproxy.cli yet")
 def test_python_m_ocproxy_query(rec: Path) -> None:
     def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "ocproxy", "query", *map(str, argv)]

@@ -10,7 +10,6 @@ quickly: days of status changes for the bounds, hostile identities for the escap
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from collections.abc import Callable
@@ -22,9 +21,9 @@ from typing import Any
 
 import duckdb
 import pytest
+from helpers_cli import run_ocproxy
 from ocpp.exceptions import InternalError
 
-import ocproxy.cli
 from ocproxy.analytics import report as report_module
 from ocproxy.analytics.html import nice_ticks, render_html
 from ocproxy.analytics.report import (
@@ -34,7 +33,6 @@ from ocproxy.analytics.report import (
     fmt_kwh,
     fmt_wh,
 )
-from ocproxy.analytics.report_cli import add_report_command
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.errors import ConfigError
@@ -303,29 +301,9 @@ CliRunner = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    """``ocproxy.cli.main`` with ``report`` registered (until ocproxy/cli.py does it)."""
-    build = ocproxy.cli.build_parser
-
-    def with_report() -> argparse.ArgumentParser:
-        parser = build()
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "report" not in commands.choices:
-            add_report_command(commands)
-        return parser
-
-    monkeypatch.setattr(ocproxy.cli, "build_parser", with_report)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = ocproxy.cli.main(list(argv))
-        except SystemExit as exit:
-            code = int(exit.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """``ocproxy ARGV...`` in-process: (exit code, stdout, stderr)."""
+    return lambda *argv: run_ocproxy(capsys, *argv)
 
 
 def _one_error_line(err: str) -> str:

@@ -40,17 +40,17 @@ class ObservedFrame:
     opcode: str | None
     raw: bytes | None
     size: int
-    message_type: int | None
-    message_id: str | None
-    action: str | None
     parse_status: str
-    parse_detail: str | None
-    payload: str | None
-    error_code: str | None
-    error_description: str | None
-    request_seq: int | None
-    latency_ms: float | None
-    pairing: str | None
+    parse_detail: str | None = None
+    message_type: int | None = None
+    message_id: str | None = None
+    action: str | None = None
+    payload: str | None = None
+    error_code: str | None = None
+    error_description: str | None = None
+    request_seq: int | None = None
+    latency_ms: float | None = None
+    pairing: str | None = None
     identity: str = ""
     injected: bool = False
     redacted: tuple[str, ...] | None = None  # what was removed from raw and payload
@@ -135,17 +135,8 @@ def _too_large(event: FrameReceived, raw: bytes | None) -> ObservedFrame:
         opcode=None if event.opcode is None else str(event.opcode),
         raw=raw,
         size=event.size,
-        message_type=None,
-        message_id=None,
-        action=None,
         parse_status=str(ParseStatus.TOO_LARGE),
         parse_detail=f"message of at least {event.size} bytes exceeds the size limit",
-        payload=None,
-        error_code=None,
-        error_description=None,
-        request_seq=None,
-        latency_ms=None,
-        pairing=None,
         identity=event.identity,
         injected=event.injected,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,7 +80,6 @@ class ProxyConfig:
     # unless a host is given.
     control: str | None = None
     control_token: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def upstream_for(self, identity: str) -> str | None:
         """The upstream base URL for a charger identity: first matching route, else default."""

@@ -57,14 +57,21 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def reject_unrouted(route_map: dict[str, Any], action: str) -> None:
-    """Raise the CALLERROR ocpp 2.1.0 forgets to send for an action without handler.
+class RejectUnrouted:
+    """Mixin for 2.1 peers: send the CALLERROR ocpp 2.1.0 forgets for an unhandled action.
 
     For "2.1" ocpp's ``_raise_key_error`` falls through without raising, so an
     unhandled CALL gets no answer at all and the caller waits for its timeout.
     """
-    if action not in route_map:
-        raise OcppNotImplementedError(details={"cause": f"No handler for {action} registered."})
+
+    route_map: dict[str, Any]
+
+    async def _handle_call(self, msg: Any) -> Any:
+        if msg.action not in self.route_map:
+            raise OcppNotImplementedError(
+                details={"cause": f"No handler for {msg.action} registered."}
+            )
+        return await super()._handle_call(msg)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -229,14 +236,10 @@ class _ChargerV201(_Charger2x):
     _ocpp_version = "2.0.1"
 
 
-class _ChargerV21(_Charger2x):
+class _ChargerV21(RejectUnrouted, _Charger2x):
     _call = call21
     _call_result = result21
     _ocpp_version = "2.1"
-
-    async def _handle_call(self, msg: Any) -> Any:
-        reject_unrouted(self.route_map, msg.action)
-        return await super()._handle_call(msg)
 
 
 _CHARGER_CLASSES: dict[str, type[_Charger]] = {

@@ -34,9 +34,9 @@ from websockets.typing import Subprotocol
 
 from ocproxy.sim.charger import (
     SUBPROTOCOL_BY_VERSION,
+    RejectUnrouted,
     after,
     on,
-    reject_unrouted,
     utc_now,
 )
 from ocproxy.sim.transcript import RecordingConnection, Transcript
@@ -197,14 +197,10 @@ class _PeerV201(_Peer2x):
     _ocpp_version = "2.0.1"
 
 
-class _PeerV21(_Peer2x):
+class _PeerV21(RejectUnrouted, _Peer2x):
     _call = call21
     _call_result = result21
     _ocpp_version = "2.1"
-
-    async def _handle_call(self, msg: Any) -> Any:
-        reject_unrouted(self.route_map, msg.action)
-        return await super()._handle_call(msg)
 
 
 _PEER_CLASSES: dict[str, type[_Peer]] = {
