@@ -121,20 +121,7 @@ async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path) -> N
     port = _free_port()
     async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
         up_port = upstream.sockets[0].getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            *_ocproxy(
-                "proxy",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--upstream",
-                f"ws://127.0.0.1:{up_port}",
-                "--db",
-                str(db),
-                "--quiet",
-            ),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await _proxy_process(port, up_port, db)
         try:
             charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-SIG")
             for i in range(20):
@@ -161,6 +148,24 @@ async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path) -> N
             (40, 0)
         ]
     assert "connections recorded" in stdout
+
+
+async def _proxy_process(port: int, upstream_port: int, db: Path) -> asyncio.subprocess.Process:
+    """A real ``ocproxy proxy --quiet`` relaying to the loopback CSMS on ``upstream_port``."""
+    return await asyncio.create_subprocess_exec(
+        *_ocproxy(
+            "proxy",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"ws://127.0.0.1:{upstream_port}",
+            "--db",
+            str(db),
+            "--quiet",
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def _connect_when_listening(url: str):  # type: ignore[no-untyped-def]
@@ -226,20 +231,7 @@ async def test_a_dead_recorder_is_loud_and_counted_and_forwarding_goes_on(
     port = _free_port()
     async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
         up_port = upstream.sockets[0].getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            *_ocproxy(
-                "proxy",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--upstream",
-                f"ws://127.0.0.1:{up_port}",
-                "--db",
-                str(db),
-                "--quiet",
-            ),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await _proxy_process(port, up_port, db)
         try:
             charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-LOSS")
             children = _recorder_processes(proc.pid)
