@@ -725,13 +725,7 @@ async def test_too_large_from_charger_closes_both_legs_1009(proxy_factory: Any, 
             else:
                 await charger.send("x" * 2000)
             assert await drain(charger) == []
-            close = close_rcvd(charger)
-            assert close is not None
-            assert close.code == 1009
-            await wait_until(lambda: up.open == 0, "upstream connection closed")
-            upstream_close = close_rcvd(up.handled[0])
-            assert upstream_close is not None
-            assert upstream_close.code == 1009
+            await _both_legs_closed_1009(charger, up)
     rec = box[0]
     row = one_connection(rec)
     assert (row["close_code"], row["closed_by"]) == (1009, "proxy")
@@ -743,6 +737,16 @@ async def test_too_large_from_charger_closes_both_legs_1009(proxy_factory: Any, 
     assert big["parse_status"] == "too_large"
     assert big["size"] >= 1025, (big["size"], big["parse_detail"])
     check_stats(rec, 2)
+
+
+async def _both_legs_closed_1009(charger: Any, up: Any) -> None:
+    close = close_rcvd(charger)
+    assert close is not None
+    assert close.code == 1009
+    await wait_until(lambda: up.open == 0, "upstream connection closed")
+    upstream_close = close_rcvd(up.handled[0])
+    assert upstream_close is not None
+    assert upstream_close.code == 1009
 
 
 async def test_too_large_from_upstream_closes_both_legs_1009(proxy_factory: Any) -> None:
@@ -757,13 +761,7 @@ async def test_too_large_from_upstream_closes_both_legs_1009(proxy_factory: Any)
             connect(proxy.url + "/ocpp/CP1") as charger,
         ):
             assert await drain(charger) == []
-            close = close_rcvd(charger)
-            assert close is not None
-            assert close.code == 1009
-            await wait_until(lambda: up.open == 0, "upstream connection closed")
-            upstream_close = close_rcvd(up.handled[0])
-            assert upstream_close is not None
-            assert upstream_close.code == 1009
+            await _both_legs_closed_1009(charger, up)
     rec = box[0]
     row = one_connection(rec)
     assert (row["close_code"], row["closed_by"]) == (1009, "proxy")
