@@ -926,5 +926,7 @@ async def test_keepalive_pings_both_legs_and_idle_connection_stays_open(
             await charger.close()
     rec = box[0]
     row = one_connection(rec)
-    assert row["closed_by"] == "charger"
+    assert row["closed_by"] == "charger", {
+        k: row[k] for k in ("close_code", "close_reason", "closed_by")
+    }
     check_stats(rec, 0)  # pings are not recorded as frames

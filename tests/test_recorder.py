@@ -83,6 +83,29 @@ def test_events_become_rows(db_path: Path) -> None:
     assert stats == [(2, 0)]
 
 
+def test_odd_but_valid_json_payloads_are_all_stored(db_path: Path) -> None:
+    # Python's json accepts all of these; DuckDB's JSON type refuses a lone surrogate
+    # escape. One such frame must not fail the batch it is in.
+    frames = [
+        b'[2,"a","DataTransfer",{"vendorId":"\\ud800"}]',
+        b'[2,"b","DataTransfer",{"vendorId":"x","data":1e999}]',
+        b'[2,"c","DataTransfer",{"vendorId":"x","data":123456789012345678901234567890}]',
+        b'[2,"d","DataTransfer",{"vendorId":"x","k":1,"k":2}]',
+        b' [ 2 , "e" , "DataTransfer" , { "vendorId" : "\xc3\xa9" } ] \n',
+    ]
+    with Recorder(db_path) as recorder:
+        recorder.submit(_opened())
+        for seq, data in enumerate(frames):
+            recorder.submit(_frame(seq, data))
+    assert recorder.stats.frames_lost == 0, recorder.stats.errors
+    with duckdb.connect(str(db_path), read_only=True) as db:
+        rows = db.execute("SELECT raw, payload FROM frames ORDER BY seq").fetchall()
+    assert [raw for raw, _ in rows] == frames
+    assert rows[0][1] is None  # in raw only
+    assert rows[1][1] == '{"vendorId":"x","data":1e999}'
+    assert rows[4][1] == '{ "vendorId" : "\u00e9" }'
+
+
 def test_batches_by_size_and_keeps_every_frame(db_path: Path) -> None:
     count = 25_000
     with Recorder(db_path, batch_rows=1000) as recorder:

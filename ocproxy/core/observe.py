@@ -7,6 +7,7 @@ and in tests, so every source records the same columns for the same bytes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,38 +72,52 @@ def observe(
     raw = _raw_bytes(event.data)
     if event.too_large or event.data is None:
         return _too_large(event, raw)
-    frame = parse_frame(event.data)
+    text = _utf8(event.data)
+    frame = parse_frame(event.data if text is None else text)
     correlation = correlator.observe(frame, event.direction, event.seq, event.ts)
-    payload: Any = None
+    # Without a \u escape the text holds no lone surrogate (it is valid UTF-8), so the
+    # strings taken from it need no check and the payload can be sliced from it.
+    plain = (
+        text is not None
+        and "\\u" not in text
+        and (isinstance(event.data, bytes) or _encodable(text))  # a str may hold anything
+    )
+    payload: str | None = None
+    value: Any = None
     redacted: tuple[str, ...] | None = None
     error_code = error_description = None
     if isinstance(frame, Call | Send | CallResult):
-        payload = frame.payload
         if redactor is not None and raw is not None:
-            payload, raw, redacted = _redact(redactor, frame, correlation.action, raw)
+            value, raw, redacted = _redact(redactor, frame, correlation.action, raw)
+        if redacted is None and plain:
+            assert text is not None
+            payload = _payload_text(text)
+        else:
+            payload = _compact_json(value if redacted is not None else frame.payload)
     elif isinstance(frame, CallError):
-        payload = frame.error_details
+        payload = _compact_json(frame.error_details)
         error_code, error_description = frame.error_code, frame.error_description
     malformed = frame if isinstance(frame, Malformed) else None
+    check = _same if plain else _text
     return ObservedFrame(
         connection_id=event.connection_id,
         seq=event.seq,
         ts=event.ts,
-        direction=str(event.direction),
-        opcode=None if event.opcode is None else str(event.opcode),
+        direction=event.direction.value,
+        opcode=None if event.opcode is None else event.opcode.value,
         raw=raw,
         size=event.size,
         message_type=_smallint(frame.message_type),
-        message_id=_text(frame.message_id),
-        action=_text(correlation.action),
-        parse_status=str(malformed.status if malformed else ParseStatus.OK),
+        message_id=check(frame.message_id),
+        action=check(correlation.action),
+        parse_status=malformed.status.value if malformed else _OK,
         parse_detail=malformed.detail if malformed else None,
-        payload=None if payload is None else _compact_json(payload),
-        error_code=_text(error_code),
-        error_description=_text(error_description),
+        payload=payload,
+        error_code=check(error_code),
+        error_description=check(error_description),
         request_seq=correlation.request_seq,
         latency_ms=correlation.latency_ms,
-        pairing=None if correlation.pairing is None else str(correlation.pairing),
+        pairing=None if correlation.pairing is None else correlation.pairing.value,
         identity=event.identity,
         injected=event.injected,
         redacted=redacted,
@@ -111,15 +126,50 @@ def observe(
     )
 
 
+_OK = ParseStatus.OK.value
+# What comes before the payload of a valid CALL, SEND or CALLRESULT: '[', the type, the
+# id and, for a request, the action. Only applied to text already parsed as JSON, where
+# whitespace is JSON's and every string is well formed.
+_STRING = r'"(?:[^"\\]|\\.)*"'
+_BEFORE_PAYLOAD = re.compile(rf"\s*\[\s*\d+\s*,\s*{_STRING}\s*,\s*(?:{_STRING}\s*,\s*)?")
+_JSON_SPACE = " \t\n\r"
+
+
+def _payload_text(text: str) -> str | None:
+    """The payload exactly as the peer wrote it: the last element of the frame's array.
+
+    Slicing is ~10x cheaper than encoding the parsed payload again, and keeps the
+    peer's own spelling (number formats, spacing).
+    """
+    match = _BEFORE_PAYLOAD.match(text)
+    if match is None:  # pragma: no cover - the frame parsed, so the prefix is there
+        return None
+    return text[match.end() :].rstrip(_JSON_SPACE)[:-1].rstrip(_JSON_SPACE)
+
+
+def _utf8(data: str | bytes) -> str | None:
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _same(value: str | None) -> str | None:
+    return value
+
+
 def _redact(
     redactor: Redactor, frame: Call | Send | CallResult, action: str | None, raw: bytes
 ) -> tuple[Any, bytes, tuple[str, ...] | None]:
+    """The payload and raw with secrets replaced, and what was; ``None`` when nothing was."""
     response = isinstance(frame, CallResult)
     if not redactor.may_redact(action, raw, response=response):
-        return frame.payload, raw, None
+        return None, raw, None
     result = redactor.redact(action, frame.payload, response=response)
     if not result.removed:
-        return frame.payload, raw, None
+        return None, raw, None
     head: list[Any] = [int(frame.message_type), frame.message_id]
     if isinstance(frame, Call | Send):
         head.append(frame.action)
@@ -165,11 +215,10 @@ def _compact_json(value: Any) -> str | None:
     except ValueError:
         # 1e999 parses as infinity, which JSON cannot hold: keep only ``raw`` for it.
         return None
-    if _encodable(text):
-        return text
-    # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 column can hold;
-    # ASCII-escaped JSON keeps the same value.
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 column can hold,
+    # and DuckDB's JSON type refuses the escape too (failing the whole batch): such a
+    # payload is kept in ``raw`` only.
+    return text if _encodable(text) else None
 
 
 def _text(value: str | None) -> str | None:

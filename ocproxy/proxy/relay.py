@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -25,13 +26,14 @@ from ocproxy.core.events import ConnectionClosed as ClosedEvent
 from ocproxy.core.frames import CallError, CallResult, Direction, parse_frame
 from ocproxy.core.frames import Opcode as FrameOpcode
 from ocproxy.errors import InjectError
-from ocproxy.proxy.legs import ChargerLeg, CsmsLeg
+from ocproxy.proxy.legs import ChargerLeg, CsmsLeg, RelayedChargerLeg, RelayedCsmsLeg
 from ocproxy.proxy.mirror import Mirror
 from ocproxy.recorder.process import EventSink
 
 # Codes a peer may put in a Close frame (RFC 6455 §7.4); 1005, 1006 and 1015 are
 # only ever *reported*, never sent.
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
+RelayedLeg = RelayedChargerLeg | RelayedCsmsLeg
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ class Session:
         self,
         connection_id: str,
         identity: str,
-        charger: ChargerLeg,
-        csms: CsmsLeg,
+        charger: RelayedChargerLeg,
+        csms: RelayedCsmsLeg,
         recorder: EventSink,
         clock: Callable[[], float] = time.time,
         mirror: Mirror | None = None,
@@ -130,51 +132,82 @@ class Session:
 
     async def shutdown(self, code: int = 1001, reason: str = "proxy shutting down") -> None:
         """Close both legs on the proxy's own initiative (SIGTERM, control endpoint)."""
+        # A leg that already ended on its own decided, even if its pump has not run yet.
+        for leg, direction in (
+            (self.charger, Direction.TO_CSMS),
+            (self.csms, Direction.TO_CHARGER),
+        ):
+            if leg.connection_lost_waiter.done():
+                self._leg_ended(leg, direction)
         if self._decision is None:
             self._decision = CloseDecision(ClosedBy.PROXY, code, reason, code, reason)
         await asyncio.gather(self.charger.close(code, reason), self.csms.close(code, reason))
 
-    async def _pump(
-        self, src: ChargerLeg | CsmsLeg, dst: ChargerLeg | CsmsLeg, direction: Direction
-    ) -> None:
-        recorder = self.recorder
-        while True:
-            if recorder.congested:
-                await recorder.wait_for_room()
-            try:
-                data, opcode = await src.recv_message()
-            except ConnectionClosed:
-                break
-            if self._injected and self._answers_injection(data, direction):
-                continue
-            mirror = self.mirror if direction is Direction.TO_CSMS else None
-            if mirror is not None and mirror.answers_forwarded(data):
-                self._submit(direction, data, opcode, injected=True)  # for the secondary only
-                continue
-            self._submit(direction, data, opcode)
-            try:
-                await dst.send_message(data, opcode)
-            except ConnectionClosed:
-                return  # the other pump reads dst: it sees the close and handles it
-            if mirror is not None:
-                mirror.offer(data, opcode)
+    async def _pump(self, src: RelayedLeg, dst: RelayedLeg, direction: Direction) -> None:
+        """Relay ``src`` to ``dst`` until ``src`` ends; pause it while either side is behind.
+
+        The messages themselves are relayed in ``src``'s data callback (``_relay``);
+        this coroutine only waits: for the end of ``src``, or for a stall, when it
+        waits for the recorder and ``dst``'s write buffer before reading again.
+        """
+        flow = _Flow(asyncio.get_running_loop())
+        lost = src.connection_lost_waiter
+        lost.add_done_callback(flow.wake_up)
+        src.relay_to(functools.partial(self._relay, direction, src, dst, flow))
+        while not lost.done():
+            await flow.wait()
+            if flow.stalled and not lost.done():
+                await self.recorder.wait_for_room()
+                with contextlib.suppress(Exception):  # dst ended: its own pump handles that
+                    await dst.drain()
+                flow.stalled = False
+                src.transport.resume_reading()
         await self._source_closed(src, dst, direction)
 
-    async def _source_closed(
-        self, src: ChargerLeg | CsmsLeg, dst: ChargerLeg | CsmsLeg, direction: Direction
+    def _relay(
+        self,
+        direction: Direction,
+        src: RelayedLeg,
+        dst: RelayedLeg,
+        flow: _Flow,
+        data: bytes,
+        opcode: FrameOpcode,
     ) -> None:
+        """One whole message from ``src``: record it, then forward it (or swallow it)."""
+        if self._injected and self._answers_injection(data, direction):
+            return
+        mirror = self.mirror if direction is Direction.TO_CSMS else None
+        if mirror is not None and mirror.answers_forwarded(data):
+            self._submit(direction, data, opcode, injected=True)  # for the secondary only
+            return
+        self._submit(direction, data, opcode)
+        # A frame for a leg that is closing is recorded but cannot be delivered; the
+        # pump reading that leg sees its close and handles it.
+        if dst.forward(data, opcode) and mirror is not None:
+            mirror.offer(data, opcode)
+        if (dst.paused or self.recorder.congested) and not flow.stalled:
+            flow.stalled = True
+            src.transport.pause_reading()
+            flow.wake_up()
+
+    async def _source_closed(self, src: RelayedLeg, dst: RelayedLeg, direction: Direction) -> None:
         await src.wait_closed()
-        side = ClosedBy.CHARGER if direction is Direction.TO_CSMS else ClosedBy.CSMS
-        if self._decision is None:
-            self._decision = decide_close(src, side)
-            self._record_too_large(src, direction)
+        self._leg_ended(src, direction)
         decision = self._decision
+        assert decision is not None
         if decision.mirror_code is None:
             await dst.close(code=None, reason="")  # type: ignore[arg-type]
         else:
             await dst.close(decision.mirror_code, decision.mirror_reason)
 
-    def _record_too_large(self, src: ChargerLeg | CsmsLeg, direction: Direction) -> None:
+    def _leg_ended(self, src: RelayedLeg, direction: Direction) -> None:
+        """The first leg to end decides how the connection ended."""
+        if self._decision is None:
+            side = ClosedBy.CHARGER if direction is Direction.TO_CSMS else ClosedBy.CSMS
+            self._decision = decide_close(src, side)
+            self._record_too_large(src, direction)
+
+    def _record_too_large(self, src: RelayedLeg, direction: Direction) -> None:
         exc = src.protocol.parser_exc
         if not isinstance(exc, PayloadTooBig):
             return
@@ -240,18 +273,10 @@ class Session:
     def _submit(
         self, direction: Direction, data: bytes, opcode: FrameOpcode, *, injected: bool = False
     ) -> None:
-        self.recorder.submit(
-            FrameReceived(
-                self.connection_id,
-                self._next_seq(),
-                self.clock(),
-                direction,
-                opcode,
-                data,
-                len(data),
-                identity=self.identity,
-                injected=injected,
-            )
+        seq = self._seq
+        self._seq += 1
+        self.recorder.submit_frame(
+            self.connection_id, seq, self.clock(), direction, opcode, data, self.identity, injected
         )
 
     async def forward_from_mirror(self, data: bytes) -> None:
@@ -269,6 +294,23 @@ class Session:
         seq = self._seq
         self._seq += 1
         return seq
+
+
+class _Flow:
+    """Wakes a pump when its leg ends or must stop reading for a while."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] = loop.create_future()
+        self.stalled = False
+
+    def wake_up(self, _: object = None) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        await self._future
+        self._future = self._loop.create_future()
 
 
 def _peer(direction: Direction) -> str:

@@ -30,7 +30,7 @@ from ocproxy.core.handshake import (
 from ocproxy.core.handshake import upstream_url as build_upstream_url
 from ocproxy.errors import ProxyError
 from ocproxy.proxy.config import ProxyConfig
-from ocproxy.proxy.legs import ChargerLeg, CsmsLeg, tls_charger_leg
+from ocproxy.proxy.legs import RelayedChargerLeg, RelayedCsmsLeg, tls_charger_leg
 from ocproxy.proxy.mirror import Mirror
 from ocproxy.proxy.relay import Session
 from ocproxy.proxy.tls import PeerCertificate, peer_certificate, server_context
@@ -62,7 +62,7 @@ class _Handshake:
     upstream_url: str | None
     opened_at: float
     peer: PeerCertificate | None = None
-    csms: CsmsLeg | None = None
+    csms: RelayedCsmsLeg | None = None
 
 
 def wall_clock() -> float:
@@ -99,7 +99,7 @@ class ProxyServer:
             if config.tls_cert
             else None
         )
-        leg: type[ChargerLeg] = ChargerLeg
+        leg: type[RelayedChargerLeg] = RelayedChargerLeg
         if tls is not None:
             # The leg terminates TLS itself (asyncio would drop failed handshakes unseen).
             leg = tls_charger_leg(tls, config.connect_timeout, self._tls_failed)
@@ -147,7 +147,7 @@ class ProxyServer:
     async def _process_request(
         self, charger: ServerConnection, request: Request
     ) -> Response | None:
-        assert isinstance(charger, ChargerLeg)
+        assert isinstance(charger, RelayedChargerLeg)
         identity = identity_from_path(request.path)
         offered = offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
         base = self.config.upstream_for(identity)
@@ -229,7 +229,7 @@ class ProxyServer:
     # -- relaying -----------------------------------------------------------------
 
     async def _handle(self, charger: ServerConnection) -> None:
-        assert isinstance(charger, ChargerLeg)
+        assert isinstance(charger, RelayedChargerLeg)
         shake = self._handshakes.pop(charger, None)
         if shake is None or shake.csms is None:  # pragma: no cover - websockets guarantees
             await charger.close(1011, "proxy lost the CSMS leg")

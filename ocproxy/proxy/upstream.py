@@ -19,7 +19,7 @@ from websockets.typing import Subprotocol
 from ocproxy.core.events import ClosedBy
 from ocproxy.core.handshake import end_to_end_headers
 from ocproxy.proxy.config import ProxyConfig
-from ocproxy.proxy.legs import CsmsLeg
+from ocproxy.proxy.legs import RelayedCsmsLeg
 from ocproxy.proxy.tls import PeerCertificate, forwarded_client_cert, upstream_context
 
 _CLIENT_CERT_HEADERS = frozenset({"x-forwarded-client-cert", "client-cert", "client-cert-chain"})
@@ -60,7 +60,7 @@ async def open_csms_leg(
     *,
     identity: str = "",
     peer: PeerCertificate | None = None,
-) -> CsmsLeg | Refusal:
+) -> RelayedCsmsLeg | Refusal:
     """Connect to the CSMS offering the charger's subprotocols and end-to-end headers."""
     tls = None
     if url.startswith("wss:"):
@@ -78,7 +78,7 @@ async def open_csms_leg(
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
             max_size=config.max_message_size,
-            create_connection=CsmsLeg,
+            create_connection=RelayedCsmsLeg,
             proxy=None,
         )
     except InvalidStatus as exc:
@@ -87,7 +87,7 @@ async def open_csms_leg(
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
         detail = f"CSMS unreachable: {type(exc).__name__}: {exc}".strip()
         return Refusal(bad_gateway(detail), detail, ClosedBy.PROXY)
-    assert isinstance(leg, CsmsLeg)
+    assert isinstance(leg, RelayedCsmsLeg)
     return leg
 
 

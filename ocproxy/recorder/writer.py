@@ -29,6 +29,7 @@ from ocproxy import __version__
 from ocproxy.audit.auditor import Auditor, Finding
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened, FrameReceived, RecorderEvent
+from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.observe import ObservedFrame, observe
 from ocproxy.core.redaction import Redactor
 from ocproxy.errors import RecorderError
@@ -192,6 +193,32 @@ class Recorder:
         if depth > self.stats.max_queue_depth:
             self.stats.max_queue_depth = depth
         self._pending.append(event)
+
+    def submit_frame(
+        self,
+        connection_id: str,
+        seq: int,
+        ts: float,
+        direction: Direction,
+        opcode: Opcode,
+        data: bytes,
+        identity: str,
+        injected: bool,
+    ) -> None:
+        """``submit(FrameReceived(...))`` for a whole message received."""
+        self.submit(
+            FrameReceived(
+                connection_id,
+                seq,
+                ts,
+                direction,
+                opcode,
+                data,
+                len(data),
+                identity=identity,
+                injected=injected,
+            )
+        )
 
     @property
     def congested(self) -> bool:
