@@ -12,8 +12,10 @@
     ends; each charger waits for its outstanding answer, then closes with 1000. One
     JSON line on stdout gives the counts and the latency percentiles.
 
-Both sides keep websockets' defaults (compression included) so that the direct and
-the through-proxy measurements negotiate the same thing on every leg.
+Both sides keep websockets' defaults (permessage-deflate included) so that the direct
+and the through-proxy measurements negotiate the same thing on every leg;
+``--compression none`` on both turns it off (the proxy, negotiating per leg, then has
+none on either leg either).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.typing import Subprotocol
 
 SUBPROTOCOL = Subprotocol("ocpp1.6")
+COMPRESSIONS = ("deflate", "none")  # permessage-deflate (websockets' default), or none
 
 # What the CSMS answers, whatever the action: shaped like a BootNotification.conf
 # with an idTagInfo and a vendor data string, ~300 bytes once framed.
@@ -89,14 +92,24 @@ def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event
     threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
 
 
-async def run_csms(watch_stdin: bool) -> None:
+def _compression(name: str) -> str | None:
+    return None if name == "none" else name
+
+
+async def run_csms(watch_stdin: bool, compression: str = "deflate") -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if watch_stdin:
         _stop_when_stdin_closes(loop, stop)
-    async with serve(_csms_handler, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as server:
+    async with serve(
+        _csms_handler,
+        "127.0.0.1",
+        0,
+        subprotocols=[SUBPROTOCOL],
+        compression=_compression(compression),
+    ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"PORT {port}", flush=True)
         await stop.wait()
@@ -181,10 +194,15 @@ async def _charger(ws: ClientConnection, charger: int, phases: Phases, tally: Ta
         await ws.close()
 
 
-async def _connect_all(url: str, chargers: int) -> list[ClientConnection]:
+async def _connect_all(url: str, chargers: int, compression: str) -> list[ClientConnection]:
     base = url.rstrip("/")
     attempts = [
-        connect(f"{base}/ocpp/CP-{i}", subprotocols=[SUBPROTOCOL], open_timeout=30)
+        connect(
+            f"{base}/ocpp/CP-{i}",
+            subprotocols=[SUBPROTOCOL],
+            open_timeout=30,
+            compression=_compression(compression),
+        )
         for i in range(chargers)
     ]
     results = await asyncio.gather(*attempts, return_exceptions=True)
@@ -207,9 +225,11 @@ def _percentile_ms(values: list[float], pct: int) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1] * 1000.0
 
 
-async def run_load(url: str, chargers: int, duration: float, warmup: float) -> dict[str, object]:
+async def run_load(
+    url: str, chargers: int, duration: float, warmup: float, compression: str = "deflate"
+) -> dict[str, object]:
     cpu_started = time.process_time()
-    connections = await _connect_all(url, chargers)
+    connections = await _connect_all(url, chargers, compression)
     extensions = sorted({str(e.name) for ws in connections for e in ws.protocol.extensions})
     start = time.perf_counter()
     phases = Phases(measure_from=start + warmup, stop_at=start + warmup + duration)
@@ -243,21 +263,25 @@ def _parser() -> argparse.ArgumentParser:
     csms.add_argument(
         "--watch-stdin", action="store_true", help="also stop when stdin reaches end of file"
     )
+    csms.add_argument("--compression", choices=COMPRESSIONS, default="deflate")
     load = commands.add_parser("load", help="run the chargers once, print one JSON line")
     load.add_argument("--url", required=True, help="ws://127.0.0.1:PORT (CSMS or proxy)")
     load.add_argument("--chargers", type=int, default=1)
     load.add_argument("--duration", type=float, default=5.0, help="measured seconds")
     load.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    load.add_argument("--compression", choices=COMPRESSIONS, default="deflate")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "csms":
-        asyncio.run(run_csms(args.watch_stdin))
+        asyncio.run(run_csms(args.watch_stdin, args.compression))
         return 0
     try:
-        result = asyncio.run(run_load(args.url, args.chargers, args.duration, args.warmup))
+        result = asyncio.run(
+            run_load(args.url, args.chargers, args.duration, args.warmup, args.compression)
+        )
     except (OSError, RuntimeError, WebSocketException) as exc:
         print(f"load generator failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

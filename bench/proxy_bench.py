@@ -145,8 +145,9 @@ async def children() -> AsyncIterator[list[Child]]:
                 await child.wait(10.0)
 
 
-async def start_csms(started: list[Child]) -> int:
+async def start_csms(started: list[Child], compression: str = "deflate") -> int:
     command = [sys.executable, str(WORKLOAD), "csms", "--watch-stdin"]
+    command += ["--compression", compression]
     child = await Child.start("csms", *command, stdin_pipe=True)
     started.append(child)
     match = await child.wait_for(r"PORT (\d+)", STARTUP_TIMEOUT)
@@ -165,10 +166,16 @@ async def start_proxy(started: list[Child], csms_port: int, db: Path) -> tuple[C
 
 
 async def run_load(
-    started: list[Child], url: str, chargers: int, duration: float, warmup: float
+    started: list[Child],
+    url: str,
+    chargers: int,
+    duration: float,
+    warmup: float,
+    compression: str = "deflate",
 ) -> dict[str, Any]:
     args = ["--url", url, "--chargers", str(chargers)]
     args += ["--duration", str(duration), "--warmup", str(warmup)]
+    args += ["--compression", compression]
     child = await Child.start("load generator", sys.executable, str(WORKLOAD), "load", *args)
     started.append(child)
     code = await child.wait(duration + warmup + 120.0)
@@ -207,7 +214,9 @@ async def load_with_cpu(
     case: Case, started: list[Child], url: str, watched: dict[str, Child], args: argparse.Namespace
 ) -> None:
     before = {name: cpu_seconds(child.process.pid) for name, child in watched.items()}
-    case.load = await run_load(started, url, case.chargers, args.duration, args.warmup)
+    case.load = await run_load(
+        started, url, case.chargers, args.duration, args.warmup, args.compression
+    )
     case.cpu_us_per_round_trip = cpu_per_round_trip(before, watched, case.load)
 
 
@@ -239,7 +248,7 @@ class Case:
 
 async def measure_direct(case: Case, args: argparse.Namespace) -> None:
     async with children() as started:
-        port = await start_csms(started)
+        port = await start_csms(started, args.compression)
         url = f"ws://127.0.0.1:{port}"
         await load_with_cpu(case, started, url, {"csms": started[0]}, args)
         await started[0].terminate()
@@ -250,7 +259,7 @@ async def measure_proxy(case: Case, args: argparse.Namespace, workdir: Path) -> 
     started: list[Child] = []
     try:
         async with children() as started:
-            csms_port = await start_csms(started)
+            csms_port = await start_csms(started, args.compression)
             proxy, port = await start_proxy(started, csms_port, db)
             url = f"ws://127.0.0.1:{port}"
             await load_with_cpu(case, started, url, {"csms": started[0], "proxy": proxy}, args)
@@ -451,6 +460,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "chargers": args.chargers,
+        "compression": args.compression,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -461,7 +471,10 @@ def report(
     table_rows = rows(cases)
     met = targets(table_rows)
     meta["load_average_at_end"] = os.getloadavg()
-    title = f"ocproxy overhead, {args.duration:g} s per case ({meta['cpus']} CPUs)"
+    title = (
+        f"ocproxy overhead, {args.duration:g} s per case ({meta['cpus']} CPUs, "
+        f"compression: {args.compression})"
+    )
     console.print(rich_table(table_rows, title))
     console.print(cpu_table(cases))
     for case in cases:
@@ -514,6 +527,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--chargers", type=charger_counts, default=[1, 100], help="charger counts (default 1,100)"
+    )
+    p.add_argument(
+        "--compression",
+        choices=("deflate", "none"),
+        default="deflate",
+        help="what the chargers and the CSMS offer: permessage-deflate (websockets' "
+        "default, the default here) or none",
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")

@@ -78,8 +78,11 @@ def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: 
 
 
 def _frames_table(frames: list[ObservedFrame]) -> pa.Table:
-    columns = {name: [getattr(f, name) for f in frames] for name in _FRAME_SCHEMA.names}
-    columns["ts"] = [_utc(f.ts) for f in frames]
+    columns: dict[str, object] = {
+        name: [getattr(f, name) for f in frames] for name in _FRAME_SCHEMA.names
+    }
+    # Whole microseconds through an int64 column: a datetime per frame costs 4x more.
+    columns["ts"] = pa.array([round(f.ts * 1e6) for f in frames], pa.int64()).cast(_TS)
     return pa.table(columns, schema=_FRAME_SCHEMA)
 
 

@@ -105,6 +105,11 @@ class LiveQuery:
 
 
 _STOP = object()
+# DuckDB checkpoints (compresses the WAL into the file) every 16 MB by default. With
+# ~600 bytes a frame that rewrites the same partly filled row group (122,880 rows)
+# several times: measured on 100,000 frames, 15 us of writing per frame and 580 bytes
+# of file; at 128 MB, 8 us and 300 bytes. Commits still go to the WAL at once.
+_WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {"checkpoint_threshold": "128MB"}
 SECRETS_ONLY = Redactor()  # secrets out, driver identifiers kept
 _MIN_POLL_S = 0.002
 _MAX_POLL_S = 0.05
@@ -126,6 +131,7 @@ class Recorder:
         sinks: list[Sink] | None = None,
         auditor: Auditor | None = None,
         redactor: Redactor | None = SECRETS_ONLY,
+        yield_every: int = _YIELD_EVERY,
     ) -> None:
         self.path = Path(path)
         self.source = source
@@ -137,6 +143,9 @@ class Recorder:
         self.auditor = auditor
         # Secrets are always kept out; driver ids only with a key (see Redactor).
         self.redactor = redactor
+        # Every so many events the writer hands the GIL to the event loop sharing this
+        # process; 0 when no loop does (the recorder's own process).
+        self.yield_every = yield_every
         self.stats = RecorderStats(run_id=str(uuid.uuid4()))
         # deque.append and popleft are atomic: the loop thread appends, the writer pops.
         self._pending: deque[object] = deque()
@@ -264,7 +273,7 @@ class Recorder:
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"directory {self.path.parent} does not exist")
         try:
-            db = duckdb.connect(str(self.path))
+            db = duckdb.connect(str(self.path), config=_WRITER_CONFIG)
         except duckdb.Error as exc:
             raise RecorderError(_first_line(exc)) from exc
         try:
@@ -295,6 +304,7 @@ class Recorder:
                 idle = min(idle * 2, _MAX_POLL_S)
                 continue
             idle = _MIN_POLL_S
+            yield_at = self.yield_every or -1
             for count in range(1, self.batch_rows + 1):
                 if not pending:
                     break
@@ -309,7 +319,8 @@ class Recorder:
                     continue
                 self._handle(item, buffer, correlators)  # type: ignore[arg-type]
                 self._processed += 1
-                if count % _YIELD_EVERY == 0:
+                if count == yield_at:
+                    yield_at += self.yield_every
                     time.sleep(0)  # hand the GIL to the event loop if it is waiting
             if deadline is None:
                 deadline = time.monotonic() + self.flush_interval
