@@ -106,7 +106,7 @@ class Auditor:
     # -- per frame ----------------------------------------------------------------
 
     def _malformed(self, state: _Connection, observed: ObservedFrame, found: _Found) -> None:
-        direction = Direction(observed.direction)
+        direction = _DIRECTIONS[observed.direction]
         state.sent_malformed.add(direction)
         if observed.latency_ms is not None and observed.message_id is not None:
             state.pending[direction.reverse].discard(observed.message_id)  # a broken answer
@@ -143,7 +143,7 @@ class Auditor:
         self, state: _Connection, observed: ObservedFrame, frame: Call | Send, found: _Found
     ) -> None:
         version = state.version
-        direction = Direction(observed.direction)
+        direction = _DIRECTIONS[observed.direction]
         self._unique_id(state, direction, frame, found)
         outstanding = observed.outstanding
         if isinstance(frame, Call):
@@ -197,7 +197,7 @@ class Auditor:
         self, state: _Connection, observed: ObservedFrame, found: _Found, *, error: bool
     ) -> None:
         pairing = observed.pairing
-        direction = Direction(observed.direction)
+        direction = _DIRECTIONS[observed.direction]
         message_id = observed.message_id or ""
         if pairing == "unknown_id":
             if not error:
@@ -264,6 +264,9 @@ class Auditor:
         return {
             d: self._identity_ids.setdefault((event.identity, d), OrderedDict()) for d in Direction
         }
+
+
+_DIRECTIONS = {d.value: d for d in Direction}  # ~5x faster than Direction(value)
 
 
 def _reuse_message(state: _Connection, message_id: str) -> str:
