@@ -11,7 +11,8 @@
    connection), and separately observe alone, the auditor alone and schema validation
    alone: best of 3 runs after a warm-up pass that compiles the schemas.
 3. Writes the same events to a DuckDB file with ``Recorder`` and times
-   ``audit_recording(open_recording(db))``, i.e. ``ocproxy audit`` without the report.
+   ``audit_recording(open_recording(db))``, i.e. ``ocproxy audit --jobs 1`` without the
+   report, and ``audit_file(db, jobs=CPUs)``, i.e. ``ocproxy audit`` with its default.
 4. Runs ``proxy_bench.py`` twice (``--no-audit``, then ``--audit``) and compares the
    proxy's throughput with the direct case's.
 
@@ -54,6 +55,7 @@ from rich.table import Table
 from ocproxy.audit import schemas
 from ocproxy.audit.auditor import Auditor, Finding
 from ocproxy.audit.offline import audit_recording, open_recording
+from ocproxy.audit.parallel import audit_file
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Call, CallResult, Direction, Opcode
@@ -688,8 +690,8 @@ class Measure:
         return self.frames / self.seconds
 
     @property
-    def cpu_frames_per_s(self) -> float:
-        return self.frames / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
+    def cpu_frames_per_s(self) -> float | None:
+        return self.frames / self.cpu_seconds if self.cpu_seconds > 0 else None
 
     @property
     def us_per_frame(self) -> float:
@@ -758,7 +760,7 @@ def measure_in_process(
 
 def measure_offline(
     recording: Recording, workdir: Path, console: Console
-) -> tuple[Measure, Counter[str], str | None]:
+) -> tuple[list[Measure], Counter[str], str | None]:
     db = workdir / "recording.duckdb"
     console.print(f"writing {recording.frames:,} frames to {db.name} with Recorder ...")
     started = time.perf_counter()
@@ -785,18 +787,40 @@ def measure_offline(
 
     console.print(f"ocproxy audit (open_recording + audit_recording): best of {RUNS} ...")
     seconds, cpu_seconds = best_of(RUNS, audit)
-    measure = Measure(
+    single = Measure(
         "offline",
-        "ocproxy audit (DuckDB file)",
+        "ocproxy audit --jobs 1",
         recording.frames,
         seconds,
         cpu_seconds,
-        target=True,
-        note="open_recording + audit_recording on the file Recorder wrote: read the "
-        "rows, observe, audit, fetch the evidence frames",
+        note="open_recording + audit_recording on the file Recorder wrote, one process: "
+        "read the rows, observe, audit, fetch the evidence frames",
     )
-    console.print(f"  {measure.frames_per_s:,.0f} frames/s")
-    return measure, rules, problem
+    console.print(f"  {single.frames_per_s:,.0f} frames/s")
+    jobs = os.cpu_count() or 1
+    split: Counter[str] = Counter()
+
+    def audit_in_parallel() -> None:
+        findings, _evidence, _identities = audit_file(db, jobs=jobs)
+        split.clear()
+        split.update(f.rule for f in findings)
+
+    console.print(f"ocproxy audit --jobs {jobs} (audit_file): best of {RUNS} ...")
+    seconds, _cpu = best_of(RUNS, audit_in_parallel)
+    parallel = Measure(
+        "offline",
+        f"ocproxy audit --jobs {jobs} (default)",
+        recording.frames,
+        seconds,
+        0.0,  # the workers' CPU is not this process's: not shown
+        target=True,
+        note=f"audit_file: the same, split by charger identity over {jobs} processes "
+        "(one per CPU, the command's default), including their start-up",
+    )
+    console.print(f"  {parallel.frames_per_s:,.0f} frames/s")
+    if split != rules:
+        problem = f"--jobs {jobs} findings {dict(split)} differ from one process's {dict(rules)}"
+    return [single, parallel], rules, problem
 
 
 # -- the proxy with live audit ------------------------------------------------------------
@@ -1084,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ocproxy-audit-bench-") as tmp:
         offline, offline_rules, problem = measure_offline(recording, Path(tmp), console)
-    measures.append(offline)
+    measures.extend(offline)
     if problem:
         problems.append(problem)
     if offline_rules != live_rules:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +14,12 @@ from rich.markdown import Markdown
 
 from ocproxy.audit import report
 from ocproxy.audit.auditor import AuditSettings
-from ocproxy.audit.offline import AuditScope, audit_recording, open_recording
+from ocproxy.audit.offline import AuditScope
+from ocproxy.audit.parallel import audit_file
 from ocproxy.audit.rules import RULES, Severity
 from ocproxy.errors import ConfigError
+
+DEFAULT_JOBS = os.cpu_count() or 1
 
 EPILOG = """\
 examples:
@@ -24,6 +28,8 @@ examples:
   ocproxy audit site.duckdb --identity CP-17 --since 2026-11-01 --format json
   ocproxy audit site.duckdb --format junit --output audit.xml --fail-on warning
       for CI: exit code 1 when a finding of that severity or worse exists
+  ocproxy audit fleet.duckdb --jobs 1
+      one process (by default one per CPU on recordings of 40,000 frames or more)
   ocproxy audit --explain outstanding-call
   ocproxy audit --list-rules
 """
@@ -74,6 +80,14 @@ def add_audit_command(commands: Any) -> None:
         metavar="SECONDS",
         help="answers later than this are late-response findings (default 30)",
     )
+    cmd.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help="audit in up to N processes, split by charger identity; the findings are the "
+        f"same for any N (default: the number of CPUs, here {DEFAULT_JOBS}; 1 for one process)",
+    )
     cmd.add_argument("--explain", metavar="RULE", help="explain one rule and exit")
     cmd.add_argument("--list-rules", action="store_true", help="list every rule and exit")
     cmd.set_defaults(func=run_audit)
@@ -89,8 +103,7 @@ def run_audit(args: argparse.Namespace) -> int:
         raise ConfigError("audit needs a recording: ocproxy audit DB (or --explain RULE)")
     settings = AuditSettings(response_timeout_s=args.response_timeout)
     scope = AuditScope(tuple(args.identity), args.since)
-    with open_recording(args.db) as db:
-        findings, evidence, identities = audit_recording(db, scope, settings)
+    findings, evidence, identities = audit_file(args.db, scope, settings, args.jobs)
     groups = report.group(findings, evidence, identities)
     fail_on = Severity.parse(args.fail_on)
     if args.format == "table":
@@ -137,6 +150,16 @@ def _list_rules(console: Console) -> int:
         table.add_row(rule.id, str(rule.severity), rule.title)
     console.print(table)
     return 0
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
+    return value
 
 
 def _timestamp(text: str) -> datetime:

@@ -76,6 +76,16 @@ def audit_recording(
     settings: AuditSettings | None = None,
 ) -> tuple[list[Finding], dict[tuple[str, int], FrameRef], dict[str, str]]:
     """Findings for every connection in scope, the frames they cite, and identities."""
+    findings, identities = audit_events(db, scope, settings)
+    return findings, evidence_frames(db, findings, identities), identities
+
+
+def audit_events(
+    db: duckdb.DuckDBPyConnection,
+    scope: AuditScope | None = None,
+    settings: AuditSettings | None = None,
+) -> tuple[list[Finding], dict[str, str]]:
+    """Findings for every connection in scope, in :func:`finding_order`, and identities."""
     scope = scope or AuditScope()
     auditor = Auditor(settings)
     correlators: dict[str, Correlator] = {}
@@ -93,14 +103,21 @@ def audit_recording(
             findings.extend(auditor.frame(observe(event, correlator)))
         else:
             findings.extend(auditor.closed(event))
-    return findings, _evidence(db, findings, identities), identities
+    # Stable: a frame's findings keep the auditor's order.
+    findings.sort(key=finding_order)
+    return findings, identities
+
+
+def finding_order(finding: Finding) -> tuple[float, str, int]:
+    """Time, connection, frame: one order whatever way the recording was read."""
+    return finding.ts, finding.connection_id, -1 if finding.seq is None else finding.seq
 
 
 def _events(
     db: duckdb.DuckDBPyConnection, scope: AuditScope
 ) -> Iterator[ConnectionOpened | FrameReceived | ConnectionClosed]:
     """Opens, frames and closes in the order the live recorder saw them."""
-    where, params = _scope_sql(scope)
+    where, params = scope_sql(scope)
     present = {row[0] for row in db.execute("DESCRIBE connections").fetchall()}
     # Recordings made before m005 have no TLS columns: read them as NULL.
     tls_columns = ", ".join(c if c in present else f"NULL AS {c}" for c in _TLS_COLUMNS)
@@ -117,7 +134,7 @@ def _events(
         yield event
 
 
-def _scope_sql(scope: AuditScope) -> tuple[str, dict[str, Any]]:
+def scope_sql(scope: AuditScope) -> tuple[str, dict[str, Any]]:
     clauses = ["handshake_status IS NOT NULL"]
     params: dict[str, Any] = {}
     if scope.identities:
@@ -192,7 +209,7 @@ def _frame(row: tuple[Any, ...]) -> FrameReceived:
     )
 
 
-def _evidence(
+def evidence_frames(
     db: duckdb.DuckDBPyConnection, findings: list[Finding], identities: dict[str, str]
 ) -> dict[tuple[str, int], FrameRef]:
     """The raw bytes of the first cited frame of each (identity, rule)."""

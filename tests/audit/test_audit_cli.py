@@ -385,3 +385,48 @@ def test_audit_via_subprocess(recording: Path) -> None:
     )
     assert (result.returncode, result.stderr) == (1, "")
     assert _counts(json.loads(result.stdout)) == EVERYTHING
+
+
+def test_jobs_split_by_identity_give_the_same_findings(tmp_path: Path) -> None:
+    from ocproxy.audit.auditor import AuditSettings
+    from ocproxy.audit.offline import AuditScope, open_recording
+    from ocproxy.audit.parallel import audit_file, identity_shares
+    from ocproxy.core.handshake import OcppVersion
+
+    path = tmp_path / "fleet.duckdb"
+    recorder = Recorder(path, flush_interval=0.01).start()
+    status = status_request(OcppVersion.V201)
+    # CP-X reuses message id "1" on its second connection: a 2.0.1 finding only an
+    # audit that sees both connections of the identity can make.
+    for n, at in enumerate((JAN, MAR)):
+        _session(recorder, f"x-{n}", "CP-X", "ocpp2.0.1", at, [
+            (CP, [2, "1", "StatusNotification", status], 1),
+            (CS, [3, "1", {}], 2),
+        ])  # fmt: skip
+    _session(recorder, "y", "CP-Y", "ocpp1.6", JAN, [
+        (CP, [2, "1", "Heartbeat", {}], 1),
+        (CP, [2, "2", "Heartbeat", {}], 2),  # a second outstanding CALL
+    ])  # fmt: skip
+    _session(recorder, "z", "CP-Z", "ocpp2.0.1", JAN, [
+        (CP, [2, "1", "StatusNotification", {**status, "timestamp": "2026-01-01T10:00:00"}], 1),
+    ])  # fmt: skip
+    recorder.close()
+
+    with open_recording(path) as db:
+        shares = identity_shares(db, AuditScope(), jobs=3, min_frames_per_job=1)
+    assert sorted(shares) == [("CP-X",), ("CP-Y",), ("CP-Z",)]
+    settings = AuditSettings()
+    one = audit_file(path, settings=settings, jobs=1)
+    three = audit_file(path, settings=settings, jobs=3, min_frames_per_job=1)
+    assert three == one
+    rules = {f.rule for f in one[0]}
+    assert {"message-id-reused", "outstanding-call", "timestamp-without-zone"} <= rules
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2", "many"])
+def test_bad_jobs_is_exit_2(
+    recording: Path, jobs: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = _run(["audit", str(recording), "--jobs", jobs], capsys)
+    assert code == 2
+    assert "is not a number of processes" in err
