@@ -424,9 +424,7 @@ def test_jobs_split_by_identity_give_the_same_findings(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("jobs", ["0", "-2", "many"])
-def test_bad_jobs_is_exit_2(
-    recording: Path, jobs: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_jobs_is_exit_2(recording: Path, jobs: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _out, err = _run(["audit", str(recording), "--jobs", jobs], capsys)
     assert code == 2
     assert "is not a number of processes" in err
