@@ -56,6 +56,9 @@ def open_recording(path: str | Path) -> duckdb.DuckDBPyConnection:
         )
     except duckdb.Error as exc:  # e.g. locked by the proxy still recording into it
         raise ConfigError(f"cannot open {path}: {_first_line(exc)}") from exc
+    # DuckDB draws a bar on stdout for queries over 2 s, even in the audit's worker
+    # processes, where it would corrupt a JSON report written to stdout.
+    db.execute("SET enable_progress_bar = false")
     tables = {
         row[0] for row in db.execute("SELECT table_name FROM information_schema.tables").fetchall()
     }
