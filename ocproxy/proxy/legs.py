@@ -107,11 +107,12 @@ class _Relayed(_RawMessages):
         """From now on, give every message to ``relay``, starting with those held."""
         early, self._early = self._early, []
         self._relay = relay
-        for data, opcode in early:
-            relay(data, opcode)
+        # Resume first: the relay may pause reading again while it takes the held ones.
         if self._early_paused:
             self._early_paused = False
             self.transport.resume_reading()
+        for data, opcode in early:
+            relay(data, opcode)
 
     def process_event(self, event: Event) -> None:
         if not isinstance(event, Frame) or event.opcode not in _DATA:

@@ -161,7 +161,8 @@ class Session:
                 with contextlib.suppress(Exception):  # dst ended: its own pump handles that
                     await dst.drain()
                 flow.stalled = False
-                src.transport.resume_reading()
+                if not lost.done():
+                    src.transport.resume_reading()
         await self._source_closed(src, dst, direction)
 
     def _relay(
