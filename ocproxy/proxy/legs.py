@@ -8,9 +8,9 @@ message as its first frame arrives, and :meth:`recv_message` pairs them up again
 The proxy's own legs (:class:`RelayedChargerLeg`, :class:`RelayedCsmsLeg`) skip the
 assembler: after websockets' sans-I/O protocol has parsed a frame, ``process_event``
 hands the whole message to the relay synchronously, which records it and writes it to
-the other leg in the same callback. No future, task switch or queue per message: that
-halves the relay's CPU per frame and its latency. Handshake, pings, close and the
-size limit stay websockets' own.
+the other leg in the same callback. No future, task switch or queue per message:
+measured, a quarter less relay CPU per round trip (69 -> 52 us at 100 chargers) and a
+lower latency. Handshake, pings, close and the size limit stay websockets' own.
 """
 
 from __future__ import annotations

@@ -151,9 +151,11 @@ class RecordingProcess:
         injected: bool,
     ) -> None:
         # The relay's path, once per frame: straight to the tuple that is pickled.
-        size = len(data)
-        packed = ("f", connection_id, seq, ts, direction.value, opcode.value, data, size)
-        self._add((*packed, False, identity, injected))
+        item = (
+            "f", connection_id, seq, ts, direction.value, opcode.value, data, len(data),
+            False, identity, injected,
+        )  # fmt: skip
+        self._add(item)
 
     def _add(self, item: _Packed) -> None:
         self._buffer.append(item)
