@@ -198,26 +198,62 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc): the proxy's recorder and forkserver."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cpu_snapshot(watched: dict[str, Child]) -> dict[str, dict[int, float | None]]:
+    """CPU seconds so far of each watched process and, under "NAME children", its tree."""
+    out: dict[str, dict[int, float | None]] = {}
+    for name, child in watched.items():
+        pid = child.process.pid
+        out[name] = {pid: cpu_seconds(pid)}
+        out[f"{name} children"] = {p: cpu_seconds(p) for p in descendant_pids(pid)}
+    return out
+
+
 def cpu_per_round_trip(
-    before: dict[str, float | None], watched: dict[str, Child], load: dict[str, Any]
+    before: dict[str, dict[int, float | None]],
+    after: dict[str, dict[int, float | None]],
+    load: dict[str, Any],
 ) -> dict[str, float | None]:
-    """µs of CPU per round trip for the chargers' process and each watched server."""
+    """µs of CPU per round trip for the chargers' process and each watched process tree."""
     trips = load["results_received"] or 1
     out: dict[str, float | None] = {"chargers": load["cpu_s"] / trips * 1e6}
-    for name, child in watched.items():
-        start, end = before[name], cpu_seconds(child.process.pid)
-        out[name] = None if start is None or end is None else (end - start) / trips * 1e6
+    for name, pids in before.items():
+        deltas = [
+            end - start
+            for pid, start in pids.items()
+            if start is not None and (end := after.get(name, {}).get(pid)) is not None
+        ]
+        out[name] = sum(deltas) / trips * 1e6 if deltas else None
     return out
 
 
 async def load_with_cpu(
     case: Case, started: list[Child], url: str, watched: dict[str, Child], args: argparse.Namespace
 ) -> None:
-    before = {name: cpu_seconds(child.process.pid) for name, child in watched.items()}
+    before = cpu_snapshot(watched)
     case.load = await run_load(
         started, url, case.chargers, args.duration, args.warmup, args.compression
     )
-    case.cpu_us_per_round_trip = cpu_per_round_trip(before, watched, case.load)
+    case.cpu_us_per_round_trip = cpu_per_round_trip(before, cpu_snapshot(watched), case.load)
 
 
 # -- one case -----------------------------------------------------------------------------
@@ -434,13 +470,18 @@ def markdown_table(table_rows: list[dict[str, Any]]) -> str:
 
 def cpu_table(cases: list[Case]) -> Table:
     """CPU time each process spent per round trip, over the whole load run."""
-    table = Table(title="CPU per round trip (µs)", box=box.SIMPLE_HEAD)
-    for header in ("Path", "Chargers", "chargers", "CSMS", "proxy"):
+    table = Table(
+        title="CPU per round trip (µs)",
+        caption="proxy = the relaying process; recorder = the processes it started "
+        "(its recorder, and the idle forkserver that started it)",
+        box=box.SIMPLE_HEAD,
+    )
+    for header in ("Path", "Chargers", "chargers", "CSMS", "proxy", "recorder"):
         table.add_column(header, justify="left" if header == "Path" else "right")
     for case in cases:
         cpu = case.cpu_us_per_round_trip
-        values = [fmt(cpu.get(k), ".0f") for k in ("chargers", "csms", "proxy")]
-        table.add_row(case.path, str(case.chargers), *values)
+        keys = ("chargers", "csms", "proxy", "proxy children")
+        table.add_row(case.path, str(case.chargers), *[fmt(cpu.get(k), ".0f") for k in keys])
     return table
 
 
