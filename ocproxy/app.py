@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from rich.console import Console
 
 from ocproxy.audit.auditor import Auditor, AuditSettings
-from ocproxy.console import ConsoleSink, Summary, console_sinks, summary_table
+from ocproxy.console import ConsoleSink, Summary, backpressure_note, console_sinks, summary_table
 from ocproxy.control.server import ControlServer, LiveFeed
 from ocproxy.control.token import new_token, publish_token
 from ocproxy.core.redaction import Redactor
@@ -121,6 +121,9 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
     stats = outcome.stats
     assert stats is not None
     console.print(summary_table(outcome.summary, stats))
+    note = backpressure_note(stats, audit=config.audit)
+    if note is not None:
+        console.print(f"[yellow]{note}[/]", highlight=False)
     for error in stats.errors:
         console.print(f"[bold red]{error}[/]")
     return stats

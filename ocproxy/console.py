@@ -112,6 +112,18 @@ class Summary:
             row.close = f"{code} by {event.closed_by}"
 
 
+def backpressure_note(stats: RecorderStats, audit: bool) -> str | None:
+    """A line for the exit summary when forwarding had to wait for the recorder."""
+    if not stats.backpressure_waits:
+        return None
+    hint = "; --no-audit makes each frame cheaper to record" if audit else ""
+    return (
+        f"forwarding waited for the recorder {stats.backpressure_waits} times "
+        f"({stats.backpressure_wait_s * 1000:.0f} ms in all): frames came faster than it "
+        f"records them{hint}"
+    )
+
+
 def summary_table(summary: Summary, stats: RecorderStats | None = None) -> Table:
     title = "ocproxy: connections recorded"
     if stats is not None:

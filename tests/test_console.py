@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from ocproxy.console import Summary, frame_line, summary_table
+from ocproxy.console import Summary, backpressure_note, frame_line, summary_table
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode
@@ -56,6 +56,19 @@ def test_frame_line_colours_by_direction() -> None:
     styles = {str(span.style) for span in line.spans}
     assert "cyan" in styles
     assert "bold cyan" in styles
+
+
+def test_backpressure_note_only_when_forwarding_waited() -> None:
+    assert backpressure_note(RecorderStats(run_id="r"), audit=True) is None
+    stats = RecorderStats(run_id="r", backpressure_waits=12, backpressure_wait_s=0.8384)
+    assert backpressure_note(stats, audit=True) == (
+        "forwarding waited for the recorder 12 times (838 ms in all): frames came faster "
+        "than it records them; --no-audit makes each frame cheaper to record"
+    )
+    assert backpressure_note(stats, audit=False) == (
+        "forwarding waited for the recorder 12 times (838 ms in all): frames came faster "
+        "than it records them"
+    )
 
 
 def test_summary_table() -> None:
