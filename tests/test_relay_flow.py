@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from helpers_ws import Message, receive, send, upstream, wait_until
+from helpers_ws import Message, raw_upgrade_request, receive, send, upstream, wait_until
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
@@ -163,3 +163,31 @@ async def _stalls(progress: Any, quiet: float = 1.0) -> None:
     while (now := progress()) != last:
         last = now
         await asyncio.sleep(quiet)
+
+
+async def test_a_held_csms_leg_still_closes_when_the_charger_goes(proxy_factory: Any) -> None:
+    # The CSMS talks at once, more than the proxy holds before it stops reading that
+    # leg; then the charger vanishes before its session starts. Closing the CSMS leg
+    # needs the CSMS's Close frame read: the held leg must be read again for it.
+    async def chatty(ws: ServerConnection) -> None:
+        for i in range(40):
+            await ws.send(f'[2,"{i}","TriggerMessage",{{}}]')
+        await ws.wait_closed()
+
+    async def slow_accept(connection: ServerConnection, request: Any) -> None:
+        await asyncio.sleep(0.2)  # the charger is gone by the time the CSMS accepts
+
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            upstream(chatty, process_request=slow_accept) as up,
+            proxy_factory(upstream=up.url, close_timeout=20.0) as (proxy, box),
+        ):
+            _, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+            writer.write(raw_upgrade_request(proxy.server.port))
+            await writer.drain()
+            await wait_until(lambda: len(up.requests) == 1, "upstream got the request")
+            writer.transport.abort()
+            await wait_until(lambda: len(up.handled) == 1, "the CSMS accepted and talks")
+            # Well under close_timeout: the close handshake completed, nothing timed out.
+            await wait_until(lambda: up.open == 0, "upstream connection closed", 5.0)
+    assert box[0].stats.frames_lost == 0

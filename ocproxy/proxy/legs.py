@@ -114,6 +114,14 @@ class _Relayed(_RawMessages):
         for data, opcode in early:
             relay(data, opcode)
 
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        # The closing handshake needs the peer's Close frame read: a leg paused because
+        # its messages had nowhere to go yet must be read again, or close() waits for
+        # close_timeout. What arrives meanwhile is relayed (or held) as usual.
+        self._early_paused = False
+        self.transport.resume_reading()
+        await super().close(code, reason)
+
     def process_event(self, event: Event) -> None:
         if not isinstance(event, Frame) or event.opcode not in _DATA:
             super().process_event(event)
@@ -137,7 +145,12 @@ class _Relayed(_RawMessages):
             self._relay(data, opcode)
             return
         self._early.append((data, opcode))
-        if len(self._early) >= _EARLY_HIGH and not self._early_paused:
+        # Not once closing: the peer's Close frame, which ends the closing, must be read.
+        if (
+            len(self._early) >= _EARLY_HIGH
+            and not self._early_paused
+            and self.protocol.state is State.OPEN
+        ):
             self._early_paused = True
             self.transport.pause_reading()
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed, PayloadTooBig
 from websockets.frames import Close, CloseCode
+from websockets.protocol import State
 
 from ocproxy.core.events import ClosedBy, FrameReceived
 from ocproxy.core.events import ConnectionClosed as ClosedEvent
@@ -186,7 +187,12 @@ class Session:
         # pump reading that leg sees its close and handles it.
         if dst.forward(data, opcode) and mirror is not None:
             mirror.offer(data, opcode)
-        if (dst.paused or self.recorder.congested) and not flow.stalled:
+        # A closing leg is never paused: its closing handshake needs its Close frame read.
+        if (
+            (dst.paused or self.recorder.congested)
+            and not flow.stalled
+            and src.protocol.state is State.OPEN
+        ):
             flow.stalled = True
             src.transport.pause_reading()
             flow.wake_up()
