@@ -22,7 +22,6 @@ Exit status: 0 when every case ran and every frame was recorded, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -76,7 +75,7 @@ async def measure_mitmdump(case: pb.Case, args: argparse.Namespace, workdir: Pat
     started: list[pb.Child] = []
     try:
         async with pb.children() as started:
-            csms_port = await pb.start_csms(started)
+            csms_port = await pb.start_csms(started, args.compression)
             relay, port = await start_mitmdump(started, csms_port, db, workdir / "mitmproxy-conf")
             url = f"ws://127.0.0.1:{port}"
             watched = {"csms": started[0], "proxy": relay}
@@ -246,12 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if not MITMDUMP.exists():
         console.print(f"no mitmdump next to this Python ({MITMDUMP}); pip install mitmproxy")
         return 1
-    try:
-        ok = asyncio.run(run(args, console))
-    except asyncio.CancelledError:
-        console.print("interrupted; every subprocess was stopped")
-        return 130
-    return 0 if ok else 1
+    return pb.run_to_exit_code(run, args, console)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -608,15 +608,22 @@ async def run(args: argparse.Namespace, console: Console) -> bool:
     return report(cases, args, meta, console)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    console = Console()
+def run_to_exit_code(
+    bench: Callable[[argparse.Namespace, Console], Coroutine[Any, Any, bool]],
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
+    """Run a benchmark's coroutine; 0 when it ran clean, 1 when not, 130 if interrupted."""
     try:
-        ok = asyncio.run(run(args, console))
+        ok = asyncio.run(bench(args, console))
     except asyncio.CancelledError:
         console.print("interrupted; every subprocess was stopped")
         return 130
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_to_exit_code(run, parser().parse_args(argv), Console())
 
 
 if __name__ == "__main__":

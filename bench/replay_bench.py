@@ -44,6 +44,7 @@ from proxy_bench import (
     environment,
     positive,
     run_load,
+    run_to_exit_code,
     start_csms,
 )
 from rich import box
@@ -247,7 +248,11 @@ def parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace, console: Console) -> bool:
     cancel_on_signals()
-    meta = environment(argparse.Namespace(duration=args.duration, warmup=args.warmup, chargers=[1]))
+    meta = environment(
+        argparse.Namespace(
+            duration=args.duration, warmup=args.warmup, chargers=[1], compression="deflate"
+        )
+    )
     console.print(TARGET_TEXT, highlight=False)
     workdir = Path(tempfile.mkdtemp(prefix="ocproxy-replay-bench-"))
     try:
@@ -269,14 +274,7 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    console = Console()
-    try:
-        ok = asyncio.run(run(args, console))
-    except asyncio.CancelledError:
-        console.print("interrupted; every subprocess was stopped")
-        return 130
-    return 0 if ok else 1
+    return run_to_exit_code(run, parser().parse_args(argv), Console())
 
 
 if __name__ == "__main__":
