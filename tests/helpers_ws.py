@@ -23,6 +23,18 @@ Message = tuple[str, bytes]  # (opcode "text"/"binary", exact bytes)
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
 
+def one_connection(rec: Any) -> dict[str, Any]:
+    """The recording's only connection row."""
+    rows = rec.connections()
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def wire(rows: list[dict[str, Any]], direction: str) -> list[Message]:
+    """Recorded frames of one direction as (opcode, exact bytes), in order."""
+    return [(r["opcode"], bytes(r["raw"])) for r in rows if r["direction"] == direction]
+
+
 def as_message(data: str | bytes) -> Message:
     """What a websockets peer received, as (opcode, bytes on the wire)."""
     if isinstance(data, str):

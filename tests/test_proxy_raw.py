@@ -23,6 +23,7 @@ from helpers_ws import (
     closed_port,
     drain,
     headers_json,
+    one_connection,
     raw_upgrade_request,
     read_status,
     receive,
@@ -30,6 +31,7 @@ from helpers_ws import (
     silent_server,
     upstream,
     wait_until,
+    wire,
 )
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
@@ -41,16 +43,6 @@ TIMEOUT = 10
 
 
 # -- recording helpers ---------------------------------------------------------------
-
-
-def one_connection(rec: Any) -> dict[str, Any]:
-    rows = rec.connections()
-    assert len(rows) == 1, rows
-    return rows[0]
-
-
-def wire(rows: list[dict[str, Any]], direction: str) -> list[Message]:
-    return [(r["opcode"], bytes(r["raw"])) for r in rows if r["direction"] == direction]
 
 
 def check_frames(

@@ -11,7 +11,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from helpers_ws import Message, raw_upgrade_request, receive, send, upstream, wait_until
+from helpers_ws import (
+    Message,
+    one_connection,
+    raw_upgrade_request,
+    receive,
+    send,
+    upstream,
+    wait_until,
+    wire,
+)
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
@@ -19,12 +28,7 @@ TIMEOUT = 30
 
 
 def _frames(rec: Any, direction: str) -> list[Message]:
-    [row] = rec.connections()
-    return [
-        (r["opcode"], bytes(r["raw"]))
-        for r in rec.frames(row["connection_id"])
-        if r["direction"] == direction
-    ]
+    return wire(rec.frames(one_connection(rec)["connection_id"]), direction)
 
 
 async def test_csms_speaking_first_is_held_then_relayed_in_order(proxy_factory: Any) -> None:
