@@ -19,6 +19,7 @@ from ocproxy import __version__
 from ocproxy.analytics.cli import add_query_command
 from ocproxy.analytics.export_cli import add_export_command
 from ocproxy.analytics.report_cli import add_report_command
+from ocproxy.argtypes import non_negative_float, positive_float, positive_int
 from ocproxy.audit.cli import add_audit_command
 from ocproxy.control.cli import add_inject_command
 from ocproxy.errors import ConfigError, OcproxyError
@@ -93,32 +94,32 @@ def _add_proxy(commands: Any) -> None:
     cmd.add_argument("--db", metavar="FILE", help=f"DuckDB recording (default ./{DEFAULT_DB})")
     cmd.add_argument(
         "--connect-timeout",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="give up on the CSMS after this long; the charger gets HTTP 502 (default 10)",
     )
     cmd.add_argument(
         "--ping-interval",
-        type=_non_negative_float,
+        type=non_negative_float,
         metavar="SECONDS",
         help="WebSocket ping on each leg so no leg idles into a 60 s cut; 0 disables (default 20)",
     )
     cmd.add_argument(
         "--ping-timeout",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="close a leg whose pong is this late (default 20)",
     )
     cmd.add_argument(
         "--max-message-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="BYTES",
         help="larger messages close both legs with 1009 and are recorded by length "
         f"(default {DEFAULT_MAX_MESSAGE_SIZE})",
     )
     cmd.add_argument(
         "--queue-limit",
-        type=_positive_int,
+        type=positive_int,
         metavar="FRAMES",
         help="recorder queue bound; when full, forwarding waits (counted) (default 10000)",
     )
@@ -131,7 +132,7 @@ def _add_proxy(commands: Any) -> None:
     )
     cmd.add_argument(
         "--response-timeout",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="the audit reports answers later than this as late-response (default 30)",
     )
@@ -220,10 +221,10 @@ def _add_demo(commands: Any) -> None:
     cmd.add_argument(
         "--db", metavar="FILE", default="demo.duckdb", help="DuckDB recording (default demo.duckdb)"
     )
-    cmd.add_argument("--chargers", type=_positive_int, default=4, help="how many (default 4)")
+    cmd.add_argument("--chargers", type=positive_int, default=4, help="how many (default 4)")
     cmd.add_argument(
         "--pace",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.3,
         metavar="SECONDS",
         help="pause between a charger's steps (default 0.3)",
@@ -302,24 +303,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     return asyncio.run(
         run_demo(args.db, Console(), chargers=args.chargers, pace=args.pace, quiet=args.quiet)
     )
-
-
-def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str) -> Any:
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not check(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-
-    return convert
-
-
-_positive_int = _number(int, lambda v: v > 0, "a positive integer")
-_positive_float = _number(float, lambda v: v > 0, "a positive number")
-_non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from ocproxy.analytics.report import (
     fmt_ms,
     fmt_stamp,
 )
+from ocproxy.argtypes import positive_int
 from ocproxy.errors import ConfigError, OcproxyError
 
 _EPILOG = """\
@@ -62,23 +63,13 @@ def add_report_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     cmd.add_argument("--identity", metavar="ID", help="only this charger (default: every one)")
     cmd.add_argument(
         "--top",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_TOP,
         metavar="N",
         help="chargers in the status timeline and tables, transactions in the energy "
         f"chart, actions in the latency chart, error codes (default {DEFAULT_TOP})",
     )
     cmd.set_defaults(func=run_report_command)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 def run_report_command(

@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.markdown import Markdown
 
+from ocproxy.argtypes import number
 from ocproxy.audit import report
 from ocproxy.audit.auditor import AuditSettings
 from ocproxy.audit.offline import AuditScope
@@ -82,7 +83,7 @@ def add_audit_command(commands: Any) -> None:
     )
     cmd.add_argument(
         "--jobs",
-        type=_jobs,
+        type=number(int, lambda v: v >= 1, "a number of processes (1 or more)"),
         default=DEFAULT_JOBS,
         metavar="N",
         help="audit in up to N processes, split by charger identity; the findings are the "
@@ -150,16 +151,6 @@ def _list_rules(console: Console) -> int:
         table.add_row(rule.id, str(rule.severity), rule.title)
     console.print(table)
     return 0
-
-
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (1 or more)")
-    return value
 
 
 def _timestamp(text: str) -> datetime:

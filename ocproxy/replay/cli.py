@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
+from ocproxy.argtypes import positive_float
 from ocproxy.errors import ConfigError, OcproxyError
 from ocproxy.proxy.config import check_ws_url
 from ocproxy.recorder import DEFAULT_DB
@@ -106,7 +107,7 @@ def add_replay_command(commands: Any) -> None:
     )
     cmd.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive_float,
         default=30.0,
         metavar="SECONDS",
         help="wait this long for each answer and each expected CALL (default 30)",
@@ -304,16 +305,6 @@ def _speed(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a factor or 'max'") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the speed must be positive")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not positive")
     return value
 
 

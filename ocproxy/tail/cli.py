@@ -19,6 +19,7 @@ import duckdb
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from ocproxy.argtypes import positive_int
 from ocproxy.audit.offline import open_recording
 from ocproxy.control.cli import add_control_option
 from ocproxy.control.client import ControlClient
@@ -83,7 +84,7 @@ def add_tail_command(commands: Any) -> None:
     )
     cmd.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"show (and keep) the last N frames (default {DEFAULT_LIMIT})",
@@ -333,13 +334,3 @@ def _on_signals(callback: Callable[[], None]) -> Iterator[None]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
