@@ -83,17 +83,17 @@ def observe(
         and (isinstance(event.data, bytes) or _encodable(text))  # a str may hold anything
     )
     payload: str | None = None
-    value: Any = None
     redacted: tuple[str, ...] | None = None
     error_code = error_description = None
     if isinstance(frame, Call | Send | CallResult):
+        value = frame.payload
         if redactor is not None and raw is not None:
             value, raw, redacted = _redact(redactor, frame, correlation.action, raw)
         if redacted is None and plain:
             assert text is not None
             payload = _payload_text(text)
         else:
-            payload = _compact_json(value if redacted is not None else frame.payload)
+            payload = _compact_json(value)
     elif isinstance(frame, CallError):
         payload = _compact_json(frame.error_details)
         error_code, error_description = frame.error_code, frame.error_description
@@ -163,13 +163,13 @@ def _same(value: str | None) -> str | None:
 def _redact(
     redactor: Redactor, frame: Call | Send | CallResult, action: str | None, raw: bytes
 ) -> tuple[Any, bytes, tuple[str, ...] | None]:
-    """The payload and raw with secrets replaced, and what was; ``None`` when nothing was."""
+    """The payload and raw with secrets replaced, and what was (``None``: nothing)."""
     response = isinstance(frame, CallResult)
     if not redactor.may_redact(action, raw, response=response):
-        return None, raw, None
+        return frame.payload, raw, None
     result = redactor.redact(action, frame.payload, response=response)
     if not result.removed:
-        return None, raw, None
+        return frame.payload, raw, None
     head: list[Any] = [int(frame.message_type), frame.message_id]
     if isinstance(frame, Call | Send):
         head.append(frame.action)

@@ -64,27 +64,6 @@ class _RawMessages(Connection):
         """Send bytes unchanged, as a text or binary message."""
         await self.send(data, text=opcode is FrameOpcode.TEXT)
 
-    def forward(self, data: bytes, opcode: FrameOpcode) -> bool:
-        """Send a whole message now, without waiting; False when this leg is not open.
-
-        The relay's send: the bytes go to the transport's buffer at once (flow control
-        is the caller's, through :attr:`paused`).
-        """
-        protocol = self.protocol
-        if protocol.state is not State.OPEN:
-            return False
-        try:
-            if opcode is FrameOpcode.TEXT:
-                protocol.send_text(data)
-            else:
-                protocol.send_binary(data)
-            self.send_data()
-        except Exception as exc:  # as websockets' send_context: a write error ends the leg
-            self.set_connection_exc(exc)
-            self.transport.abort()
-            return False
-        return True
-
 
 Relay = Callable[[bytes, FrameOpcode], None]
 _EARLY_HIGH = 16  # messages held before a relay is attached: then stop reading
@@ -113,6 +92,27 @@ class _Relayed(_RawMessages):
             self.transport.resume_reading()
         for data, opcode in early:
             relay(data, opcode)
+
+    def forward(self, data: bytes, opcode: FrameOpcode) -> bool:
+        """Send a whole message now, without waiting; False when this leg is not open.
+
+        The relay's send: the bytes go to the transport's buffer at once (flow control
+        is the caller's, through :attr:`paused`).
+        """
+        protocol = self.protocol
+        if protocol.state is not State.OPEN:
+            return False
+        try:
+            if opcode is FrameOpcode.TEXT:
+                protocol.send_text(data)
+            else:
+                protocol.send_binary(data)
+            self.send_data()
+        except Exception as exc:  # as websockets' send_context: a write error ends the leg
+            self.set_connection_exc(exc)
+            self.transport.abort()
+            return False
+        return True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         # The closing handshake needs the peer's Close frame read: a leg paused because
