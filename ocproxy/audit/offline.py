@@ -73,11 +73,15 @@ def open_recording(path: str | Path) -> duckdb.DuckDBPyConnection:
     return db
 
 
+# Findings, the frames they cite by (connection, seq), and identities by connection.
+AuditResult = tuple[list[Finding], dict[tuple[str, int], FrameRef], dict[str, str]]
+
+
 def audit_recording(
     db: duckdb.DuckDBPyConnection,
     scope: AuditScope | None = None,
     settings: AuditSettings | None = None,
-) -> tuple[list[Finding], dict[tuple[str, int], FrameRef], dict[str, str]]:
+) -> AuditResult:
     """Findings for every connection in scope, the frames they cite, and identities."""
     findings, identities = audit_events(db, scope, settings)
     return findings, evidence_frames(db, findings, identities), identities

@@ -18,9 +18,10 @@ import duckdb
 
 from ocproxy.audit.auditor import AuditSettings, Finding
 from ocproxy.audit.offline import (
+    AuditResult,
     AuditScope,
-    FrameRef,
     audit_events,
+    audit_recording,
     evidence_frames,
     finding_order,
     open_recording,
@@ -30,8 +31,6 @@ from ocproxy.audit.offline import (
 # Below this many frames a worker's start-up (imports, schema compilation) costs more
 # than it saves.
 MIN_FRAMES_PER_JOB = 20_000
-
-AuditResult = tuple[list[Finding], dict[tuple[str, int], FrameRef], dict[str, str]]
 
 
 def audit_file(
@@ -46,8 +45,7 @@ def audit_file(
     with open_recording(path) as db:
         shares = identity_shares(db, scope, jobs, min_frames_per_job)
         if len(shares) <= 1:
-            findings, identities = audit_events(db, scope, settings)
-            return findings, evidence_frames(db, findings, identities), identities
+            return audit_recording(db, scope, settings)
     work = [(str(path), replace(scope, identities=share), settings) for share in shares]
     # forkserver: workers start from a clean process, not a copy of this one's threads.
     context = multiprocessing.get_context("forkserver")
