@@ -310,7 +310,8 @@ async def measure_proxy(case: Case, args: argparse.Namespace, workdir: Path) -> 
 
 
 def verify_recording(db: Path, load: dict[str, Any], proxy_exit: int | None) -> dict[str, Any]:
-    """Every CALL sent and every CALLRESULT received is a row in ``frames``, none lost."""
+    """Every CALL sent and every CALLRESULT received is a row in ``frames``, none lost;
+    the traffic is valid OCPP, so the live audit found nothing."""
     with duckdb.connect(str(db), read_only=True) as con:
 
         def one(sql: str) -> Any:
@@ -334,6 +335,7 @@ def verify_recording(db: Path, load: dict[str, Any], proxy_exit: int | None) -> 
             "unmatched_results": one(
                 "SELECT count(*) FROM frames WHERE message_type = 3 AND pairing <> 'matched'"
             ),
+            "findings": one("SELECT count(*) FROM findings"),
             "backpressure_waits": one("SELECT sum(backpressure_waits) FROM run_stats"),
             "max_queue_depth": one("SELECT max(max_queue_depth) FROM run_stats"),
         }
@@ -346,6 +348,7 @@ def verify_recording(db: Path, load: dict[str, Any], proxy_exit: int | None) -> 
         and found["to_charger"] == load["results_received"]
         and found["run_stats_rows"] == 1
         and found["runs_with_frames_lost"] == 0
+        and found["findings"] == 0
     )
     return found
 
