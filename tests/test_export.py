@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
-import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import duckdb
 import pytest
+from helpers_bench import bench_module
 from helpers_cli import run_ocproxy
 
 from ocproxy.analytics import load_queries
@@ -574,19 +572,9 @@ def _mkdir(path: Path) -> Path:
 # -- the benchmark's generator -----------------------------------------------------------------
 
 
-def _bench_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    make = _bench_module("make_recording")
+    make = bench_module("make_recording")
     path = tmp_path_factory.mktemp("bench") / "fleet.duckdb"
     summary = make.make_recording(path, 40_000, chargers=24, days=2.0, seed=7)
     assert summary["frames"] == 40_000

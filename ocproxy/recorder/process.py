@@ -1,7 +1,7 @@
 """The recorder in a child process: the same :class:`Recorder`, off the relay's GIL.
 
 Why a process and not only the writer thread: the writer parses, correlates, redacts,
-audits and batches every frame (~45 µs of Python each) holding the GIL; in the relaying
+audits and batches every frame (~35 µs of Python each) holding the GIL; in the relaying
 process that work serializes with the event loop and every frame waits behind it. In a
 child it runs on another core; the relay only pickles batches of plain tuples (~2 µs a
 frame). The child runs the same Recorder, so the rows are identical.

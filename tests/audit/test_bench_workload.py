@@ -8,23 +8,11 @@ traffic (it did, until this test).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
-from tests.audit.helpers import CP, CS, Feed
+from helpers_bench import bench_module
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _workload() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_workload", REPO / "bench" / "_workload.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("_workload", module)
-    spec.loader.exec_module(module)
-    return module
+from .helpers import CP, CS, Feed
 
 
 def _round_trips(workload: ModuleType, feed: Feed, charger: int, count: int) -> None:
@@ -39,7 +27,7 @@ def _round_trips(workload: ModuleType, feed: Feed, charger: int, count: int) -> 
 
 
 def test_the_load_and_the_csms_speak_valid_ocpp_16() -> None:
-    workload = _workload()
+    workload = bench_module("_workload")
     feed = Feed()
     for charger in range(3):
         _round_trips(workload, feed, charger, 200)
@@ -50,7 +38,7 @@ def test_the_load_and_the_csms_speak_valid_ocpp_16() -> None:
 
 def test_an_answer_the_schema_refuses_would_be_found() -> None:
     """The check above has teeth: the CSMS's old answer is a finding every time."""
-    workload = _workload()
+    workload = bench_module("_workload")
     feed = Feed()
     connection_id, _ = feed.open("ocpp1.6")
     for n in range(5):
