@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -112,7 +112,7 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
         loop.add_signal_handler(sig, stop.set)
     async with running_proxy(config, console) as (proxy, outcome):
         console.print(
-            f"[bold]ocproxy[/] listening on ws://{config.listen_host}:{proxy.port}, "
+            f"[bold]ocproxy[/] listening on {listen_url(config, proxy.port)}, "
             f"recording to [bold]{config.db}[/]; Ctrl-C to stop",
             highlight=False,
         )
@@ -127,3 +127,20 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
     for error in stats.errors:
         console.print(f"[bold red]{error}[/]")
     return stats
+
+
+def listen_url(config: ProxyConfig, port: int) -> str:
+    """What chargers dial: wss:// when the proxy terminates TLS, IPv6 hosts bracketed."""
+    scheme = "wss" if config.tls_cert else "ws"
+    host = config.listen_host
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (Linux, macOS): its C transports halve the relay's
+    per-message cost; None (the standard loop) otherwise. The test suite runs on both."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -6,6 +6,7 @@ Nothing of ocproxy's own is mocked: tests start the proxy exactly as the CLI doe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from ocproxy.app import loop_factory
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.server import ProxyServer
 from ocproxy.recorder import Recorder, RecorderStats
@@ -96,3 +98,17 @@ def _isolated_config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
     """The per-user id key file goes to a temporary config home, never the real one."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
     monkeypatch.delenv("OCPROXY_ID_KEY", raising=False)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on both loops ocproxy runs on: ``ocproxy proxy`` picks uvloop
+    where it is installed (``loop_factory``), the other commands the standard loop."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    uvloop = loop_factory()
+    if uvloop is not None:
+        factories["uvloop"] = uvloop
+    return factories

@@ -19,6 +19,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
@@ -198,10 +199,15 @@ def tls_charger_leg(
                 super().connection_lost(exc)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            # No byte may reach the WebSocket parser before the TLS layer is in place.
-            transport.pause_reading()
-            self._tls_task = asyncio.get_running_loop().create_task(self._start_tls(transport))
+            # uvloop's TCP transport has Transport's methods without subclassing it.
+            tcp = cast(asyncio.Transport, transport)
+            # No byte may reach the WebSocket parser before the TLS layer is in place:
+            # started eagerly, start_tls installs its protocol before this returns.
+            # (uvloop starts reading after connection_made, whatever pause_reading said,
+            # so a task started later would let the ClientHello reach this protocol.)
+            tcp.pause_reading()
+            loop = asyncio.get_running_loop()
+            self._tls_task = asyncio.Task(self._start_tls(tcp), loop=loop, eager_start=True)
 
         async def _start_tls(self, transport: asyncio.Transport) -> None:
             peer = transport.get_extra_info("peername")
