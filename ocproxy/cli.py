@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 
@@ -55,8 +55,17 @@ example:
 """
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A bad command line is one line on stderr and exit 2 (the usage is in --help).
+
+    Every command's parser is one of these: subparsers take their parent's class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _OneLineErrors(
         prog="ocproxy",
         description="A transparent OCPP-J proxy between chargers and their CSMS that "
         "records every frame into DuckDB.",
@@ -280,21 +289,11 @@ def proxy_config(args: argparse.Namespace) -> ProxyConfig:
 
 
 def _run_proxy(args: argparse.Namespace) -> int:
-    from ocproxy.app import serve_until_signal
+    from ocproxy.app import loop_factory, serve_until_signal
 
     config = proxy_config(args)
-    stats = asyncio.run(serve_until_signal(config, Console()), loop_factory=_loop_factory())
-    return 1 if stats.frames_lost else 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop where it is installed (Linux, macOS): its C transports halve the relay's
-    per-message cost; the standard loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+    stats = asyncio.run(serve_until_signal(config, Console()), loop_factory=loop_factory())
+    return 1 if stats.frames_lost or stats.errors else 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ the relay. Entry points must guard with ``if __name__ == "__main__":`` (``ocprox
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import multiprocessing
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
+import duckdb
+
 from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.core.events import FrameReceived, RecorderEvent
 from ocproxy.core.frames import Direction, Opcode
@@ -34,7 +37,6 @@ from ocproxy.recorder.writer import SECRETS_ONLY, Recorder, RecorderStats, Sink
 
 _BATCH = 256
 _MAX_AGE_S = 0.05
-_CHILD_QUEUE_LIMIT = 20_000  # the child stops reading the pipe above this: backpressure
 _SLOW_SEND_S = 0.001  # a send that took longer waited for the child: count it
 _Packed = tuple[Any, ...]
 
@@ -95,7 +97,8 @@ class RecordingProcess:
         self._run_id = ""
         self._buffer: list[_Packed] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._lost = 0
+        self._lost = 0  # frames that never reached the child
+        self._sent = 0  # frames the child received
         self._waits = 0
         self._wait_s = 0.0
         self._error: str | None = None
@@ -120,6 +123,10 @@ class RecordingProcess:
         self._process.start()
         theirs.close()
         self._conn = ours
+        # The child ignores SIGTERM, so multiprocessing's own exit handler (terminate,
+        # then join) could wait on it forever if we exit without close(): closing our
+        # end first (atexit runs handlers in reverse order) lets it see EOF and stop.
+        atexit.register(ours.close)
         try:
             kind, value = ours.recv()
         except EOFError:
@@ -179,12 +186,14 @@ class RecordingProcess:
             self._lost += sum(1 for item in batch if item[0] == "f")
             return
         started = time.perf_counter()
+        frames = sum(1 for item in batch if item[0] == "f")
         try:
             self._conn.send(batch)
         except (OSError, ValueError) as exc:
             self._error = f"recording to {self.path} failed: recorder process gone ({exc})"
-            self._lost += sum(1 for item in batch if item[0] == "f")
+            self._lost += frames
             return
+        self._sent += frames
         waited = time.perf_counter() - started
         if waited > _SLOW_SEND_S:
             self._waits += 1
@@ -204,10 +213,35 @@ class RecordingProcess:
             self._process.join()
         if self._conn is not None:
             self._conn.close()
+            atexit.unregister(self._conn.close)
         if self._error is not None:
-            stats.errors.append(f"{self._error}; {self._lost} frames lost")
-            stats.frames_lost += self._lost
+            # What the child received but never wrote is lost too: the file says how
+            # much of what we sent it holds.
+            recorded = _frames_in_file(self.path, self._run_id)
+            lost = self._lost + max(self._sent - (recorded or 0), 0)
+            stats.frames_recorded = recorded or 0
+            stats.errors.append(
+                f"{self._error}; {lost} frames lost"
+                if recorded is not None
+                else f"{self._error}; {self._lost} frames lost, and up to {self._sent} more "
+                "that it had received (the recording cannot be read to tell)"
+            )
+            stats.frames_lost += lost
         return stats
+
+
+def _frames_in_file(path: str, run_id: str) -> int | None:
+    """Frames of ``run_id`` in the recording, None if it cannot be read."""
+    try:
+        with duckdb.connect(path, read_only=True) as db:
+            row = db.execute(
+                "SELECT count(*) FROM frames JOIN connection_opens USING (connection_id) "
+                "WHERE run_id = ?",
+                [run_id],
+            ).fetchone()
+    except duckdb.Error:
+        return None
+    return None if row is None else int(row[0])
 
 
 def _pack(event: RecorderEvent) -> _Packed:
@@ -254,8 +288,11 @@ def _unpack(item: _Packed) -> RecorderEvent:
 
 
 def _child(conn: Connection, path: str, options: ChildOptions) -> None:
-    # Ctrl-C reaches the whole process group: the parent decides when we stop.
+    # Ctrl-C, and a SIGTERM sent to the whole process group (timeout(1), systemd, kill
+    # -- -PGID), reach us too: the parent decides when we stop, after its last frames.
+    # We stop when it says so or when the pipe closes (the parent is gone).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if options.niceness:
         with contextlib.suppress(OSError):
             os.nice(options.niceness)
@@ -295,7 +332,10 @@ def _serve(conn: Connection, recorder: Recorder, collect: Any) -> None:
                 break
             for item in message:
                 recorder.submit(_unpack(item))
-            while recorder.depth > _CHILD_QUEUE_LIMIT:
+            # Above its queue limit the child stops reading the pipe; the pipe fills and
+            # the parent's send waits (backpressure, counted there). In flight at most:
+            # the limit, one batch, the pipe's buffer and the parent's unsent batch.
+            while recorder.depth > recorder.queue_limit:
                 time.sleep(0.005)
     except EOFError:
         pass  # the parent is gone: keep what arrived
