@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,10 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from ocproxy.app import listen_url
 from ocproxy.cli import main
+from ocproxy.errors import ConfigError
+from ocproxy.proxy.config import MirrorRoute, ProxyConfig, load_config
 
 
 def _free_port() -> int:
@@ -40,6 +44,11 @@ def _ocproxy(*args: str) -> list[str]:
         (["proxy", "--upstream", "ws://x", "--max-message-size", "-1"], "positive integer"),
         (["proxy", "--upstream", "ws://x", "--config", "/nonexistent.toml"], "cannot read config"),
         (["frobnicate"], "invalid choice"),
+        ([], "required: COMMAND"),
+        (["audit", "x.duckdb", "--format", "xml"], "invalid choice: 'xml'"),
+        (["audit", "x.duckdb", "--jobs", "0"], "is not a number of processes"),
+        (["report", "x.duckdb", "--top", "0"], "is not a positive integer"),
+        (["export", "x.duckdb"], "--parquet"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(
@@ -50,7 +59,22 @@ def test_bad_command_line_is_one_line_and_exit_2(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err
-    assert err.strip().splitlines()[-1].startswith("ocproxy")
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ocproxy")
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "url"),
+    [
+        ("0.0.0.0", False, "ws://0.0.0.0:9000"),
+        ("::1", False, "ws://[::1]:9000"),
+        ("127.0.0.1", True, "wss://127.0.0.1:9000"),
+    ],
+)
+def test_the_start_up_line_names_what_chargers_dial(host: str, tls: bool, url: str) -> None:
+    tls_files = {"tls_cert": ("c.pem",), "tls_key": ("k.pem",)} if tls else {}
+    config = ProxyConfig(upstream="ws://csms", listen_host=host, **tls_files)  # type: ignore[arg-type]
+    assert listen_url(config, 9000) == url
 
 
 @pytest.mark.parametrize(
@@ -72,6 +96,16 @@ def test_bad_config_file_exit_2(
         main(["proxy", "--config", str(config)])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_every_option_may_be_set_in_the_file(tmp_path: Path) -> None:
+    """Including ``mirror``, as a plain URL (what --mirror takes) or as [[mirror]] tables."""
+    config = tmp_path / "site.toml"
+    config.write_text('upstream = "ws://csms.test/ocpp"\nmirror = "ws://staging.test/ocpp"\n')
+    assert load_config(config).mirrors == (MirrorRoute("*", "ws://staging.test/ocpp"),)
+    config.write_text('upstream = "ws://x"\nmirror = "https://staging.test"\n')
+    with pytest.raises(ConfigError, match="not a ws:// or wss:// URL"):
+        load_config(config).validate()
 
 
 def test_unopenable_recording_exit_1(tmp_path: Path) -> None:
@@ -108,8 +142,12 @@ def test_help_teaches_with_examples() -> None:
     assert "--upstream" in result.stdout
 
 
-async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path) -> None:
-    """A real `ocproxy proxy` process: traffic, SIGTERM, then every frame is in the file."""
+@pytest.mark.parametrize("to_group", [False, True], ids=["to-the-proxy", "to-its-group"])
+async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path, to_group: bool) -> None:
+    """A real `ocproxy proxy` process: traffic, SIGTERM, then every frame is in the file.
+
+    Sent to the whole process group (as timeout(1), systemd or ``kill -- -PGID`` do), the
+    signal also reaches the recorder process, which must still write the last frames."""
     seen_close: list[int | None] = []
 
     async def csms(ws: ServerConnection) -> None:
@@ -127,7 +165,10 @@ async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path) -> N
             for i in range(20):
                 await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
                 assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
-            proc.send_signal(signal.SIGTERM)
+            if to_group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(30):
                 await charger.wait_closed()
                 returncode = await proc.wait()
@@ -150,7 +191,44 @@ async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path) -> N
     assert "connections recorded" in stdout
 
 
-async def _proxy_process(port: int, upstream_port: int, db: Path) -> asyncio.subprocess.Process:
+async def test_queue_limit_bounds_the_recorder_process(tmp_path: Path) -> None:
+    """``--queue-limit`` holds in the default mode too, where the recorder is a process:
+    its queue stays within the limit plus the one batch (256) it took from the pipe."""
+    payload = json.dumps({"data": "x" * 8000})
+
+    async def csms(ws: ServerConnection) -> None:
+        async for _message in ws:
+            pass
+
+    db = tmp_path / "flood.duckdb"
+    port = _free_port()
+    async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
+        up_port = upstream.sockets[0].getsockname()[1]
+        proc = await _proxy_process(port, up_port, db, "--queue-limit", "1")
+        try:
+            charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-FLOOD")
+            for i in range(3000):
+                await charger.send(f'[2,"{i}","DataTransfer",{payload}]')
+            await charger.close()
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(60):
+                returncode = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert returncode == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        ((recorded, lost, depth),) = con.execute(
+            "SELECT frames_recorded, frames_lost, max_queue_depth FROM run_stats"
+        ).fetchall()
+    assert (recorded, lost) == (3000, 0)
+    assert depth <= 1 + 256
+
+
+async def _proxy_process(
+    port: int, upstream_port: int, db: Path, *options: str
+) -> asyncio.subprocess.Process:
     """A real ``ocproxy proxy --quiet`` relaying to the loopback CSMS on ``upstream_port``."""
     return await asyncio.create_subprocess_exec(
         *_ocproxy(
@@ -162,9 +240,11 @@ async def _proxy_process(port: int, upstream_port: int, db: Path) -> asyncio.sub
             "--db",
             str(db),
             "--quiet",
+            *options,
         ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group, to be signalled as a whole
     )
 
 

@@ -227,6 +227,8 @@ def _from_mapping(data: dict[str, Any], origin: str) -> ProxyConfig:
 
 
 def _mirrors(entries: Any, origin: str) -> tuple[MirrorRoute, ...]:
+    if isinstance(entries, str):  # mirror = "ws://...", as --mirror: every charger
+        return (MirrorRoute("*", entries),)
     keys = {"identity", "upstream", "allow_actions"}
     if not isinstance(entries, list) or not all(
         isinstance(m, dict) and {"identity", "upstream"} <= set(m) <= keys for m in entries
