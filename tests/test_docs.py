@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,39 @@ def test_readme_starts_with_exactly_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     assert "make test" in ci.splitlines()[-1]
+
+
+_SNIPPETS = re.findall(r'^python -c "(import duckdb;.*?)"$', README, flags=re.MULTILINE | re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def site_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``site.duckdb``, the file the README's examples query: a demo recording."""
+    directory = tmp_path_factory.mktemp("readme")
+    subprocess.run(
+        [sys.executable, "-m", "ocproxy", "demo", "--db", "site.duckdb", "--pace", "0", "--quiet"],
+        cwd=directory,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return directory
+
+
+def test_the_readme_has_sql_snippets() -> None:
+    assert len(_SNIPPETS) >= 2
+
+
+@pytest.mark.parametrize("snippet", _SNIPPETS, ids=lambda s: s.split("SELECT", 1)[0][-40:])
+def test_every_sql_snippet_runs(snippet: str, site_recording: Path) -> None:
+    """Each ``python -c "import duckdb; ..."`` example runs as printed against a recording."""
+    result = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=site_recording,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "┌" in result.stdout  # DuckDB printed a result table
