@@ -40,3 +40,17 @@ class ControlError(OcproxyError):
 
 class InjectError(ControlError):
     """An injected CALL cannot be sent (connection closed, one already outstanding)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """A library error's first line: DuckDB's messages go on with hints and stack lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_failure(path: object, exc: BaseException) -> str:
+    """Why a recording could not be opened, in the words every command uses."""
+    text = first_line(exc)
+    if "lock" in text.lower():
+        return f"{path} is being written by another process; stop it or query a copy"
+    return f"cannot open {path}: {text}"

@@ -352,3 +352,41 @@ def _recorder_processes(proxy: int) -> list[int]:
         if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
     return [child for server in servers for child in _children(server)]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["audit", "{db}"], ["tail", "{db}"], ["query", "{db}", "SELECT 1"], ["report", "{db}"]],
+    ids=["audit", "tail", "query", "report"],
+)
+def test_a_recording_being_written_is_one_clear_line(tmp_path: Path, argv: list[str]) -> None:
+    """While another process (a running proxy) writes a recording, DuckDB locks it:
+    every command says so in the same words instead of DuckDB's own message."""
+    db = tmp_path / "live.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+            "print('open', flush=True); time.sleep(60)",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        result = subprocess.run(
+            _ocproxy(*(a.format(db=db) for a in argv)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 2, result.stderr
+    assert f"{db} is being written by another process" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

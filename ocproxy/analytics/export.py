@@ -49,7 +49,7 @@ from urllib.parse import quote
 import duckdb
 
 from ocproxy.analytics.sources import expand, open_sources
-from ocproxy.errors import ConfigError, OcproxyError
+from ocproxy.errors import ConfigError, OcproxyError, first_line
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "uncompressed")
 DEFAULT_COMPRESSION = "zstd"
@@ -331,7 +331,7 @@ def _run_watched(
         raise
     result = outcome[0]
     if isinstance(result, duckdb.Error):
-        raise OcproxyError(f"export of {name} failed: {_first_line(result)}") from result
+        raise OcproxyError(f"export of {name} failed: {first_line(result)}") from result
     if isinstance(result, BaseException):
         raise result
     return result
@@ -422,8 +422,3 @@ def _remove_runs(directory: Path, keys: set[str], keep: set[Path]) -> int:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

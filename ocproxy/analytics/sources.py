@@ -29,7 +29,7 @@ from typing import Self
 
 import duckdb
 
-from ocproxy.errors import ConfigError
+from ocproxy.errors import ConfigError, open_failure
 from ocproxy.recorder.migrations import migrate
 
 # The public interface of a recording (README, "The recording"); views are made for
@@ -182,7 +182,7 @@ def _attach(
     try:
         db.execute(f"ATTACH {_literal(str(path))} AS {alias} (READ_ONLY)")
     except duckdb.Error as exc:
-        raise ConfigError(_attach_failure(path, exc)) from exc
+        raise ConfigError(open_failure(path, exc)) from exc
     present = _names(db, alias, "tables")
     if _MIGRATIONS_TABLE not in present:
         db.execute(f"DETACH {alias}")
@@ -198,13 +198,6 @@ def _is_duckdb_file(path: Path) -> bool:
             return stream.read(12)[8:12] == _DUCKDB_MAGIC
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _attach_failure(path: Path, exc: duckdb.Error) -> str:
-    text = _first_line(exc)
-    if "lock" in text.lower():
-        return f"{path} is being written by another process; stop it or query a copy"
-    return f"cannot open {path}: {text}"
 
 
 def _names(db: duckdb.DuckDBPyConnection, catalog: str, kind: str) -> set[str]:
@@ -296,8 +289,3 @@ def _literal(text: str) -> str:
 
 def _identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,7 @@ from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode, ParseStatus
 from ocproxy.core.observe import observe
-from ocproxy.errors import ConfigError
+from ocproxy.errors import ConfigError, open_failure
 
 _REQUIRED = {"m001_initial"}
 _DUCKDB_MAGIC = b"DUCK"  # at offset 8 of every DuckDB database file
@@ -55,7 +55,7 @@ def open_recording(path: str | Path) -> duckdb.DuckDBPyConnection:
             config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
         )
     except duckdb.Error as exc:  # e.g. locked by the proxy still recording into it
-        raise ConfigError(f"cannot open {path}: {_first_line(exc)}") from exc
+        raise ConfigError(open_failure(path, exc)) from exc
     # DuckDB draws a bar on stdout for queries over 2 s, even in the audit's worker
     # processes, where it would corrupt a JSON report written to stdout.
     db.execute("SET enable_progress_bar = false")
@@ -241,8 +241,3 @@ def evidence_frames(
         )
         for connection_id, seq in cited
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -32,7 +32,7 @@ from ocproxy.core.events import ConnectionClosed, ConnectionOpened, FrameReceive
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.observe import ObservedFrame, observe
 from ocproxy.core.redaction import Redactor
-from ocproxy.errors import RecorderError
+from ocproxy.errors import RecorderError, first_line
 from ocproxy.recorder import batches
 from ocproxy.recorder.migrations import migrate
 
@@ -96,7 +96,7 @@ class LiveQuery:
             finally:
                 cursor.close()
         except duckdb.Error as exc:
-            self.future.set_exception(RecorderError(_first_line(exc)))
+            self.future.set_exception(RecorderError(first_line(exc)))
             return
         except RecorderError as exc:
             self.future.set_exception(exc)
@@ -275,7 +275,7 @@ class Recorder:
         try:
             db = duckdb.connect(str(self.path), config=_WRITER_CONFIG)
         except duckdb.Error as exc:
-            raise RecorderError(_first_line(exc)) from exc
+            raise RecorderError(first_line(exc)) from exc
         try:
             migrate(db)
             db.execute(
@@ -284,7 +284,7 @@ class Recorder:
             )
         except duckdb.Error as exc:
             db.close()
-            raise RecorderError(_first_line(exc)) from exc
+            raise RecorderError(first_line(exc)) from exc
         return db
 
     def _loop(self, db: duckdb.DuckDBPyConnection) -> None:
@@ -371,7 +371,7 @@ class Recorder:
             self.stats.frames_lost += len(buffer.frames)
             message = (
                 f"recording to {self.path} failed, {len(buffer.frames)} frames lost: "
-                f"{_first_line(exc)}"
+                f"{first_line(exc)}"
             )
             self.stats.errors.append(message)
             for sink in self.sinks:
@@ -395,9 +395,4 @@ class Recorder:
                 ],
             )
         except duckdb.Error as exc:
-            stats.errors.append(f"cannot write run stats: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+            stats.errors.append(f"cannot write run stats: {first_line(exc)}")
