@@ -348,7 +348,7 @@ def test_an_empty_recording_is_an_error_with_an_empty_report(
     code, out, err = cli("report", str(empty), "--html", str(target))
     assert (code, out) == (2, "")
     assert _one_error_line(err) == (
-        f"{empty}: they hold no connections or frames, nothing to report "
+        f"{empty}: it holds no connections or frames, nothing to report "
         f"(wrote an empty report to {target})"
     )
     page = Page(target.read_text("utf-8"))

@@ -98,7 +98,10 @@ def run_report_command(
 
 def _nothing_to_report(report: Report, html: str | None) -> str:
     where = ", ".join(report.sources)
-    who = f"charger {report.identity!r} has" if report.identity else "they hold"
+    if report.identity:
+        who = f"charger {report.identity!r} has"
+    else:
+        who = "it holds" if len(report.sources) == 1 else "they hold"
     wrote = f" (wrote an empty report to {html})" if html else ""
     return f"{where}: {who} no connections or frames, nothing to report{wrote}"
 
