@@ -17,7 +17,7 @@ from rich.console import Console
 from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.console import ConsoleSink, Summary, backpressure_note, console_sinks, summary_table
 from ocproxy.control.server import ControlServer, LiveFeed
-from ocproxy.control.token import new_token, publish_token
+from ocproxy.control.token import new_token, publish_token, withdraw_token
 from ocproxy.core.redaction import Redactor
 from ocproxy.idkey import resolve_id_key
 from ocproxy.proxy.config import ProxyConfig, parse_control
@@ -85,6 +85,7 @@ async def running_proxy(
         finally:
             if control is not None:
                 await control.stop()
+                withdraw_token(control.port)
             await proxy.stop(1001, "proxy shutting down")
     finally:
         outcome.stats = await asyncio.to_thread(recorder.close)

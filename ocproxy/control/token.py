@@ -7,6 +7,7 @@ sets one instead (for a client on another account, or a fixed token in a lab).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -38,6 +39,12 @@ def publish_token(port: int, token: str) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot write the control token to {path}: {exc.strerror}") from exc
     return path
+
+
+def withdraw_token(port: int) -> None:
+    """Remove the token file when the endpoint stops: a stale token names no proxy."""
+    with contextlib.suppress(OSError):
+        token_path(port).unlink(missing_ok=True)
 
 
 def read_token(port: int, explicit: str | None = None) -> str:
