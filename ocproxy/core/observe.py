@@ -95,7 +95,10 @@ def observe(
         else:
             payload = _compact_json(value)
     elif isinstance(frame, CallError):
-        payload = _compact_json(frame.error_details)
+        details: Any = frame.error_details
+        if redactor is not None and raw is not None:
+            details, raw, redacted = _redact_error(redactor, frame, correlation.action, raw)
+        payload = _compact_json(details)
         error_code, error_description = frame.error_code, frame.error_description
     malformed = frame if isinstance(frame, Malformed) else None
     check = _same if plain else _text
@@ -174,6 +177,21 @@ def _redact(
     if isinstance(frame, Call | Send):
         head.append(frame.action)
     return result.payload, redacted_raw(raw, [*head, frame.payload], result.payload), result.removed
+
+
+def _redact_error(
+    redactor: Redactor, frame: CallError, action: str | None, raw: bytes
+) -> tuple[Any, bytes, tuple[str, ...] | None]:
+    """:func:`_redact` for error details, which may echo the message answered."""
+    response = frame.result_error  # a CALLRESULTERROR answers a CALLRESULT
+    if not redactor.may_redact_details(action, raw, response=response):
+        return frame.error_details, raw, None
+    result = redactor.redact_details(action, frame.error_details, response=response)
+    if not result.removed:
+        return frame.error_details, raw, None
+    head = [int(frame.message_type), frame.message_id, frame.error_code, frame.error_description]
+    new_raw = redacted_raw(raw, [*head, frame.error_details], result.payload)
+    return result.payload, new_raw, result.removed
 
 
 def _too_large(event: FrameReceived, raw: bytes | None) -> ObservedFrame:

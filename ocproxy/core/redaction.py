@@ -8,6 +8,13 @@ secret through its CALL's action, which correlation supplies.
 
 2.1 ``-Signed`` actions carry a JWS; redacting inside it would break the signature the
 recording is evidence of, so those frames are left alone.
+
+A CALLERROR (or CALLRESULTERROR) may echo the message it answers in its details: the
+``ocpp`` package sends ``{"cause": ..., "ocpp_message": "[2,\\"id\\",\\"Authorize\\",{...}]"}``,
+the CALL as a JSON text inside a string, and its cause may quote a value in plain text
+(``"'ABCDEFGH12' is too long"``). Details get the payload's protection, inside such
+embedded documents too, and a value replaced anywhere is replaced in their other
+strings as well.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ocproxy.core.frames import Call, Send, decode_json, parse_value
+
 MARKER = "[redacted]"
 _MIN_PSEUDONYM = 8
+_JSON_SPACE = " \t\n\r"
 
 # SetNetworkProfile: connectionData.<group>.<field> holding a secret (2.0.1 and 2.1).
 _NETWORK_SECRETS = {
@@ -59,6 +69,26 @@ class Redactor:
         # Every pseudonymised key contains one of these; an escaped key has a backslash.
         return b"dTag" in raw or b"dToken" in raw or b"\\" in raw
 
+    def may_redact_details(self, action: str | None, raw: bytes, *, response: bool) -> bool:
+        """:meth:`may_redact` for an error frame; an escaped quote may start an echoed
+        document, which names its own action (the error may answer no known CALL)."""
+        return b'\\"' in raw or self.may_redact(action, raw, response=response)
+
+    def redact_details(self, action: str | None, details: Any, *, response: bool) -> Redacted:
+        """An error's details; ``action`` and ``response`` describe the message answered."""
+        rules = _rules(action, response)
+        pseudonym = None if self.id_key is None else self._pseudonym
+        removed: list[str] = []
+        work = _scrub(details, "$", rules, pseudonym, removed)
+        if pseudonym is not None:
+            _pseudonymise(work, "$", pseudonym, removed)
+        if not removed:
+            return Redacted(details, ())
+        # Longest first: a short value inside a longer one must not break the longer's.
+        swaps = sorted(set(_changed_values(details, work)), key=lambda p: -len(p[0]))
+        work = _swap_in_text(details, work, "$", swaps, removed)
+        return Redacted(work, tuple(removed))
+
     def redact(self, action: str | None, payload: Any, *, response: bool) -> Redacted:
         if not isinstance(payload, dict) or action is None or action.endswith("-Signed"):
             return Redacted(payload, ())
@@ -74,11 +104,128 @@ class Redactor:
 
     def _pseudonym(self, token: str) -> str:
         assert self.id_key is not None
-        digest = hmac.new(self.id_key, token.upper().encode(), hashlib.sha256).hexdigest()
+        # surrogatepass: a "\\ud800" escape is valid JSON a peer may send as its id.
+        data = token.upper().encode("utf-8", "surrogatepass")
+        digest = hmac.new(self.id_key, data, hashlib.sha256).hexdigest()
         # As long as the original (at least 8): length limits found on the real token
         # are found on its pseudonym too.
         length = max(len(token), _MIN_PSEUDONYM)
         return (digest * (length // len(digest) + 1))[:length].upper()
+
+
+_Rule = Callable[[dict[str, Any], list[str]], None]
+
+
+def _rules(action: str | None, response: bool) -> tuple[_Rule, ...]:
+    return () if action is None else _SECRET_RULES.get((action, response), ())
+
+
+def _scrub(
+    value: Any,
+    path: str,
+    rules: tuple[_Rule, ...],
+    pseudonym: Callable[[str], str] | None,
+    removed: list[str],
+) -> Any:
+    """A copy of error details with the secret ``rules`` applied to every object, also
+    in JSON documents held by strings (ids are left to :func:`_pseudonymise`).
+
+    Every object, not just the top: an implementation may nest the echoed payload
+    under a key of its own choosing; the rules match nothing else.
+    """
+    if isinstance(value, str):
+        return _scrub_text(value, path, rules, pseudonym, removed)
+    if isinstance(value, list):
+        frame = parse_value(value)
+        if isinstance(frame, Call | Send):  # an echoed request names its own action
+            rules = _rules(frame.action, False)
+        return [
+            _scrub(item, f"{path}[{i}]", rules, pseudonym, removed) for i, item in enumerate(value)
+        ]
+    if not isinstance(value, dict):
+        return value
+    work = {
+        key: _scrub(item, f"{path}.{key}", rules, pseudonym, removed) for key, item in value.items()
+    }
+    found: list[str] = []
+    for rule in rules:
+        rule(work, found)
+    removed.extend(path + entry[1:] for entry in found)  # entry is "$.<where> (why)"
+    return work
+
+
+def _scrub_text(
+    text: str,
+    path: str,
+    rules: tuple[_Rule, ...],
+    pseudonym: Callable[[str], str] | None,
+    removed: list[str],
+) -> str:
+    """The string, or the JSON document it holds redacted and written back in place."""
+    document = _document(text)
+    if document is None:
+        return text
+    found: list[str] = []
+    work = _scrub(document, path, rules, pseudonym, found)
+    if pseudonym is not None:
+        _pseudonymise(work, path, pseudonym, found)
+    if not found:
+        return text
+    removed.extend(found)
+    return _rewritten(text, document, work)
+
+
+def _document(text: str) -> Any:
+    """The object or array a string holds as JSON text, else None."""
+    if not text.lstrip(_JSON_SPACE).startswith(("{", "[")):  # cheap: most strings are prose
+        return None
+    document, failure = decode_json(text)
+    return None if failure is not None else document
+
+
+def _changed_values(original: Any, redacted: Any) -> list[tuple[str, str]]:
+    """(old, new) text of every scalar replaced, inside embedded JSON documents too."""
+    if isinstance(original, dict) and isinstance(redacted, dict):
+        return [p for k in original for p in _changed_values(original[k], redacted.get(k))]
+    if isinstance(original, list) and isinstance(redacted, list):
+        return [p for a, b in zip(original, redacted, strict=False) for p in _changed_values(a, b)]
+    if original == redacted or isinstance(original, bool) or original is None:
+        return []
+    if isinstance(original, str) and isinstance(redacted, str):
+        inner = _document(original), _document(redacted)
+        if inner[0] is not None and inner[1] is not None:
+            return _changed_values(*inner)
+    if isinstance(original, str | int | float):
+        return [(str(original), str(redacted))]  # str(): how a plain-text cause quotes it
+    return []
+
+
+def _swap_in_text(
+    original: Any, value: Any, path: str, swaps: list[tuple[str, str]], removed: list[str]
+) -> Any:
+    """``value`` with every old text in ``swaps`` replaced in the strings redaction kept.
+
+    A short secret may also replace unrelated text: over-redacting the recording is the
+    safe side.
+    """
+    if isinstance(value, dict):
+        return {
+            k: _swap_in_text(original.get(k), v, f"{path}.{k}", swaps, removed)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _swap_in_text(o, v, f"{path}[{i}]", swaps, removed)
+            for i, (o, v) in enumerate(zip(original, value, strict=True))
+        ]
+    if not isinstance(value, str) or value != original:
+        return value
+    for old, new in swaps:
+        if old:  # "" is in every string
+            value = value.replace(old, new)
+    if value != original:
+        removed.append(f"{path} (repeats a redacted value)")
+    return value
 
 
 def _copy(value: Any) -> Any:
@@ -159,7 +306,7 @@ def _network_profile(payload: dict[str, Any], removed: list[str]) -> None:
             removed.append(f"$.connectionData.{where}{name} (SetNetworkProfile secret)")
 
 
-_SECRET_RULES: dict[tuple[str, bool], tuple[Callable[[dict[str, Any], list[str]], None], ...]] = {
+_SECRET_RULES: dict[tuple[str, bool], tuple[_Rule, ...]] = {
     ("ChangeConfiguration", False): (_configuration_key_set,),
     ("GetConfiguration", True): (_configuration_keys_got,),
     ("SetVariables", False): (_basic_auth_variables("setVariableData", "attributeValue"),),
@@ -208,17 +355,22 @@ def redacted_raw(raw: bytes, frame: list[Any], payload: Any) -> bytes:
     other byte as received; when it cannot be exact (an escaped secret, a secret that
     is also the message id), the frame is re-serialised compactly instead.
     """
-    expected = [*frame[:-1], payload]
-    text = raw.decode("utf-8")
-    for old, new in _changed_strings(frame[-1], payload):
+    # surrogatepass: raw may hold a lone surrogate of str data (see observe._raw_bytes).
+    text = raw.decode("utf-8", "surrogatepass")
+    return _rewritten(text, frame, [*frame[:-1], payload]).encode("utf-8", "surrogatepass")
+
+
+def _rewritten(text: str, original: Any, redacted: Any) -> str:
+    """JSON ``text`` decoding to ``original``, changed to decode to ``redacted``."""
+    for old, new in _changed_strings(original, redacted):
         for encoded in {json.dumps(old), json.dumps(old, ensure_ascii=False)}:
             text = text.replace(encoded, json.dumps(new))
     try:
-        if json.loads(text) == expected:
-            return text.encode("utf-8")
+        if json.loads(text) == redacted:
+            return text
     except ValueError:
         pass
-    return json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
 
 
 def _changed_strings(original: Any, redacted: Any) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import FrameReceived
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.observe import ObservedFrame, observe
+from ocproxy.core.redaction import MARKER, Redactor
 
 UP = Direction.TO_CSMS
 DOWN = Direction.TO_CHARGER
@@ -327,3 +328,47 @@ def test_big_integers_survive_in_payload() -> None:
 def test_identity_is_copied_from_the_event() -> None:
     row = observe(event('[2,"1","Heartbeat",{}]', identity="RDAM 123"), Correlator())
     assert row.identity == "RDAM 123"
+
+
+def test_callresulterror_echoing_a_secret_answer_loses_the_secret() -> None:
+    correlator = Correlator()
+    redactor = Redactor(None)
+    answer = '{"configurationKey":[{"key":"AuthorizationKey","readonly":false,"value":"pw1"}]}'
+    observe(event('[2,"9","GetConfiguration",{}]', seq=1, direction=DOWN), correlator, redactor)
+    observe(event(f'[3,"9",{answer}]', seq=2, direction=UP), correlator, redactor)
+    # The CALLRESULT echoed as an object and as an embedded frame: both answer
+    # GetConfiguration, whose rules for an answer the CALLRESULTERROR inherits.
+    text = (
+        '[5,"9","FormatViolation","bad",{"echo":{"configurationKey":[{"key":"AuthorizationKey",'
+        '"value":"pw1"}]},"frame":"[3,\\"9\\",{\\"configurationKey\\":[{\\"key\\":'
+        '\\"AuthorizationKey\\",\\"value\\":\\"pw1\\"}]}]"}]'
+    )
+    row = observe(event(text, seq=3, direction=DOWN), correlator, redactor)
+    assert row.action == "GetConfiguration"
+    assert row.redacted == (
+        "$.echo.configurationKey[0].value (AuthorizationKey)",
+        "$.frame[2].configurationKey[0].value (AuthorizationKey)",
+    )
+    assert row.raw == text.replace("pw1", MARKER).encode()
+    assert "pw1" not in (row.payload or "")
+    assert_storable(row)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A "\ud800" escape is valid JSON a peer can send over the wire as a driver id.
+        '[2,"1","Authorize",{"idTag":"QZ\\ud800QZQZQ"}]',
+        '[4,"1","X","",{"m":"[2,\\"1\\",\\"Authorize\\",{\\"idTag\\":\\"QZ\\\\ud800Q\\"}]"}]',
+        # websockets never hands over such a str, but observe() must not crash on one.
+        '[2,"1","Authorize",{"idTag":"QZ\ud800QZQZQ"}]',
+        '[4,"1","X","",{"m":"[2,\\"1\\",\\"Authorize\\",{\\"idTag\\":\\"QZ\ud800Q\\"}]"}]',
+    ],
+)
+def test_lone_surrogate_driver_id_is_pseudonymised(text: str) -> None:
+    row = observe(event(text), Correlator(), Redactor(b"k"))
+    assert row.redacted is not None
+    assert len(row.redacted) == 1
+    assert row.redacted[0].endswith("idTag (pseudonymised)")
+    assert b"QZ" not in (row.raw or b"")  # not a hex digit
+    assert_storable(row)
