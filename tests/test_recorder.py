@@ -200,3 +200,49 @@ def test_kill_9_loses_no_committed_row(tmp_path: Path) -> None:
             proc.kill()
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM frames").fetchone() == (1000,)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_full_disk_is_reported_with_its_own_reason(tmp_path: Path) -> None:
+    """A write that fails at COMMIT ends the transaction itself: the rollback that follows
+    must not replace "could not write" with "cannot rollback - no transaction is active".
+
+    The disk is made full for real: a file size limit (RLIMIT_FSIZE) on the writer's process.
+    """
+    db = tmp_path / "full.duckdb"
+    script = textwrap.dedent(
+        f"""
+        import os, resource, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_recorder import _opened, _frame
+        from ocproxy.recorder import Recorder
+        path = {str(db)!r}
+        recorder = Recorder(path).start()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write() instead of a kill
+        used = max(os.path.getsize(p) for p in (path, path + ".wal") if os.path.exists(p))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (used + 65536, resource.RLIM_INFINITY))
+        recorder.submit(_opened())
+        for seq in range(2000):
+            data = os.urandom(1000).hex().encode()
+            recorder.submit(_frame(seq, b'[2,"%d","DataTransfer",{{"data":"%s"}}]' % (seq, data)))
+        stats = recorder.close()
+        print(stats.frames_lost)
+        for error in stats.errors:
+            print(error)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lost, *errors = proc.stdout.splitlines()
+    assert int(lost) > 0
+    assert errors, proc.stdout
+    assert all("no transaction is active" not in error for error in errors), errors
+    assert "File too large" in errors[0], errors
+    assert "frames lost" in errors[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,7 +74,10 @@ def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: 
             db.unregister("_ocproxy_findings_batch")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # A failed COMMIT (disk full) has already ended the transaction, and a closed
+        # connection has none: "cannot rollback" must not replace the reason it failed.
+        with contextlib.suppress(duckdb.Error):
+            db.execute("ROLLBACK")
         raise
 
 
