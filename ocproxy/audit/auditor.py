@@ -27,6 +27,9 @@ from ocproxy.core.frames import (
 from ocproxy.core.handshake import SUBPROTOCOL_VERSIONS, OcppVersion
 from ocproxy.core.observe import ObservedFrame
 
+# The handshake status the proxy records for a charger whose TLS handshake failed
+# (``ocproxy.proxy.server.TLS_HANDSHAKE_FAILED``, nginx's 495): no HTTP request was read.
+TLS_HANDSHAKE_FAILED = 495
 _ID_MEMORY = 10_000  # ids remembered per sender for the uniqueness rule
 _PARSE_RULES = {
     ParseStatus.MESSAGE_ID_NOT_STRING: "message-id-type",
@@ -337,6 +340,11 @@ def _with_zone(value: Any, paths: set[str], path: str = "$") -> Any:
 
 
 def _connection_findings(event: ConnectionOpened, version: OcppVersion | None) -> list[Finding]:
+    if event.handshake_status == TLS_HANDSHAKE_FAILED:
+        # Refused before any HTTP request was read: no path, identity, subprotocol offer,
+        # Authorization header or verified certificate to check. (A handshake the CSMS
+        # refused, 401 or 404, did carry the charger's request: its rules still apply.)
+        return []
     findings: list[Finding] = []
 
     def add(rule: str, message: str) -> None:

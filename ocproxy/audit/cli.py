@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import os
 import sys
 from datetime import UTC, datetime
@@ -102,6 +104,7 @@ def run_audit(args: argparse.Namespace) -> int:
         return _list_rules(console)
     if not args.db:
         raise ConfigError("audit needs a recording: ocproxy audit DB (or --explain RULE)")
+    _check_output(args.output)
     settings = AuditSettings(response_timeout_s=args.response_timeout)
     scope = AuditScope(tuple(args.identity), args.since)
     findings, evidence, identities = audit_file(args.db, scope, settings, args.jobs)
@@ -122,15 +125,37 @@ def _emit_table(
     if output is None:
         console.print(report.table(groups, connections))
         return
-    with open(output, "w", encoding="utf-8") as handle:
-        Console(file=handle, width=200).print(report.table(groups, connections))
+    buffer = io.StringIO()
+    Console(file=buffer, width=200).print(report.table(groups, connections))
+    _write(buffer.getvalue(), output)
 
 
 def _write(text: str, output: str | None) -> None:
     if output is None:
         sys.stdout.write(text)
-    else:
+        return
+    try:
         Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _cannot_write(output, exc) from exc
+
+
+def _check_output(output: str | None) -> None:
+    """Refuse an --output that cannot be written before the audit, not after it."""
+    if output is None:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise _cannot_write(output, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+    if not path.parent.is_dir():
+        code = errno.ENOTDIR if path.parent.exists() else errno.ENOENT
+        raise _cannot_write(output, OSError(code, os.strerror(code)))
+
+
+def _cannot_write(output: str, exc: OSError) -> ConfigError:
+    # Worded as `ocproxy query -o` words it; a ConfigError (exit 2), since exit 1 is
+    # what --fail-on gives CI for "there is a finding".
+    return ConfigError(f"cannot write {output}: {exc.strerror or exc}")
 
 
 def _explain(rule_id: str, console: Console) -> int:

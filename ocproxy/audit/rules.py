@@ -178,7 +178,9 @@ RULES: dict[str, Rule] = {
             """
             The charger offered no Sec-WebSocket-Protocol, or the CSMS chose none. Without
             one, neither side knows which OCPP version the other speaks; the audit cannot
-            check schemas for the connection.""",
+            check schemas for the connection. A connection refused at the TLS handshake
+            (handshake_status 495) sent no HTTP request, so neither this nor any other
+            rule about the handshake applies to it.""",
         ),
         _rule(
             "unknown-subprotocol",

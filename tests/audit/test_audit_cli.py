@@ -175,6 +175,38 @@ def test_json_to_output_file(
     assert _counts(json.loads(target.read_text())) == EVERYTHING
 
 
+@pytest.mark.parametrize("fmt", ["table", "json", "junit"])
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("missing-dir", "No such file or directory"),
+        ("a-directory", "Is a directory"),
+        ("full-disk", "No space left on device"),
+    ],
+)
+def test_unwritable_output_is_one_line_and_exit_2(
+    recording: Path,
+    tmp_path: Path,
+    fmt: str,
+    where: str,
+    reason: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As `ocproxy query -o` words it; exit 2, never 1, which CI reads as "findings"."""
+    target = {
+        "missing-dir": tmp_path / "nonexistent" / "dir" / "a.json",
+        "a-directory": tmp_path,
+        "full-disk": Path("/dev/full"),  # passes every check, then the write fails
+    }[where]
+    if where == "full-disk" and not target.exists():
+        pytest.skip("no /dev/full here")
+    code, out, err = _run(
+        ["audit", str(recording), "--format", fmt, "--output", str(target)], capsys
+    )
+    assert (code, out) == (2, "")
+    assert err == f"ocproxy: error: cannot write {target}: {reason}\n"
+
+
 @pytest.mark.parametrize(
     ("fail_on", "failing"),
     [
@@ -358,6 +390,24 @@ def test_recording_with_only_the_first_migration_is_audited(
     assert (code, _counts(document)) == (1, {("CP-OLD", "unknown-action"): 1})
 
 
+def test_connection_refused_at_tls_is_not_audited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Recorded as the proxy records a failed TLS handshake (495, no HTTP request read):
+    no identity or subprotocol offer to judge, so no finding about either."""
+    path = tmp_path / "tls.duckdb"
+    with Recorder(path) as recorder:
+        recorder.submit(
+            ConnectionOpened(
+                "tls-1", JAN, "", "", "192.0.2.7:40000", (), None, None, 495,
+            )
+        )  # fmt: skip
+        reason = "TLS handshake failed: [SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca"
+        recorder.submit(ConnectionClosed("tls-1", JAN, None, reason, ClosedBy.PROXY))
+    code, document = _json(["audit", str(path), "--fail-on", "info"], capsys)
+    assert (code, document["findings"]) == (0, [])
+
+
 def test_recording_held_by_a_running_proxy(tmp_path: Path) -> None:
     """DuckDB lets no other process open a file being written: say so, exit 2."""
     path = tmp_path / "live.duckdb"
@@ -372,7 +422,9 @@ def test_recording_held_by_a_running_proxy(tmp_path: Path) -> None:
         )
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"ocproxy: error: cannot open {path}: ")
+    assert result.stderr == (
+        f"ocproxy: error: {path} is being written by another process; stop it or query a copy\n"
+    )
 
 
 def test_audit_via_subprocess(recording: Path) -> None:

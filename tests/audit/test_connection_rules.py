@@ -101,6 +101,35 @@ def test_no_connection_finding(kwargs: dict[str, Any]) -> None:
     assert _open(**kwargs) == []
 
 
+def test_tls_refusal_has_no_handshake_findings() -> None:
+    """Refused at the TLS handshake (recorded as 495, as the proxy does): no HTTP request
+    was read, so there is no offer, identity or header for a rule to judge."""
+    from ocproxy.audit.auditor import TLS_HANDSHAKE_FAILED
+    from ocproxy.proxy.server import TLS_HANDSHAKE_FAILED as RECORDED
+
+    assert TLS_HANDSHAKE_FAILED == RECORDED == 495
+    assert _open(subprotocol=None, identity="", offered=(), status=495) == []
+    # whatever else the row holds, nothing about the handshake is judged
+    assert (
+        _open(
+            subprotocol=None,
+            identity="A:B",
+            offered=("ocpp9",),
+            headers=[("Authorization", "Basic other:[redacted]")],
+            status=495,
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize("status", [401, 404, 502])
+def test_handshake_refused_by_the_csms_is_still_audited(status: int) -> None:
+    """The CSMS refused it, but the charger's request was read: its offer counts."""
+    assert rules(_open(subprotocol=None, offered=(), status=status)) == ["no-subprotocol"]
+    found = _open(subprotocol=None, offered=("ocpp1.6", "OCPP1.6J"), status=status)
+    assert rules(found) == ["unknown-subprotocol"]
+
+
 def test_several_connection_findings_at_once() -> None:
     found = _open(
         subprotocol="ocpp2.0.1",
