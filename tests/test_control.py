@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -156,6 +158,7 @@ async def test_tokens_are_required(tmp_path: Path) -> None:
             async with ControlClient("127.0.0.1", port, token="nope"):
                 pass
         assert token_path(port).stat().st_mode & 0o077 == 0  # readable by its user only
+    assert not token_path(port).exists()  # withdrawn when the proxy stopped
 
 
 async def test_bad_requests_leave_connections_alone(tmp_path: Path) -> None:
@@ -257,3 +260,70 @@ async def test_query_live_runs_named_queries_on_the_running_recording(tmp_path: 
     assert code == 0, err.getvalue()
     rows = json.loads(out.getvalue())
     assert [(r["identity"], r["energy_wh"]) for r in rows] == [("CP-LIVE", 4000)]
+
+
+async def _ocproxy(*argv: str) -> tuple[int, str, str]:
+    """``python -m ocproxy ARGV...`` as a second process, as a user runs it next to a proxy."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ocproxy",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_query_live_bad_sql_is_one_line_and_exit_2_as_offline(tmp_path: Path) -> None:
+    async with SimCsms() as csms, _proxy(tmp_path / "r.duckdb", csms.url) as (_server, port):
+        control = f"127.0.0.1:{port}"
+        runs = {
+            sql: await _ocproxy("query", "--live", sql, "--control", control)
+            for sql in ("SELEC nonsense", "DELETE FROM frames", "SELECT * FROM nope")
+        }
+        fine = await _ocproxy("query", "--live", "SELECT count(*) AS n FROM findings",
+                              "--control", control, "--format", "csv")  # fmt: skip
+    assert fine == (0, "n\n0\n", "")
+    expected = {
+        "SELEC nonsense": 'SQL failed: Parser Error: syntax error at or near "SELEC"',
+        "DELETE FROM frames": "SQL failed: live queries are read-only: one SELECT, no changes",
+        "SELECT * FROM nope": "SQL failed: Catalog Error: Table with name nope does not exist",
+    }
+    for sql, (code, out, err) in runs.items():
+        assert (code, out) == (2, ""), (sql, err)
+        assert err.startswith(f"ocproxy: error: {expected[sql]}"), (sql, err)
+        assert err.count("\n") == 1, (sql, err)
+
+
+async def test_query_live_without_a_proxy_is_exit_1() -> None:
+    """Not reaching the proxy is a runtime failure, not a bad argument."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, out, err = await _ocproxy(
+        "query", "--live", "SELECT 1", "--control", f"127.0.0.1:{port}", "--token", "t"
+    )
+    assert (code, out) == (1, "")
+    assert err.startswith(f"ocproxy: error: no control endpoint at ws://127.0.0.1:{port}/")
+    assert err.count("\n") == 1, err
+
+
+async def test_inject_schema_refusal_names_the_force_flag(tmp_path: Path) -> None:
+    async with (
+        SimCsms() as csms,
+        _proxy(tmp_path / "r.duckdb", csms.url) as (proxy, port),
+        connect(f"ws://127.0.0.1:{proxy.port}/CP-FLAG", subprotocols=["ocpp1.6"]),  # type: ignore[list-item]
+        ControlClient("127.0.0.1", port) as control,
+    ):
+        await _wait_connected(control, "CP-FLAG")
+        code, out, err = await _ocproxy(
+            "inject", "CP-FLAG", "Reset", '{"type": "soft"}', "--control", f"127.0.0.1:{port}"
+        )
+    assert (code, out) == (1, "")
+    assert err.startswith("ocproxy: error: inject: "), err
+    assert err.endswith(" (use --force to send anyway)\n"), err
+    assert err.count("\n") == 1, err

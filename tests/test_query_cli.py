@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,17 @@ def test_python_m_ocproxy_query(rec: Path) -> None:
     assert failed.returncode == 2
     assert failed.stderr.startswith("ocproxy: error: SQL failed: Parser Error")
     assert "Traceback" not in failed.stderr
+
+
+def test_help_names_every_view_and_each_one_can_be_queried(
+    rec: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = ocproxy(capsys, "query", "--help")
+    assert code == 0
+    said = re.search(r"The views (.+?) span all of them", " ".join(out.split()))
+    assert said is not None, out
+    views = re.split(r", | and ", said[1])
+    assert views == ["frames", "connections", "findings", "runs", "run_stats"]
+    for view in views:
+        code, out, err = ocproxy(capsys, "query", rec, f"SELECT count(*) AS n FROM {view}")
+        assert (code, err) == (0, ""), view

@@ -35,9 +35,12 @@ from ocproxy.analytics.queries import (
 )
 from ocproxy.analytics.sources import open_sources
 from ocproxy.control.cli import add_control_option
-from ocproxy.control.client import ControlClient
+from ocproxy.control.client import ControlClient, RequestRefused
 from ocproxy.errors import ConfigError
 from ocproxy.proxy.config import parse_control
+
+# What the control endpoint answers when its recorder is not in-process (not a SQL error).
+_NOT_LIVE = "recording is not reachable live"
 
 _USAGE = """\
 ocproxy query [--param NAME=VALUE] [--format FORMAT] [--output FILE] SOURCE... (SQL | NAME)
@@ -47,9 +50,9 @@ ocproxy query [--param NAME=VALUE] [--format FORMAT] [--output FILE] SOURCE... (
 _EPILOG = """\
 SOURCE is a recording (.duckdb file), a glob of them ('site-*.duckdb', quoted so the
 shell leaves it alone) or a Parquet export directory; several are queried as one.
-The views frames, connections, runs and run_stats span all of them. The last
-argument is the query: SQL, a .sql file, or the NAME of a named query. A table shows
-at most 1000 rows; csv, json and parquet have them all.
+The views frames, connections, findings, runs and run_stats span all of them. The
+last argument is the query: SQL, a .sql file, or the NAME of a named query. A table
+shows at most 1000 rows; csv, json and parquet have them all.
 
 examples:
   ocproxy query --list
@@ -145,7 +148,7 @@ def _live_query(
     args: argparse.Namespace, text: str, given: dict[str, str]
 ) -> tuple[QueryResult, str | None]:
     """The query run by a live proxy's writer thread (only it may open the file)."""
-    sql, params, _what, title = _resolve(text, given)
+    sql, params, what, title = _resolve(text, given)
     host, port = parse_control(args.control)
 
     async def ask() -> dict[str, Any]:
@@ -153,7 +156,15 @@ def _live_query(
             answer: dict[str, Any] = await control.request("sql", query=sql, params=params)
             return answer
 
-    answer = asyncio.run(ask())
+    try:
+        answer = asyncio.run(ask())
+    except RequestRefused as exc:
+        # The proxy ran the query and DuckDB refused it (bad SQL, not a SELECT): a bad
+        # argument, exit 2 as offline. Not reaching the proxy stays a ControlError (exit 1),
+        # and so does a proxy that cannot run live SQL at all.
+        if _NOT_LIVE in exc.reason:
+            raise
+        raise ConfigError(f"{what} failed: {exc.reason}") from exc
     columns = [str(c) for c in answer["columns"]]
     rows = answer["rows"]
     table = pa.table({c: [row[i] for row in rows] for i, c in enumerate(columns)})

@@ -9,11 +9,13 @@ from typing import Any
 
 from rich.console import Console
 
-from ocproxy.control.client import ControlClient
+from ocproxy.control.client import ControlClient, RequestRefused
 from ocproxy.errors import ConfigError
 from ocproxy.proxy.config import parse_control
 
 DEFAULT_CONTROL = "127.0.0.1:9100"
+# How the control endpoint (control/server.py) ends a refusal on schema grounds.
+_USE_FORCE = "(use force to send anyway)"
 
 EPILOG = """\
 examples:
@@ -84,7 +86,14 @@ def run_inject(args: argparse.Namespace) -> int:
     if not isinstance(payload, dict):
         raise ConfigError("JSON payload must be a JSON object")
     host, port = parse_control(args.control)
-    result = asyncio.run(_inject(host, port, args, payload))
+    try:
+        result = asyncio.run(_inject(host, port, args, payload))
+    except RequestRefused as exc:
+        # The control protocol's field is `force`; the person at the shell types --force.
+        reason = exc.reason.replace(_USE_FORCE, "(use --force to send anyway)")
+        if reason == exc.reason:
+            raise
+        raise RequestRefused(exc.op, reason) from exc
     answer = result["answer"]
     console = Console()
     console.print_json(json.dumps(answer))

@@ -16,6 +16,20 @@ from ocproxy.control.token import read_token
 from ocproxy.errors import ControlError
 
 
+class RequestRefused(ControlError):
+    """The endpoint was reached and answered the request with an error (``"ok": false``).
+
+    Not reaching it, a wrong token or the endpoint going away are plain ``ControlError``s:
+    a command can tell "the proxy said no to what you asked" (often a bad argument, such
+    as bad SQL) from "the proxy is not there".
+    """
+
+    def __init__(self, op: str, reason: str) -> None:
+        super().__init__(reason)
+        self.op = op
+        self.reason = reason
+
+
 class ControlClient:
     """``async with ControlClient(host, port) as control: await control.request(...)``"""
 
@@ -24,7 +38,7 @@ class ControlClient:
         self.port = port
         self.token = read_token(port, token)
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._waiting: dict[int, tuple[str, asyncio.Future[Any]]] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._connection: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -55,11 +69,11 @@ class ControlClient:
             await asyncio.gather(self._reader, return_exceptions=True)
 
     async def request(self, op: str, **params: Any) -> Any:
-        """Send one request and return its result; a refusal raises ControlError."""
+        """Send one request and return its result; a refusal raises RequestRefused."""
         assert self._connection is not None, "use async with"
         request_id = next(self._ids)
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = answer
+        self._waiting[request_id] = (op, answer)
         await self._connection.send(json.dumps({"id": request_id, "op": op, **params}))
         return await answer
 
@@ -77,7 +91,7 @@ class ControlClient:
             pass
         finally:
             self._events.put_nowait(None)
-            for answer in self._waiting.values():
+            for _op, answer in self._waiting.values():
                 if not answer.done():
                     answer.set_exception(ControlError("the control endpoint closed"))
 
@@ -85,10 +99,11 @@ class ControlClient:
         if "event" in message:
             self._events.put_nowait(message)
             return
-        answer = self._waiting.pop(message.get("id"), None)  # type: ignore[arg-type]
-        if answer is None or answer.done():
+        waiting = self._waiting.pop(message.get("id"), None)  # type: ignore[arg-type]
+        if waiting is None or waiting[1].done():
             return
+        op, answer = waiting
         if message.get("ok"):
             answer.set_result(message.get("result"))
         else:
-            answer.set_exception(ControlError(str(message.get("error"))))
+            answer.set_exception(RequestRefused(op, str(message.get("error"))))
