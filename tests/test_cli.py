@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import duckdb
@@ -159,24 +160,13 @@ async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path, to_g
     port = _free_port()
     async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
         up_port = upstream.sockets[0].getsockname()[1]
-        proc = await _proxy_process(port, up_port, db)
-        try:
+        async with _proxy_process(port, up_port, db) as proc:
             charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-SIG")
             for i in range(20):
                 await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
                 assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
-            if to_group:
-                os.killpg(proc.pid, signal.SIGTERM)
-            else:
-                proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(30):
-                await charger.wait_closed()
-                returncode = await proc.wait()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        stdout = (await proc.stdout.read()).decode() if proc.stdout else ""
+            returncode, stdout = await _stop(proc, group=to_group)
+        await charger.wait_closed()
     assert returncode == 0, stdout
     assert charger.close_code == 1001
     assert seen_close == [1001]
@@ -204,20 +194,13 @@ async def test_queue_limit_bounds_the_recorder_process(tmp_path: Path) -> None:
     port = _free_port()
     async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
         up_port = upstream.sockets[0].getsockname()[1]
-        proc = await _proxy_process(port, up_port, db, "--queue-limit", "1")
-        try:
+        async with _proxy_process(port, up_port, db, "--queue-limit", "1") as proc:
             charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-FLOOD")
             for i in range(3000):
                 await charger.send(f'[2,"{i}","DataTransfer",{payload}]')
             await charger.close()
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(60):
-                returncode = await proc.wait()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert returncode == 0
+            returncode, stdout = await _stop(proc)
+    assert returncode == 0, stdout
     with duckdb.connect(str(db), read_only=True) as con:
         ((recorded, lost, depth),) = con.execute(
             "SELECT frames_recorded, frames_lost, max_queue_depth FROM run_stats"
@@ -226,11 +209,13 @@ async def test_queue_limit_bounds_the_recorder_process(tmp_path: Path) -> None:
     assert depth <= 1 + 256
 
 
+@contextlib.asynccontextmanager
 async def _proxy_process(
     port: int, upstream_port: int, db: Path, *options: str
-) -> asyncio.subprocess.Process:
-    """A real ``ocproxy proxy --quiet`` relaying to the loopback CSMS on ``upstream_port``."""
-    return await asyncio.create_subprocess_exec(
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real ``ocproxy proxy --quiet`` relaying to the loopback CSMS on ``upstream_port``;
+    killed on the way out if the test did not stop it."""
+    proc = await asyncio.create_subprocess_exec(
         *_ocproxy(
             "proxy",
             "--listen",
@@ -246,6 +231,24 @@ async def _proxy_process(
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group, to be signalled as a whole
     )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _stop(proc: asyncio.subprocess.Process, *, group: bool = False) -> tuple[int, str]:
+    """SIGTERM to the proxy (or to its whole process group); its exit code and stdout."""
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(60):
+        stdout, _stderr = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode()
 
 
 async def _connect_when_listening(url: str):  # type: ignore[no-untyped-def]
@@ -311,8 +314,7 @@ async def test_a_dead_recorder_is_loud_and_counted_and_forwarding_goes_on(
     port = _free_port()
     async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
         up_port = upstream.sockets[0].getsockname()[1]
-        proc = await _proxy_process(port, up_port, db)
-        try:
+        async with _proxy_process(port, up_port, db) as proc:
             charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-LOSS")
             children = _recorder_processes(proc.pid)
             assert len(children) == 1
@@ -320,14 +322,7 @@ async def test_a_dead_recorder_is_loud_and_counted_and_forwarding_goes_on(
             for i in range(600):  # enough batches to reach the dead pipe
                 await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
                 assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(30):
-                returncode = await proc.wait()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        stdout = (await proc.stdout.read()).decode() if proc.stdout else ""
+            returncode, stdout = await _stop(proc)
     assert returncode == 1
     assert "recorder process gone" in stdout
     assert "frames lost" in stdout
