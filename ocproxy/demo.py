@@ -8,6 +8,9 @@ read back and shown.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,14 +83,30 @@ def show_recording(path: Path, console: Console) -> None:
         console.print(_table(db, "Connections", _CONNECTIONS_SQL))
         console.print(_table(db, "Frames per action", _ACTIONS_SQL))
         total = db.execute("SELECT count(*) FROM frames").fetchone()
+    me = command_name()
     console.print(
         f"{total[0] if total else 0} frames recorded in [bold]{path}[/]. Next:\n"
-        f"  ocproxy query {path} transactions      # energy per transaction\n"
-        f"  ocproxy audit {path}                   # compliance findings\n"
-        f"  ocproxy report {path} --html demo.html # charts\n"
-        f"  ocproxy tail {path} --limit 20          # the last frames",
+        f"  {me} query {path} transactions      # energy per transaction\n"
+        f"  {me} audit {path}                   # compliance findings\n"
+        f"  {me} report {path} --html demo.html # charts\n"
+        f"  {me} tail {path} --limit 20          # the last frames",
         highlight=False,
+        soft_wrap=True,  # a long path must not split a command that is meant to be pasted
     )
+
+
+def command_name() -> str:
+    """How to run ocproxy again from here: ``ocproxy`` when that is on PATH (an activated
+    venv), else the console script next to this interpreter (``.venv/bin/ocproxy`` after
+    ``make demo``), so that the hints work when pasted."""
+    script = Path(sys.executable).parent / "ocproxy"
+    found = shutil.which("ocproxy")
+    if not script.exists() or (found is not None and os.path.samefile(found, script)):
+        return "ocproxy"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 _CONNECTIONS_SQL = """

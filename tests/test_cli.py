@@ -261,6 +261,28 @@ async def _connect_when_listening(url: str):  # type: ignore[no-untyped-def]
                 await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("on_path", [False, True], ids=["venv-not-on-path", "venv-on-path"])
+def test_the_demo_hints_are_commands_that_run(tmp_path: Path, on_path: bool) -> None:
+    """After ``make demo`` nothing put ``ocproxy`` on PATH: the demo's "Next:" commands
+    must work as printed, whether or not the venv is activated."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep) if Path(d) != Path(bin_dir)
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{path}" if on_path else path}
+    db = tmp_path / "demo.duckdb"
+    shown = subprocess.run(
+        _ocproxy("demo", "--db", str(db), "--pace", "0", "--quiet", "--chargers", "1"),
+        capture_output=True, text=True, timeout=120, check=True, env=env, cwd=tmp_path,
+    ).stdout  # fmt: skip
+    hint = next(line for line in shown.splitlines() if " audit " in line).split("#")[0]
+    result = subprocess.run(
+        hint, shell=True, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, (hint, result.stderr)
+    assert hint.strip().startswith("ocproxy " if on_path else "/")
+
+
 def test_demo_runs_and_records(tmp_path: Path) -> None:
     db = tmp_path / "demo.duckdb"
     result = subprocess.run(
