@@ -116,6 +116,7 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
             f"[bold]ocproxy[/] listening on {listen_url(config, proxy.port)}, "
             f"recording to [bold]{config.db}[/]; Ctrl-C to stop",
             highlight=False,
+            soft_wrap=True,  # one line, even into a pipe or a log file
         )
         await stop.wait()
         console.print("stopping: closing connections with 1001 and flushing the recording")

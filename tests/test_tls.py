@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 import subprocess
 import sys
@@ -13,12 +14,14 @@ from typing import Any
 
 import pytest
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 
 from ocproxy.audit.auditor import Auditor
-from ocproxy.proxy.tls import peer_certificate
+from ocproxy.proxy.tls import peer_certificate, serial_hex
 
 
 @dataclass
@@ -159,8 +162,25 @@ async def test_mtls_valid_certificate_is_recorded(pki: Pki, proxy_factory: Any) 
     assert connection["client_cert_common_name"] == "CP-17"
     assert "CN=CP-17" in connection["client_cert_subject"]
     assert len(connection["client_cert_fingerprint"]) == 64
-    assert connection["client_cert_serial"]
+    issued = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
+    # As `openssl x509 -serial` prints it: hex in whole bytes, leading zero kept.
+    serial = connection["client_cert_serial"]
+    assert len(serial) % 2 == 0
+    assert int(serial, 16) == issued.serial_number
+    assert (
+        connection["client_cert_fingerprint"]
+        == hashlib.sha256(issued.public_bytes(serialization.Encoding.DER)).hexdigest()
+    )
     assert recording.rows("SELECT rule FROM findings") == []
+
+
+def test_serials_are_printed_as_openssl_prints_them() -> None:
+    assert [serial_hex(n) for n in (0x0F72B1, 0xF72B1, 0x1, 0xABCD)] == [
+        "0F72B1",
+        "0F72B1",
+        "01",
+        "ABCD",
+    ]
 
 
 @pytest.mark.parametrize("problem", ["expired", "wrong-ca", "none"])
@@ -292,6 +312,41 @@ def test_bad_certificate_files_exit_2(pki: Pki, tmp_path: Path) -> None:
         assert result.returncode == 2, (message, result.stderr)
         assert message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_upstream_tls_files_exit_2_at_start_up(pki: Pki, tmp_path: Path) -> None:
+    """Towards the CSMS too: before, each of these started, then answered every charger
+    with an unrecorded HTTP 500."""
+    client = pki.write("client", pki.server_ca.issue_cert("ocproxy-client"))
+    other = pki.write("other", pki.server_ca.issue_cert("someone-else"))
+    past = datetime.now(UTC) - timedelta(days=3)
+    expired = pki.write(
+        "old",
+        pki.server_ca.issue_cert("ocproxy", not_before=past - timedelta(days=9), not_after=past),
+    )
+    ca = pki.ca_file(pki.server_ca, "csms")
+    route = tmp_path / "route.toml"
+    route.write_text(
+        f'[[route]]\nidentity = "ACME-*"\nupstream = "wss://127.0.0.1:1"\n'
+        f'client_cert = "{tmp_path / "missing.pem"}"\nclient_key = "{client[1]}"\n'
+    )
+    cases = [
+        ("cannot load CA bundle", ("--upstream-ca", str(tmp_path / "nope.pem"))),
+        ("cannot load CA bundle", ("--upstream-ca", client[1])),  # a key is no CA bundle
+        ("with key none given", ("--upstream-client-cert", client[0])),
+        ("with key", ("--upstream-client-cert", client[0], "--upstream-client-key", other[1])),
+        ("without its certificate", ("--upstream-client-key", client[1])),
+        ("expired on", ("--upstream-client-cert", expired[0], "--upstream-client-key", expired[1])),
+        ("cannot read certificate", ("--config", str(route))),
+        ("contradict each other", ("--upstream-ca", ca, "--insecure-upstream")),
+        ("--strict-client-cert needs --client-ca", ("--strict-client-cert",)),
+        ("--forward-client-cert needs --client-ca", ("--forward-client-cert",)),
+    ]
+    for message, args in cases:
+        result = _run_proxy_cli("--db", str(tmp_path / "x.duckdb"), *args)
+        assert result.returncode == 2, (message, result.stdout, result.stderr)
+        assert message in result.stderr, (message, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 async def test_sni_chooses_the_certificate_for_the_name_dialled(

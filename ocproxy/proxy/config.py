@@ -116,6 +116,10 @@ class ProxyConfig:
             raise ConfigError("give one --tls-key for each --tls-cert, in the same order")
         if self.client_ca and not self.tls_cert:
             raise ConfigError("--client-ca needs --tls-cert/--tls-key (mutual TLS is TLS)")
+        for flag in ("strict_client_cert", "forward_client_cert"):
+            if getattr(self, flag) and not self.client_ca:
+                option = "--" + flag.replace("_", "-")
+                raise ConfigError(f"{option} needs --client-ca (charger certificates to check)")
         if self.control is not None:
             parse_control(self.control)
         if not 0 <= self.listen_port <= 65535:

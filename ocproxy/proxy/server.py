@@ -33,7 +33,12 @@ from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.legs import RelayedChargerLeg, RelayedCsmsLeg, tls_charger_leg
 from ocproxy.proxy.mirror import Mirror
 from ocproxy.proxy.relay import Session
-from ocproxy.proxy.tls import PeerCertificate, peer_certificate, server_context
+from ocproxy.proxy.tls import (
+    PeerCertificate,
+    check_upstream_tls,
+    peer_certificate,
+    server_context,
+)
 from ocproxy.proxy.upstream import (
     Refusal,
     copy_response_headers,
@@ -99,6 +104,10 @@ class ProxyServer:
             if config.tls_cert
             else None
         )
+        client_certs = {(config.upstream_client_cert, config.upstream_client_key)} | {
+            (route.client_cert, route.client_key) for route in config.routes
+        }
+        check_upstream_tls(config.upstream_ca, config.insecure_upstream, client_certs)
         leg: type[RelayedChargerLeg] = RelayedChargerLeg
         if tls is not None:
             # The leg terminates TLS itself (asyncio would drop failed handshakes unseen).

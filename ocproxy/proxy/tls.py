@@ -85,6 +85,22 @@ def _context_for(pairs: list[tuple[str, str]], client_ca: str | None) -> ssl.SSL
     return context
 
 
+def check_upstream_tls(
+    ca: str | None, insecure: bool, client_certs: set[tuple[str | None, str | None]]
+) -> None:
+    """Load every setting towards a CSMS at start-up (the CA bundle, each client
+    certificate and key): a bad file is then one line and exit 2, not an HTTP 500 for
+    every charger that connects later."""
+    if ca and insecure:
+        raise ConfigError("--upstream-ca and --insecure-upstream contradict each other")
+    for cert, key in client_certs:
+        if key and not cert:
+            raise ConfigError(f"client key {key} is given without its certificate")
+        if cert:
+            _check_not_expired(cert)
+        upstream_context(ca, cert, key, insecure)
+
+
 @cache
 def upstream_context(
     ca: str | None, client_cert: str | None, client_key: str | None, insecure: bool
@@ -101,7 +117,10 @@ def upstream_context(
         try:
             context.load_cert_chain(client_cert, client_key)
         except ssl.SSLError as exc:
-            raise ConfigError(f"{client_key or client_cert}: {exc.reason}") from exc
+            key = client_key or "none given (then the certificate file must hold it)"
+            raise ConfigError(
+                f"client certificate {client_cert} with key {key}: {exc.reason or exc}"
+            ) from exc
         except OSError as exc:
             raise ConfigError(f"cannot read {exc.filename or client_cert}: {exc.strerror}") from exc
     return context
@@ -119,10 +138,16 @@ def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerCe
     return PeerCertificate(
         subject=cert.subject.rfc4514_string(),
         common_name=str(names[0].value) if names else None,
-        serial=format(cert.serial_number, "X"),
+        serial=serial_hex(cert.serial_number),
         fingerprint_sha256=hashlib.sha256(der).hexdigest(),
         pem=ssl.DER_cert_to_PEM_cert(der),
     )
+
+
+def serial_hex(number: int) -> str:
+    """Hex in whole bytes, as ``openssl x509 -serial`` prints it (leading zero kept)."""
+    text = format(number, "X")
+    return "0" + text if len(text) % 2 else text
 
 
 def forwarded_client_cert(peer: PeerCertificate) -> str:
