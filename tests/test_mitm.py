@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -35,6 +36,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ocproxy.audit.offline import audit_recording, open_recording
+from ocproxy.core.redaction import Redactor
 from ocproxy.mitm import addon_path
 from ocproxy.sim.charger import ChargerSpec, run_charger
 from ocproxy.sim.csms import SimCsms
@@ -52,7 +54,7 @@ TIMEOUT = 15.0
 @dataclass
 class Mitmdump:
     process: asyncio.subprocess.Process
-    db: Path
+    db: Path | None
     port: int = 0
     lines: list[str] = field(default_factory=list)
     returncode: int | None = None
@@ -78,7 +80,7 @@ def mitm_confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @contextlib.asynccontextmanager
 async def mitmdump(
     csms_port: int,
-    db: Path,
+    db: Path | None,
     confdir: Path,
     *,
     options: Iterable[str] = (),
@@ -105,7 +107,8 @@ async def mitmdump(
     ]
     for script in scripts:
         args += ["-s", str(script)]
-    args += ["--set", f"ocproxy_db={db}"]
+    if db is not None:
+        args += ["--set", f"ocproxy_db={db}"]
     for option in options:
         args += ["--set", option]
     process = await asyncio.create_subprocess_exec(
@@ -195,9 +198,15 @@ def _assert_matches_transcript(recorded: list[dict[str, Any]], transcript: Trans
 async def test_ocpp_peers_through_mitmdump(tmp_path: Path, mitm_confdir: Path) -> None:
     db = tmp_path / "mitm.duckdb"
     specs = [ChargerSpec("CP-16", "1.6", meter_samples=2), ChargerSpec("CP-201", "2.0.1")]
-    async with SimCsms(initiate=True) as csms, mitmdump(csms.port, db, mitm_confdir) as run:
-        async with asyncio.timeout(30):
-            transcripts = await asyncio.gather(*(run_charger(run.url, s) for s in specs))
+    # Ids kept: raw is compared byte for byte with what the peers sent (the pseudonyms
+    # are test_driver_ids_are_pseudonymised_as_by_the_proxy's subject).
+    keep = ["ocproxy_keep_ids=true"]
+    async with (
+        SimCsms(initiate=True) as csms,
+        mitmdump(csms.port, db, mitm_confdir, options=keep) as run,
+        asyncio.timeout(30),
+    ):
+        transcripts = await asyncio.gather(*(run_charger(run.url, s) for s in specs))
     assert run.returncode == 0, run.output
 
     for spec, transcript in zip(specs, transcripts, strict=True):
@@ -579,6 +588,64 @@ async def exchange_ocpp(url: str, csms: RawCsms, proxy: str | None = None) -> No
         await peer.send('[3,"h1",{"currentTime":"2025-01-01T00:00:00Z"}]')
         assert await charger.recv() == '[3,"h1",{"currentTime":"2025-01-01T00:00:00Z"}]'
     await peer.wait_closed()
+
+
+async def test_without_ocproxy_db_one_line_and_nothing_said_lost(
+    tmp_path: Path, mitm_confdir: Path
+) -> None:
+    async with raw_csms() as csms, mitmdump(csms.server.port, None, mitm_confdir) as run:
+        async with asyncio.timeout(30):
+            await exchange_ocpp(run.url, csms)
+    assert run.returncode == 0, run.output
+    assert run.ocproxy_lines() == [
+        line for line in run.lines if "ocproxy: not recording (set ocproxy_db=FILE" in line
+    ], run.output
+    assert len(run.ocproxy_lines()) == 1, run.output
+
+
+@pytest.mark.parametrize("keep_ids", [False, True], ids=["pseudonymised", "kept"])
+async def test_driver_ids_are_pseudonymised_as_by_the_proxy(
+    tmp_path: Path, mitm_confdir: Path, monkeypatch: pytest.MonkeyPatch, keep_ids: bool
+) -> None:
+    key = "mitm-test-key"
+    monkeypatch.setenv("OCPROXY_ID_KEY", key)  # mitmdump inherits it
+    db = tmp_path / "ids.duckdb"
+    call = '[2,"a1","Authorize",{"idTag":"DRIVER12345678"}]'
+    options = ["ocproxy_keep_ids=true"] if keep_ids else []
+    async with (
+        raw_csms() as csms,
+        mitmdump(csms.server.port, db, mitm_confdir, options=options) as run,
+        connect(f"{run.url}/ocpp/CP-ID", subprotocols=[Subprotocol("ocpp1.6")]) as charger,
+    ):
+        peer = await asyncio.wait_for(csms.accepted.get(), TIMEOUT)
+        await charger.send(call)
+        assert await peer.recv() == call  # forwarding is never changed
+    assert run.returncode == 0, run.output
+    (row,) = rows(db, "SELECT raw, payload, redacted FROM frames")
+    if keep_ids:
+        assert (bytes(row["raw"]).decode(), row["redacted"]) == (call, None)
+        return
+    tag = {"idTag": "DRIVER12345678"}
+    expected = Redactor(key.encode()).redact("Authorize", tag, response=False)
+    assert bytes(row["raw"]).decode() == json.dumps(
+        [2, "a1", "Authorize", expected.payload], separators=(",", ":")
+    )
+    assert row["redacted"] == ["$.idTag (pseudonymised)"]
+
+
+def test_an_unparsable_option_value_stops_mitmdump(tmp_path: Path, mitm_confdir: Path) -> None:
+    """mitmproxy would otherwise drop every ocproxy option with it, ocproxy_db included,
+    and relay without recording or a word."""
+    result = subprocess.run(
+        [
+            str(MITMDUMP), "--mode", "reverse:http://127.0.0.1:1@127.0.0.1:0",
+            "--set", f"confdir={mitm_confdir}", "-s", str(SHIM),
+            "--set", f"ocproxy_db={tmp_path / 'x.duckdb'}", "--set", "ocproxy_audit=maybe",
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--set ocproxy_audit=maybe: give true or false" in result.stdout + result.stderr
 
 
 async def test_unreachable_csms_recorded_like_the_proxy(

@@ -42,6 +42,7 @@ from mitmproxy.addonmanager import Loader
 
 from ocproxy.core.events import ClosedBy, ConnectionClosed, RecorderEvent
 from ocproxy.core.frames import Direction
+from ocproxy.errors import ConfigError
 from ocproxy.mitm.flows import (
     BAD_GATEWAY,
     DEFAULT_SUBPROTOCOLS,
@@ -64,6 +65,26 @@ logger = logging.getLogger(__name__)
 
 # mitmproxy's Loader.add_option is annotated ``typespec: type``; it takes Optional too.
 _OPTIONAL_STR = cast(type, str | None)
+_BOOLEAN_OPTIONS = ("ocproxy_keep_messages", "ocproxy_audit", "ocproxy_keep_ids")
+
+
+def _refuse_unparsable(deferred: dict[str, Any]) -> None:
+    """Say so when a ``--set`` value of our boolean options cannot be parsed.
+
+    mitmproxy applies a script's ``--set`` values in one batch once it has loaded; one
+    value it cannot parse drops the whole batch without a word, ``ocproxy_db`` included,
+    so nothing would be recorded. (An OptionsError raised here is swallowed too.) An
+    error logged at start-up makes mitmproxy exit, as its own bad options do.
+    """
+    for name in _BOOLEAN_OPTIONS:
+        value = deferred.get(name)
+        values = getattr(value, "val", None)  # still the strings given on the command line
+        if isinstance(values, list) and not all(v in ("true", "false") for v in values):
+            logger.error(
+                f"ocproxy: --set {name}={' '.join(values)}: give true or false "
+                "(mitmproxy would drop every ocproxy option with it: nothing recorded)"
+            )
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,7 +126,7 @@ class OcproxyRecorder:
 
     def __init__(self) -> None:
         self._recording: Recording | None = None
-        self._settings: tuple[str | None, bool] | None = None
+        self._settings: tuple[str | None, bool, bool] | None = None
         self._live: dict[str, Live] = {}
         self._path_match: Callable[[str], bool] | None = None
         self._subprotocols = subprotocol_set(DEFAULT_SUBPROTOCOLS)
@@ -156,6 +177,14 @@ class OcproxyRecorder:
             "Check every recorded frame against the OCPP schemas and RPC rules while "
             "recording, into table findings (like ocproxy proxy --audit).",
         )
+        loader.add_option(
+            "ocproxy_keep_ids",
+            bool,
+            False,
+            "Record driver ids (idTag, idToken) as sent. Off: they are pseudonymised with "
+            "the key in $OCPROXY_ID_KEY or ~/.config/ocproxy/id-key, as by ocproxy proxy.",
+        )
+        _refuse_unparsable(loader.master.options.deferred)
 
     def configure(self, updated: set[str]) -> None:
         if "ocproxy_paths" in updated:
@@ -167,8 +196,11 @@ class OcproxyRecorder:
             self._subprotocols = subprotocol_set(ctx.options.ocproxy_subprotocols)
         if "ocproxy_keep_messages" in updated:
             self._keep_messages = bool(ctx.options.ocproxy_keep_messages)
-        if updated & {"ocproxy_db", "ocproxy_audit"}:
-            self._configure_recording(ctx.options.ocproxy_db, bool(ctx.options.ocproxy_audit))
+        if updated & {"ocproxy_db", "ocproxy_audit", "ocproxy_keep_ids"}:
+            options = ctx.options
+            self._configure_recording(
+                options.ocproxy_db, bool(options.ocproxy_audit), bool(options.ocproxy_keep_ids)
+            )
 
     def done(self) -> None:
         """Close what is still open in the recording, flush it and report what was lost."""
@@ -189,13 +221,17 @@ class OcproxyRecorder:
 
     # -- the recording -------------------------------------------------------------------------
 
-    def _configure_recording(self, db: str | None, audit: bool) -> None:
+    def _configure_recording(self, db: str | None, audit: bool, keep_ids: bool) -> None:
         path = str(Path(db).expanduser()) if db else None
-        if (path, audit) == self._settings:
+        if (path, audit, keep_ids) == self._settings:
             return  # configure runs more than once at start-up
-        self._settings = (path, audit)
+        try:
+            recorder = None if path is None else new_recorder(path, audit, keep_ids)
+        except ConfigError as exc:  # no id key to be had: never record ids in clear instead
+            raise exceptions.OptionsError(f"ocproxy: {exc}") from exc  # type: ignore[no-untyped-call]
+        self._settings = (path, audit, keep_ids)
         old = self._recording
-        new = None if path is None else Recording(new_recorder(path, audit))
+        new = None if recorder is None else Recording(recorder)
         self._recording = new
         # Connections that outlive a switch are closed in the old file and opened again,
         # with a new connection id and seq from 0, in the new one: each file stands alone.
@@ -276,7 +312,9 @@ class OcproxyRecorder:
             # Keep the latest: addons after this one (mitmdump's dumper) still read it.
             del websocket.messages[:-1]
         recording = live.recording
-        if recording is None or not recording.usable:
+        if recording is None:  # ocproxy_db unset: not recording was asked for, not lost
+            return None
+        if not recording.usable:
             self.unrecorded_frames += 1
             return None
         recording.frames += 1

@@ -19,7 +19,9 @@ from mitmproxy import ctx
 
 from ocproxy import __version__
 from ocproxy.audit.auditor import Auditor
+from ocproxy.core.redaction import Redactor
 from ocproxy.errors import RecorderError
+from ocproxy.idkey import resolve_id_key
 from ocproxy.mitm import SOURCE
 from ocproxy.recorder import Recorder, RecorderStats, Sink
 
@@ -47,12 +49,14 @@ class Recording:
         return not self.failed
 
 
-def new_recorder(path: str, audit: bool) -> Recorder:
-    """A Recorder for ``path``, its run settings taken from mitmproxy's options."""
+def new_recorder(path: str, audit: bool, keep_ids: bool = False) -> Recorder:
+    """A Recorder for ``path``, its run settings taken from mitmproxy's options; driver
+    ids pseudonymised as by ``ocproxy proxy`` unless ``keep_ids``."""
     options = ctx.options
     settings = {
         "db": path,
         "audit": audit,
+        "keep_ids": keep_ids,
         "paths": options.ocproxy_paths,
         "subprotocols": options.ocproxy_subprotocols,
         "mode": list(options.mode),
@@ -64,6 +68,7 @@ def new_recorder(path: str, audit: bool) -> Recorder:
         settings=settings,
         sinks=[LogSink()],
         auditor=Auditor() if audit else None,
+        redactor=Redactor(None if keep_ids else resolve_id_key(None)),
     )
 
 
