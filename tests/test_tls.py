@@ -288,30 +288,33 @@ def _run_proxy_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _expired(pki: Pki, name: str) -> tuple[str, str]:
+    past = datetime.now(UTC) - timedelta(days=3)
+    cert = pki.server_ca.issue_cert(name, not_before=past - timedelta(days=9), not_after=past)
+    return pki.write(name, cert)
+
+
+def _assert_refused_at_start_up(cases: list[tuple[str, tuple[str, ...]]], tmp_path: Path) -> None:
+    """Each set of options: one line on stderr naming the problem, exit 2."""
+    for message, args in cases:
+        result = _run_proxy_cli("--db", str(tmp_path / "x.duckdb"), *args)
+        assert result.returncode == 2, (message, result.stdout, result.stderr)
+        assert message in result.stderr, (message, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_bad_certificate_files_exit_2(pki: Pki, tmp_path: Path) -> None:
     good = pki.write("good", pki.server_ca.issue_cert("localhost"))
     other = pki.write("other", pki.server_ca.issue_cert("localhost"))
-    past = datetime.now(UTC) - timedelta(days=3)
-    expired = pki.write(
-        "expired",
-        pki.server_ca.issue_cert("localhost", not_before=past - timedelta(days=9), not_after=past),
-    )
-    cases = {
-        "cannot read certificate": (
-            "--tls-cert",
-            str(tmp_path / "missing.pem"),
-            "--tls-key",
-            good[1],
-        ),
-        "does not match": ("--tls-cert", good[0], "--tls-key", other[1]),
-        "expired on": ("--tls-cert", expired[0], "--tls-key", expired[1]),
-        "one --tls-key for each --tls-cert": ("--tls-cert", good[0]),
-    }
-    for message, args in cases.items():
-        result = _run_proxy_cli("--db", str(tmp_path / "x.duckdb"), *args)
-        assert result.returncode == 2, (message, result.stderr)
-        assert message in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+    expired = _expired(pki, "localhost")
+    missing = str(tmp_path / "missing.pem")
+    cases = [
+        ("cannot read certificate", ("--tls-cert", missing, "--tls-key", good[1])),
+        ("does not match", ("--tls-cert", good[0], "--tls-key", other[1])),
+        ("expired on", ("--tls-cert", expired[0], "--tls-key", expired[1])),
+        ("one --tls-key for each --tls-cert", ("--tls-cert", good[0])),
+    ]
+    _assert_refused_at_start_up(cases, tmp_path)
 
 
 def test_bad_upstream_tls_files_exit_2_at_start_up(pki: Pki, tmp_path: Path) -> None:
@@ -319,11 +322,7 @@ def test_bad_upstream_tls_files_exit_2_at_start_up(pki: Pki, tmp_path: Path) -> 
     with an unrecorded HTTP 500."""
     client = pki.write("client", pki.server_ca.issue_cert("ocproxy-client"))
     other = pki.write("other", pki.server_ca.issue_cert("someone-else"))
-    past = datetime.now(UTC) - timedelta(days=3)
-    expired = pki.write(
-        "old",
-        pki.server_ca.issue_cert("ocproxy", not_before=past - timedelta(days=9), not_after=past),
-    )
+    expired = _expired(pki, "ocproxy")
     ca = pki.ca_file(pki.server_ca, "csms")
     route = tmp_path / "route.toml"
     route.write_text(
@@ -342,11 +341,7 @@ def test_bad_upstream_tls_files_exit_2_at_start_up(pki: Pki, tmp_path: Path) -> 
         ("--strict-client-cert needs --client-ca", ("--strict-client-cert",)),
         ("--forward-client-cert needs --client-ca", ("--forward-client-cert",)),
     ]
-    for message, args in cases:
-        result = _run_proxy_cli("--db", str(tmp_path / "x.duckdb"), *args)
-        assert result.returncode == 2, (message, result.stdout, result.stderr)
-        assert message in result.stderr, (message, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    _assert_refused_at_start_up(cases, tmp_path)
 
 
 async def test_sni_chooses_the_certificate_for_the_name_dialled(
