@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import duckdb
@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from ocproxy.app import listen_url
 from ocproxy.cli import main
@@ -157,15 +158,12 @@ async def test_sigterm_closes_with_1001_flushes_and_exits_0(tmp_path: Path, to_g
         seen_close.append(ws.close_code)
 
     db = tmp_path / "site.duckdb"
-    port = _free_port()
-    async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
-        up_port = upstream.sockets[0].getsockname()[1]
-        async with _proxy_process(port, up_port, db) as proc:
-            charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-SIG")
-            for i in range(20):
-                await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
-                assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
-            returncode, stdout = await _stop(proc, group=to_group)
+    async with _proxy_process(csms, db) as (proc, url):
+        charger = await _connect_when_listening(f"{url}/ocpp/CP-SIG")
+        for i in range(20):
+            await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
+            assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
+        returncode, stdout = await _stop(proc, group=to_group)
         await charger.wait_closed()
     assert returncode == 0, stdout
     assert charger.close_code == 1001
@@ -191,15 +189,12 @@ async def test_queue_limit_bounds_the_recorder_process(tmp_path: Path) -> None:
             pass
 
     db = tmp_path / "flood.duckdb"
-    port = _free_port()
-    async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
-        up_port = upstream.sockets[0].getsockname()[1]
-        async with _proxy_process(port, up_port, db, "--queue-limit", "1") as proc:
-            charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-FLOOD")
-            for i in range(3000):
-                await charger.send(f'[2,"{i}","DataTransfer",{payload}]')
-            await charger.close()
-            returncode, stdout = await _stop(proc)
+    async with _proxy_process(csms, db, "--queue-limit", "1") as (proc, url):
+        charger = await _connect_when_listening(f"{url}/ocpp/CP-FLOOD")
+        for i in range(3000):
+            await charger.send(f'[2,"{i}","DataTransfer",{payload}]')
+        await charger.close()
+        returncode, stdout = await _stop(proc)
     assert returncode == 0, stdout
     with duckdb.connect(str(db), read_only=True) as con:
         ((recorded, lost, depth),) = con.execute(
@@ -211,32 +206,36 @@ async def test_queue_limit_bounds_the_recorder_process(tmp_path: Path) -> None:
 
 @contextlib.asynccontextmanager
 async def _proxy_process(
-    port: int, upstream_port: int, db: Path, *options: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A real ``ocproxy proxy --quiet`` relaying to the loopback CSMS on ``upstream_port``;
-    killed on the way out if the test did not stop it."""
-    proc = await asyncio.create_subprocess_exec(
-        *_ocproxy(
-            "proxy",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--upstream",
-            f"ws://127.0.0.1:{upstream_port}",
-            "--db",
-            str(db),
-            "--quiet",
-            *options,
-        ),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its own process group, to be signalled as a whole
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    csms: Callable[[ServerConnection], Awaitable[None]], db: Path, *options: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``csms`` on loopback and a real ``ocproxy proxy --quiet`` in front of it: the
+    process and the URL chargers dial. The process is killed on the way out if the test
+    did not stop it."""
+    port = _free_port()
+    async with serve(csms, "127.0.0.1", 0, subprotocols=[Subprotocol("ocpp1.6")]) as upstream:
+        upstream_port = upstream.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *_ocproxy(
+                "proxy",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--upstream",
+                f"ws://127.0.0.1:{upstream_port}",
+                "--db",
+                str(db),
+                "--quiet",
+                *options,
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, to be signalled as a whole
+        )
+        try:
+            yield proc, f"ws://127.0.0.1:{port}"
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 async def _stop(proc: asyncio.subprocess.Process, *, group: bool = False) -> tuple[int, str]:
@@ -333,18 +332,15 @@ async def test_a_dead_recorder_is_loud_and_counted_and_forwarding_goes_on(
                 await ws.send(message)
 
     db = tmp_path / "site.duckdb"
-    port = _free_port()
-    async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as upstream:
-        up_port = upstream.sockets[0].getsockname()[1]
-        async with _proxy_process(port, up_port, db) as proc:
-            charger = await _connect_when_listening(f"ws://127.0.0.1:{port}/ocpp/CP-LOSS")
-            children = _recorder_processes(proc.pid)
-            assert len(children) == 1
-            os.kill(children[0], signal.SIGKILL)
-            for i in range(600):  # enough batches to reach the dead pipe
-                await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
-                assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
-            returncode, stdout = await _stop(proc)
+    async with _proxy_process(csms, db) as (proc, url):
+        charger = await _connect_when_listening(f"{url}/ocpp/CP-LOSS")
+        children = _recorder_processes(proc.pid)
+        assert len(children) == 1
+        os.kill(children[0], signal.SIGKILL)
+        for i in range(600):  # enough batches to reach the dead pipe
+            await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
+            assert await charger.recv() == f'[2,"{i}","Heartbeat",{{}}]'
+        returncode, stdout = await _stop(proc)
     assert returncode == 1
     assert "recorder process gone" in stdout
     assert "frames lost" in stdout

@@ -717,7 +717,7 @@ async def test_too_large_from_charger_closes_both_legs_1009(proxy_factory: Any, 
             else:
                 await charger.send("x" * 2000)
             assert await drain(charger) == []
-            await _both_legs_closed_1009(charger, up)
+            await _both_legs_closed(charger, up, 1009)
     rec = box[0]
     row = one_connection(rec)
     assert (row["close_code"], row["closed_by"]) == (1009, "proxy")
@@ -731,14 +731,14 @@ async def test_too_large_from_charger_closes_both_legs_1009(proxy_factory: Any, 
     check_stats(rec, 2)
 
 
-async def _both_legs_closed_1009(charger: Any, up: Any) -> None:
+async def _both_legs_closed(charger: Any, up: Any, code: int) -> None:
     close = close_rcvd(charger)
     assert close is not None
-    assert close.code == 1009
+    assert close.code == code
     await wait_until(lambda: up.open == 0, "upstream connection closed")
     upstream_close = close_rcvd(up.handled[0])
     assert upstream_close is not None
-    assert upstream_close.code == 1009
+    assert upstream_close.code == code
 
 
 async def test_too_large_from_upstream_closes_both_legs_1009(proxy_factory: Any) -> None:
@@ -753,7 +753,7 @@ async def test_too_large_from_upstream_closes_both_legs_1009(proxy_factory: Any)
             connect(proxy.url + "/ocpp/CP1") as charger,
         ):
             assert await drain(charger) == []
-            await _both_legs_closed_1009(charger, up)
+            await _both_legs_closed(charger, up, 1009)
     rec = box[0]
     row = one_connection(rec)
     assert (row["close_code"], row["closed_by"]) == (1009, "proxy")
@@ -878,13 +878,7 @@ async def test_proxy_stop_closes_both_legs_1001_and_keeps_frames(proxy_factory: 
             assert await receive(charger, len(to_charger)) == to_charger
             await proxy.server.stop()
             assert await drain(charger) == []
-            close = close_rcvd(charger)
-            assert close is not None
-            assert close.code == 1001
-            await wait_until(lambda: up.open == 0, "upstream connection closed")
-            upstream_close = close_rcvd(up.handled[0])
-            assert upstream_close is not None
-            assert upstream_close.code == 1001
+            await _both_legs_closed(charger, up, 1001)
     rec = box[0]
     row = one_connection(rec)
     assert (row["close_code"], row["closed_by"]) == (1001, "proxy")

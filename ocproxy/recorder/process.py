@@ -182,11 +182,11 @@ class RecordingProcess:
         batch, self._buffer = self._buffer, []
         if not batch or self._conn is None:
             return
+        frames = sum(1 for item in batch if item[0] == "f")
         if self._error is not None:
-            self._lost += sum(1 for item in batch if item[0] == "f")
+            self._lost += frames
             return
         started = time.perf_counter()
-        frames = sum(1 for item in batch if item[0] == "f")
         try:
             self._conn.send(batch)
         except (OSError, ValueError) as exc:
