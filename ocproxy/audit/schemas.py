@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import fastjsonschema
+import jsonschema_rs
 
 from ocproxy.core.handshake import OcppVersion
 
@@ -79,9 +80,15 @@ def validate(
     version: OcppVersion, action: str, payload: Any, *, response: bool
 ) -> SchemaViolation | None:
     """The first way ``payload`` violates the action's request or response schema."""
-    validator = _validator(version, action, response)
-    if validator is None:
+    schema = _schema(version, action, response)
+    if schema is None:
         return None
+    # Almost every frame is valid: jsonschema-rs says so in ~0.4 us where fastjsonschema's
+    # generated Python takes ~5 us (a MeterValues CALL). Only a frame it rejects pays
+    # for fastjsonschema, whose exception is what the finding is built from.
+    if _fast_valid(_fast_validator(version, action, response), payload):
+        return None
+    validator = _validator(version, action, response)
     try:
         validator(payload)
     except fastjsonschema.JsonSchemaValueException as exc:
@@ -89,8 +96,29 @@ def validate(
     return None
 
 
+def _fast_valid(validator: Any, payload: Any) -> bool:
+    try:
+        return bool(validator.is_valid(payload))
+    except (ValueError, TypeError, OverflowError):  # lone surrogates, huge ints: the slow path
+        return False
+
+
 @cache
-def _validator(version: OcppVersion, action: str, response: bool) -> Validator | None:
+def _fast_validator(version: OcppVersion, action: str, response: bool) -> Any:
+    return jsonschema_rs.validator_for(_schema(version, action, response), validate_formats=True)
+
+
+@cache
+def _validator(version: OcppVersion, action: str, response: bool) -> Validator:
+    validator: Validator = fastjsonschema.compile(
+        _schema(version, action, response), use_formats=True
+    )
+    return validator
+
+
+@cache
+def _schema(version: OcppVersion, action: str, response: bool) -> dict[str, Any] | None:
+    """The action's request or response schema, None when the version defines none."""
     if action not in actions(version):
         return None
     if response:
@@ -104,11 +132,10 @@ def _validator(version: OcppVersion, action: str, response: bool) -> Validator |
     entry = next((directory / n for n in names if (directory / n).is_file()), None)
     if entry is None:  # a response to a SEND-only action: nothing to check it against
         return None
-    schema = json.loads(entry.read_text(encoding="utf-8-sig"))
+    schema: dict[str, Any] = json.loads(entry.read_text(encoding="utf-8-sig"))
     # The schemas' "$id" URNs are not fetchable; every $ref in them is local.
     schema.pop("$id", None)
-    validator: Validator = fastjsonschema.compile(schema, use_formats=True)
-    return validator
+    return schema
 
 
 def _schema_dir(version: OcppVersion) -> Any:
