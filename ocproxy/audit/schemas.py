@@ -105,14 +105,16 @@ def _fast_valid(validator: Any, payload: Any) -> bool:
 
 @cache
 def _fast_validator(version: OcppVersion, action: str, response: bool) -> Any:
-    return jsonschema_rs.validator_for(_schema(version, action, response), validate_formats=True)
+    schema = _schema(version, action, response)
+    assert schema is not None, "only called for actions with a schema"
+    return jsonschema_rs.validator_for(schema, validate_formats=True)
 
 
 @cache
 def _validator(version: OcppVersion, action: str, response: bool) -> Validator:
-    validator: Validator = fastjsonschema.compile(
-        _schema(version, action, response), use_formats=True
-    )
+    schema = _schema(version, action, response)
+    assert schema is not None, "only called for actions with a schema"
+    validator: Validator = fastjsonschema.compile(schema, use_formats=True)
     return validator
 
 
