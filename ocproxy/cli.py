@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
 
-from rich.console import Console
-
 from ocproxy import __version__
 from ocproxy.analytics.cli import add_query_command
 from ocproxy.analytics.export_cli import add_export_command
@@ -34,7 +32,9 @@ from ocproxy.proxy.config import (
 )
 from ocproxy.recorder import DEFAULT_DB
 from ocproxy.replay.cli import add_replay_command
+from ocproxy.sim.cli import add_sim_command
 from ocproxy.tail.cli import add_tail_command
+from ocproxy.terminal import make_console
 
 _PROXY_EPILOG = """\
 examples:
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_command(commands)
     add_export_command(commands)
     _add_demo(commands)
+    add_sim_command(commands)
     add_addon_path_command(commands)
     return parser
 
@@ -292,7 +293,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
     from ocproxy.app import loop_factory, serve_until_signal
 
     config = proxy_config(args)
-    stats = asyncio.run(serve_until_signal(config, Console()), loop_factory=loop_factory())
+    stats = asyncio.run(serve_until_signal(config, make_console()), loop_factory=loop_factory())
     return 1 if stats.frames_lost or stats.errors else 0
 
 
@@ -300,7 +301,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from ocproxy.demo import run_demo
 
     return asyncio.run(
-        run_demo(args.db, Console(), chargers=args.chargers, pace=args.pace, quiet=args.quiet)
+        run_demo(args.db, make_console(), chargers=args.chargers, pace=args.pace, quiet=args.quiet)
     )
 
 

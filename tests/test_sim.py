@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import socket
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -240,3 +244,110 @@ async def test_stop_ends_running_sessions() -> None:
     with pytest.raises(ConnectionClosedOK):
         await session
     assert csms.connected == set()
+
+
+# -- ocproxy sim csms / chargers, as commands ----------------------------------------------
+
+
+async def _start_sim_csms(*extra: str) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m ocproxy.sim csms`` on a free port; its URL, read from its first line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ocproxy.sim", "csms", "--listen", "127.0.0.1:0", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        first = (await process.stdout.readline()).decode()
+    match = re.search(r"on (ws://127\.0\.0\.1:\d+) ", first)
+    assert match, first
+    return process, match.group(1)
+
+
+async def _finish(process: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def _ocproxy(*argv: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ocproxy", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return await _finish(process)
+
+
+async def test_sim_commands_run_a_session_and_stop_on_sigterm() -> None:
+    csms, url = await _start_sim_csms("--version", "2.0.1")
+    try:
+        code, out, err = await _ocproxy(
+            "sim", "chargers", "--to", f"{url}/ocpp", "-n", "2", "--version", "2.0.1",
+            "--pace", "0", "--transactions", "2",
+        )  # fmt: skip
+    finally:
+        csms.send_signal(signal.SIGTERM)
+    csms_code, csms_out, csms_err = await _finish(csms)
+    assert (code, err) == (0, ""), out
+    assert re.search(r"SIM-01 boot Accepted \(heartbeat every 300 s\)", out), out
+    assert "SIM-02 transaction 2: 3900 Wh" in out
+    assert out.count("done, hung up (1000)") == 2
+    assert out.rstrip().endswith("2 charger(s): 4 transaction(s), 15000 Wh; 0 failed")
+    assert (csms_code, csms_err) == (0, "")
+    for identity in ("SIM-01", "SIM-02"):
+        assert f"{identity} connected (ocpp2.0.1)" in csms_out
+        assert f"{identity} booted (Accepted)" in csms_out
+        assert f"{identity} disconnected (1000)" in csms_out
+    assert csms_out.rstrip().endswith("stopped; 2 charger(s) were seen")
+
+
+async def test_sim_chargers_stay_until_their_duration() -> None:
+    csms, url = await _start_sim_csms("--quiet", "--duration", "30")
+    try:
+        code, out, err = await _ocproxy(
+            "sim", "chargers", "--to", url, "--stay", "--pace", "0", "--heartbeat", "0.1",
+            "--duration", "1.5", "--prefix", "CP-",
+        )  # fmt: skip
+    finally:
+        csms.send_signal(signal.SIGINT)
+    csms_code, csms_out, _ = await _finish(csms)
+    assert (code, err) == (0, ""), out
+    assert "CP-01 transaction 1: 3600 Wh" in out
+    assert "hung up" not in out
+    assert out.rstrip().endswith("(stopped: duration)")
+    assert csms_code == 0
+    assert "CP-01" not in csms_out  # --quiet: the summary only
+    assert "stopped; 1 charger(s) were seen" in csms_out
+
+
+async def test_sim_bad_input_is_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        in_use = await _ocproxy("sim", "csms", "--listen", f"127.0.0.1:{port}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    unreachable = await _ocproxy(
+        "sim", "chargers", "--to", f"ws://127.0.0.1:{closed}", "-n", "2", "--quiet"
+    )
+    assert in_use[0] == 1
+    in_use_error = f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert in_use[2] == f"ocproxy: error: {in_use_error}\n"
+    assert unreachable[0] == 1
+    assert unreachable[2] == "ocproxy: error: 2 of 2 charger(s) failed\n"
+    assert unreachable[1].count("Connection refused") == 2  # one red line per charger
+    usage = {
+        "bad URL": ("sim", "chargers", "--to", "http://csms.example"),
+        "no URL": ("sim", "chargers"),
+        "heartbeat without stay": ("sim", "chargers", "--to", "ws://h", "--heartbeat", "1"),
+        "bad count": ("sim", "chargers", "--to", "ws://h", "-n", "0"),
+        "bad listen": ("sim", "csms", "--listen", "nowhere"),
+        "bad version": ("sim", "csms", "--version", "1.5"),
+    }
+    for what, argv in usage.items():
+        code, out, err = await _ocproxy(*argv)
+        assert (code, out) == (2, ""), what
+        assert err.startswith("ocproxy"), (what, err)
+        assert err.count("\n") == 1, (what, err)

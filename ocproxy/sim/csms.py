@@ -32,7 +32,7 @@ from websockets.headers import parse_authorization_basic
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from ocproxy.sim.charger import (
+from ocproxy.sim.stations import (
     SUBPROTOCOL_BY_VERSION,
     RejectUnrouted,
     after,
@@ -228,6 +228,7 @@ class SimCsms:
         basic_auth: dict[str, str] | None = None,
         initiate: bool = False,
         overrides: dict[str, Callable[..., Any]] | None = None,
+        on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         unknown = set(subprotocols) - set(ALL_SUBPROTOCOLS)
         if unknown:
@@ -237,6 +238,8 @@ class SimCsms:
         self.basic_auth = basic_auth
         self.initiate = initiate
         self.overrides: dict[str, Callable[..., Any]] = dict(overrides or {})
+        # Told (identity, what happened) as stations come, boot and go: the CLI prints it.
+        self.on_event = on_event
         self.transcripts: dict[str, Transcript] = {}
         self.connected: set[str] = set()
         self._peers: dict[str, _Peer] = {}
@@ -305,7 +308,12 @@ class SimCsms:
     def _boot_event(self, identity: str) -> asyncio.Event:
         return self._boots.setdefault(identity, asyncio.Event())
 
+    def _tell(self, identity: str, what: str) -> None:
+        if self.on_event is not None:
+            self.on_event(identity, what)
+
     def _booted(self, peer: _Peer) -> None:
+        self._tell(peer.id, "booted (Accepted)")
         self._boot_event(peer.id).set()
         if self.initiate:
             peer.spawn(self._ask_first_question(peer))
@@ -343,10 +351,12 @@ class SimCsms:
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None  # set once the handshake has succeeded
+        identity = identity_from_path(ws.request.path)
         if ws.subprotocol is None:
+            self._tell(identity, "refused: no supported OCPP subprotocol offered (closed 1002)")
             await ws.close(CloseCode.PROTOCOL_ERROR, "unsupported subprotocol")
             return
-        identity = identity_from_path(ws.request.path)
+        self._tell(identity, f"connected ({ws.subprotocol})")
         transcript = Transcript()
         self.transcripts[identity] = transcript  # a reconnect starts a fresh one
         connection = RecordingConnection(ws, transcript, side="csms")
@@ -359,6 +369,8 @@ class SimCsms:
             pass  # the station hanging up is how every session ends
         finally:
             await self._forget(peer)
+            code = ws.close_code
+            self._tell(identity, f"disconnected ({'-' if code is None else code})")
 
     async def _forget(self, peer: _Peer) -> None:
         if self._peers.get(peer.id) is peer:
