@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -23,6 +23,7 @@ from ocproxy.core.events import ConnectionClosed, ConnectionOpened
 from ocproxy.core.frames import MessageType, ParseStatus
 from ocproxy.core.observe import ObservedFrame
 from ocproxy.recorder import RecorderStats, Sink
+from ocproxy.terminal import make_console
 
 _TYPE_NAMES = {int(t): t.name for t in MessageType}
 _DIRECTION_STYLE = {"to_csms": "cyan", "to_charger": "magenta"}
@@ -124,14 +125,17 @@ def backpressure_note(stats: RecorderStats, audit: bool) -> str | None:
     )
 
 
-def summary_table(summary: Summary, stats: RecorderStats | None = None) -> Table:
+def summary_table(summary: Summary, stats: RecorderStats | None = None) -> Group:
+    """The exit summary: a title line, then a row per connection."""
     title = "ocproxy: connections recorded"
     if stats is not None:
         title += (
             f" ({stats.frames_recorded} frames recorded, {stats.frames_lost} lost, "
             f"{stats.backpressure_waits} backpressure waits)"
         )
-    table = Table(title=title, title_justify="left")
+    # The title is a line of its own, not the table's: a table's title wraps at the
+    # table's width, and a log line must not.
+    table = Table()
     for name in ("identity", "subprotocol", "status", "→ csms", "→ charger", "bytes"):
         table.add_column(name, justify="right" if name.startswith(("→", "b")) else "left")
     for name in ("errors", "malformed", "closed"):
@@ -148,7 +152,7 @@ def summary_table(summary: Summary, stats: RecorderStats | None = None) -> Table
             _count(row.malformed),
             row.close,
         )
-    return table
+    return Group(Text(title, style="italic"), table)
 
 
 def _count(value: int) -> Text:
@@ -204,5 +208,5 @@ def console_sinks(quiet: bool) -> tuple[list[Sink], Callable[[], Summary]]:
     # the parent's instead of arriving in one block at exit.
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    sink = ConsoleSink(Console(), quiet=quiet)
+    sink = ConsoleSink(make_console(), quiet=quiet)
     return [sink], lambda: sink.summary

@@ -48,9 +48,43 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def open_failure(path: object, exc: BaseException) -> str:
-    """Why a recording could not be opened, in the words every command uses."""
+# -- the words every command uses for the same problem -----------------------------------
+#
+# One wording per problem, whichever command meets it, so that a technician (or a script
+# grepping a log) learns it once. Each returns the message; the caller picks the class.
+
+READING = "stop it or query a copy"
+"""What to do about a locked recording one only wants to read."""
+WRITING = "stop it or record to another file"
+"""What to do about a locked recording one wants to write."""
+
+
+def no_such_file(path: object) -> str:
+    """``site.duckdb: no such file or directory`` (a recording, a SQL file, a lake)."""
+    return f"{path}: no such file or directory"
+
+
+def locked(path: object, hint: str = READING) -> str:
+    """``site.duckdb is being written by another process; stop it or query a copy``.
+
+    DuckDB lets one process open a file while it is being written: a running ``ocproxy
+    proxy`` (or ``replay``, ``demo``, mitmdump with the addon) holds it until it stops."""
+    return f"{path} is being written by another process; {hint}"
+
+
+def open_failure(path: object, exc: BaseException, hint: str = READING) -> str:
+    """Why a recording could not be opened: :func:`locked`, or DuckDB's first line."""
     text = first_line(exc)
     if "lock" in text.lower():
-        return f"{path} is being written by another process; stop it or query a copy"
-    return f"cannot open {path}: {text}"
+        return locked(path, hint)
+    return f"cannot open recording {path}: {text}"
+
+
+def unknown_identity(identity: str, where: object) -> str:
+    """``no charger 'CP-9' in site.duckdb``: an --identity that matches nothing there."""
+    return f"no charger {identity!r} in {where}"
+
+
+def no_live_connection(identity: str) -> str:
+    """``no live connection of charger 'CP-9'``: not connected to the running proxy."""
+    return f"no live connection of charger {identity!r}"

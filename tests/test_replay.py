@@ -437,7 +437,7 @@ async def test_unknown_connection_and_ambiguous_identity_are_usage_errors(
     source, _ = await record_session(proxy_factory, "1.6")
     with pytest.raises(ConfigError, match="no connection 'nope' in the recording"):
         load(source, Role.CHARGER, connection="nope")
-    with pytest.raises(ConfigError, match="no connection of identity 'CP-9'"):
+    with pytest.raises(ConfigError, match="no charger 'CP-9' in the recording"):
         load(source, Role.CHARGER, identity="CP-9")
     literal_recording(source, MALFORMED[:2], identity="CP-1.6")
     with pytest.raises(ConfigError, match=r"'CP-1\.6' has 2 connections there; pick one"):

@@ -36,7 +36,7 @@ from ocproxy.analytics.queries import (
 from ocproxy.analytics.sources import open_sources
 from ocproxy.control.cli import add_control_option
 from ocproxy.control.client import ControlClient, RequestRefused
-from ocproxy.errors import ConfigError
+from ocproxy.errors import ConfigError, no_such_file
 from ocproxy.proxy.config import parse_control
 
 # What the control endpoint answers when its recorder is not in-process (not a SQL error).
@@ -183,7 +183,7 @@ def _resolve(
             f"{text} is a file, not SQL or a query name: the last argument is the query"
         )
     if text.endswith(".sql") and "\n" not in text:
-        raise ConfigError(f"{text}: no such file")
+        raise ConfigError(no_such_file(text))
     if looks_like_name(text):
         query = get_query(text)
         return query.sql, bind(query, given), f"query {query.name}", query.title

@@ -25,6 +25,7 @@ from rich.progress import (
 
 from ocproxy.analytics import export
 from ocproxy.analytics.export import COMPRESSIONS, DEFAULT_COMPRESSION, ExportResult
+from ocproxy.terminal import make_console
 
 _USAGE = "ocproxy export [--compression CODEC] [--quiet] DB... --parquet DIR"
 
@@ -85,7 +86,7 @@ def add_export_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 def run_export_command(args: argparse.Namespace, stderr: TextIO | None = None) -> int:
     err = stderr if stderr is not None else sys.stderr
-    console = Console(file=err, highlight=False)
+    console = make_console(file=err, highlight=False)
     with ExitStack() as stack:
         bar: _Bar | None = None
         if not args.quiet and console.is_terminal:

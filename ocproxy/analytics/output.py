@@ -22,18 +22,15 @@ from typing import Any, TextIO
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ocproxy.errors import ConfigError, OcproxyError
+from ocproxy.terminal import make_console
 
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_ROWS = 1000
 _BY_SUFFIX = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".txt": "table"}
-# Wide enough that a table written to a pipe or file is never wrapped: rich would
-# otherwise assume 80 columns there and fold every cell.
-_UNWRAPPED = 100_000
 
 
 def choose_format(requested: str | None, output: str | None) -> str:
@@ -100,8 +97,7 @@ def _write_table(table: pa.Table, output: str | None, stream: TextIO, title: str
 
 
 def _render(table: pa.Table, stream: TextIO, title: str | None, total: int) -> None:
-    is_terminal = stream.isatty() if hasattr(stream, "isatty") else False
-    console = Console(file=stream, width=None if is_terminal else _UNWRAPPED)
+    console = make_console(file=stream)
     shown = table.num_rows
     # A caption is only as wide as the table: the longer "first N of M" goes below it.
     caption = "no rows" if total == 0 else f"{total} row{'s' if total != 1 else ''}"

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -31,6 +30,7 @@ from ocproxy.analytics.report import (
 )
 from ocproxy.argtypes import positive_int
 from ocproxy.errors import ConfigError, OcproxyError
+from ocproxy.terminal import make_console
 
 _EPILOG = """\
 SOURCE is a recording (.duckdb file), a glob of them ('site-*.duckdb', quoted) or a
@@ -149,8 +149,7 @@ def _print_or_ignore_broken_pipe(report: Report, out: TextIO) -> None:
 
 def print_summary(report: Report, stream: TextIO) -> None:
     """The terminal summary: overview, chargers, latency of the busiest actions, errors."""
-    is_terminal = stream.isatty() if hasattr(stream, "isatty") else False
-    console = Console(file=stream, width=None if is_terminal else 120, highlight=False)
+    console = make_console(file=stream, highlight=False)
     for table in (_overview(report), _chargers(report), _latency(report), _errors(report)):
         if table is not None:
             console.print(table)

@@ -29,7 +29,7 @@ from typing import Self
 
 import duckdb
 
-from ocproxy.errors import ConfigError, open_failure
+from ocproxy.errors import ConfigError, no_such_file, open_failure
 from ocproxy.recorder.migrations import migrate
 
 # The public interface of a recording (README, "The recording"); views are made for
@@ -128,7 +128,7 @@ def _expand_one(arg: str) -> list[Path]:
     pattern = str(Path(arg).expanduser())
     if not _GLOB_MAGIC & set(pattern):
         if not _exists(Path(pattern)):
-            raise ConfigError(f"{arg}: no such file or directory")
+            raise ConfigError(no_such_file(arg))
         return [Path(pattern)]
     # A recording being written leaves a .wal beside it: a glob like rec/* must not
     # then fail on a file that is part of a recording, not one of its own.

@@ -21,6 +21,7 @@ from ocproxy.audit.offline import AuditScope
 from ocproxy.audit.parallel import audit_file
 from ocproxy.audit.rules import RULES, Severity
 from ocproxy.errors import ConfigError
+from ocproxy.terminal import make_console
 
 DEFAULT_JOBS = os.cpu_count() or 1
 
@@ -97,7 +98,7 @@ def add_audit_command(commands: Any) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    console = Console()
+    console = make_console()
     if args.explain:
         return _explain(args.explain, console)
     if args.list_rules:
@@ -126,7 +127,7 @@ def _emit_table(
         console.print(report.table(groups, connections))
         return
     buffer = io.StringIO()
-    Console(file=buffer, width=200).print(report.table(groups, connections))
+    make_console(file=buffer).print(report.table(groups, connections))
     _write(buffer.getvalue(), output)
 
 

@@ -18,7 +18,7 @@ from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode, ParseStatus
 from ocproxy.core.observe import observe
-from ocproxy.errors import ConfigError, open_failure
+from ocproxy.errors import ConfigError, no_such_file, open_failure
 
 _REQUIRED = {"m001_initial"}
 _DUCKDB_MAGIC = b"DUCK"  # at offset 8 of every DuckDB database file
@@ -41,7 +41,7 @@ class FrameRef:
 def open_recording(path: str | Path) -> duckdb.DuckDBPyConnection:
     """Open an ocproxy recording read-only; a ConfigError names what is wrong with it."""
     if not Path(path).is_file():
-        raise ConfigError(f"{path}: no such recording")
+        raise ConfigError(no_such_file(path))
     with open(path, "rb") as handle:
         header = handle.read(12)
     if header[8:12] != _DUCKDB_MAGIC:

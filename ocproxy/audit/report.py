@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from rich.console import Group as RichGroup
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -57,9 +59,11 @@ def group(
     return sorted(groups, key=lambda g: (-g.severity, g.identity, -g.count, g.rule))
 
 
-def table(groups: list[Group], connections: int) -> Table:
+def table(groups: list[Group], connections: int) -> RenderableType:
+    """A title line, then a row per charger and rule."""
     title = f"ocproxy audit: {sum(g.count for g in groups)} findings over {connections} connections"
-    out = Table(title=title, title_justify="left", show_lines=False)
+    # The title is a line of its own: a table's title wraps at the table's width.
+    out = Table(show_lines=False)
     for name in ("charger", "rule", "severity", "count", "first seen", "last seen"):
         out.add_column(name, justify="right" if name == "count" else "left", no_wrap=True)
     out.add_column("example", overflow="fold", min_width=30)
@@ -73,7 +77,7 @@ def table(groups: list[Group], connections: int) -> Table:
             _time(g.last_seen),
             _example(g),
         )
-    return out
+    return RichGroup(Text(title, style="italic"), out)
 
 
 def to_json(groups: list[Group], findings: list[Finding], identities: dict[str, str]) -> str:

@@ -7,11 +7,10 @@ import asyncio
 import json
 from typing import Any
 
-from rich.console import Console
-
 from ocproxy.control.client import ControlClient, RequestRefused
 from ocproxy.errors import ConfigError
 from ocproxy.proxy.config import parse_control
+from ocproxy.terminal import make_console
 
 DEFAULT_CONTROL = "127.0.0.1:9100"
 # How the control endpoint (control/server.py) ends a refusal on schema grounds.
@@ -95,7 +94,7 @@ def run_inject(args: argparse.Namespace) -> int:
             raise
         raise RequestRefused(exc.op, reason) from exc
     answer = result["answer"]
-    console = Console()
+    console = make_console()
     console.print_json(json.dumps(answer))
     return 1 if isinstance(answer, list) and answer and answer[0] == 4 else 0
 

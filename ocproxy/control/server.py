@@ -28,7 +28,7 @@ from ocproxy.core.events import ConnectionOpened
 from ocproxy.core.frames import Direction
 from ocproxy.core.handshake import ocpp_version
 from ocproxy.core.observe import ObservedFrame
-from ocproxy.errors import ControlError, OcproxyError, ProxyError
+from ocproxy.errors import ControlError, OcproxyError, ProxyError, no_live_connection
 from ocproxy.proxy.relay import Session
 from ocproxy.proxy.server import ProxyServer
 from ocproxy.recorder import Recorder, Sink
@@ -229,7 +229,12 @@ class ControlServer:
                 wanted_id is None and session.identity == identity
             ):
                 return session
-        raise ControlError(f"{request.op}: no live connection for {wanted_id or identity!r}")
+        missing = (
+            no_live_connection(identity)
+            if wanted_id is None
+            else f"no live connection {wanted_id!r}"
+        )
+        raise ControlError(f"{request.op}: {missing}")
 
 
 def _describe(session: Session) -> dict[str, Any]:

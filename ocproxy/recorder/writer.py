@@ -32,7 +32,7 @@ from ocproxy.core.events import ConnectionClosed, ConnectionOpened, FrameReceive
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.observe import ObservedFrame, observe
 from ocproxy.core.redaction import Redactor
-from ocproxy.errors import RecorderError, first_line
+from ocproxy.errors import WRITING, RecorderError, first_line, open_failure
 from ocproxy.recorder import batches
 from ocproxy.recorder.migrations import migrate
 
@@ -175,9 +175,10 @@ class Recorder:
         self._ready.wait()
         if self._start_error is not None:
             self._thread.join()
+            error = self._start_error
             raise RecorderError(
-                f"cannot open recording {self.path}: {self._start_error}"
-            ) from self._start_error
+                str(error) if isinstance(error, RecorderError) else open_failure(self.path, error)
+            ) from error
         return self
 
     def close(self) -> RecorderStats:
@@ -275,7 +276,7 @@ class Recorder:
         try:
             db = duckdb.connect(str(self.path), config=_WRITER_CONFIG)
         except duckdb.Error as exc:
-            raise RecorderError(first_line(exc)) from exc
+            raise RecorderError(open_failure(self.path, exc, WRITING)) from exc
         try:
             migrate(db)
             db.execute(
@@ -284,7 +285,7 @@ class Recorder:
             )
         except duckdb.Error as exc:
             db.close()
-            raise RecorderError(first_line(exc)) from exc
+            raise RecorderError(open_failure(self.path, exc, WRITING)) from exc
         return db
 
     def _loop(self, db: duckdb.DuckDBPyConnection) -> None:

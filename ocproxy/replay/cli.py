@@ -26,6 +26,7 @@ from ocproxy.proxy.config import check_ws_url
 from ocproxy.recorder import DEFAULT_DB
 from ocproxy.replay.compare import IgnoreRules
 from ocproxy.replay.script import Role, Script, Selection
+from ocproxy.terminal import make_console
 
 if TYPE_CHECKING:
     from ocproxy.replay.output import ReplayReport
@@ -169,7 +170,7 @@ def run_replay(args: argparse.Namespace) -> int:
     # DuckDB will not open it for writing while a read-only connection is open.
     with open_recording(args.source) as db:
         script = load_script(db, selection, options.role, skip_malformed=args.skip_malformed)
-    console = Console()
+    console = make_console()
     report = asyncio.run(_replay(script, options, args, console))
     print_report(report, console, max_shown=max(args.max_shown, 0))
     _write_outputs(report, args)

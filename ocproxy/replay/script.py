@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 
 from ocproxy.core.frames import Call, Direction, MessageType, Opcode, ParseStatus, Send, parse_frame
-from ocproxy.errors import ConfigError
+from ocproxy.errors import ConfigError, unknown_identity
 
 
 class Role(StrEnum):
@@ -361,7 +361,7 @@ def _find_connection(db: duckdb.DuckDBPyConnection, selection: Selection) -> Sou
     ).fetchall()
     if not rows:
         window = " in that time window" if selection.since or selection.until else ""
-        raise ConfigError(f"no connection of identity {selection.identity!r}{window}")
+        raise ConfigError(unknown_identity(selection.identity, "the recording") + window)
     if len(rows) > 1:
         listed = ", ".join(f"{row[0]} (opened {_iso(row[5])})" for row in rows[:5])
         raise ConfigError(

@@ -38,6 +38,7 @@ from ocproxy.tail.snapshot import (
     frame_row_from_record,
     new_snapshot,
 )
+from ocproxy.terminal import make_console
 
 DEFAULT_LIMIT = 50
 REFRESH_CONNECTIONS_S = 2.0  # how often the live view re-reads the frame counts
@@ -94,10 +95,11 @@ def add_tail_command(commands: Any) -> None:
 
 
 def run_tail(args: argparse.Namespace, console: Console | None = None) -> int:
-    console = console or Console()
+    console = console or make_console()
     filters = TailFilters(args.identity, args.action, args.direction)
     if args.db is not None:
-        console.print(render(read_recording(args.db, filters, args.limit), width=console.width))
+        snapshot = read_recording(args.db, filters, args.limit)
+        console.print(render(snapshot, width=console.width if console.is_terminal else None))
         return 0
     host, port = parse_control(args.control)
     return asyncio.run(tail_live(host, port, args.token, filters, args.limit, console))
@@ -294,7 +296,7 @@ async def tail_live(
         def view() -> RenderableType:
             if console.is_terminal:
                 return fit(current[0], console)
-            return render(current[0], console.width)  # piped: printed once, in full
+            return render(current[0], None)  # piped: printed once, in full, natural width
 
         stop = asyncio.Event()
         with _on_signals(stop.set), Live(get_renderable=view, console=console):

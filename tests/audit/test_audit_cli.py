@@ -342,7 +342,7 @@ def _older_ocproxy(path: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (None, "no such recording"),
+        (None, "no such file or directory"),
         (_not_duckdb, "is not a DuckDB database"),
         (_empty_file, "is not a DuckDB database"),
         (_sqlite, "is not a DuckDB database"),
