@@ -20,6 +20,7 @@ from ocproxy.analytics.report_cli import add_report_command
 from ocproxy.argtypes import non_negative_float, positive_float, positive_int
 from ocproxy.audit.cli import add_audit_command
 from ocproxy.control.cli import add_inject_command
+from ocproxy.control.disconnect import add_disconnect_command
 from ocproxy.errors import ConfigError, OcproxyError
 from ocproxy.mitm.cli import add_addon_path_command
 from ocproxy.proxy.config import (
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_command(commands)
     add_replay_command(commands)
     add_inject_command(commands)
+    add_disconnect_command(commands)
     add_tail_command(commands)
     add_query_command(commands)
     add_report_command(commands)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,9 +16,11 @@ from rich.markup import escape
 from ocproxy.argtypes import non_negative_float, positive_float, positive_int
 from ocproxy.errors import ConfigError, OcproxyError, ProxyError
 from ocproxy.proxy.config import parse_listen
+from ocproxy.signals import until_stopped
 from ocproxy.sim.csms import SimCsms
 from ocproxy.sim.fleet import FleetOptions, FleetResult, run_fleet
 from ocproxy.sim.stations import SUBPROTOCOL_BY_VERSION
+from ocproxy.terminal import make_console
 
 DEFAULT_CSMS_LISTEN = "127.0.0.1:9200"
 
@@ -206,7 +206,7 @@ def _add_common(cmd: argparse.ArgumentParser) -> None:
 
 
 def run_sim_csms(args: argparse.Namespace, console: Console | None = None) -> int:
-    console = console or Console(highlight=False)
+    console = console or make_console(highlight=False)
     host, port = parse_listen(args.listen)
     versions = args.versions or list(SUBPROTOCOL_BY_VERSION)
     return asyncio.run(_csms(console, args, host, port, versions))
@@ -240,7 +240,7 @@ async def _csms(
 
 
 def run_sim_chargers(args: argparse.Namespace, console: Console | None = None) -> int:
-    console = console or Console(highlight=False)
+    console = console or make_console(highlight=False)
     parts = urlsplit(args.to)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ConfigError(f"--to {args.to!r} is not a ws:// or wss:// URL")
@@ -282,43 +282,3 @@ def _printer(console: Console, *, quiet: bool = False) -> Any:
         )
 
     return tell
-
-
-async def until_stopped(work: Awaitable[object] | None, duration: float | None) -> str | None:
-    """Run ``work`` (or nothing) until it ends, Ctrl-C / SIGTERM, or ``duration``.
-
-    Returns why it was stopped early ("signal", "duration"), None if ``work`` ended.
-    A stopped ``work`` is cancelled: chargers hang up, a CSMS closes its connections.
-    """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reason: list[str] = []
-
-    def stop_by(why: str) -> None:
-        reason.append(why)
-        stop.set()
-
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop_by, "signal")
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests), Windows
-            continue
-        installed.append(sig)
-    timer = None if duration is None else loop.call_later(duration, stop_by, "duration")
-    waiter = asyncio.ensure_future(stop.wait())
-    worker = None if work is None else asyncio.ensure_future(work)
-    tasks = [waiter] if worker is None else [waiter, worker]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if timer is not None:
-            timer.cancel()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-    if worker is not None and worker.done() and not worker.cancelled():
-        worker.result()  # a failure in the work itself is not hidden
-    return reason[0] if reason else None
