@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -57,12 +59,66 @@ example:
 
 
 class _OneLineErrors(argparse.ArgumentParser):
-    """A bad command line is one line on stderr and exit 2 (the usage is in --help).
+    """A bad command line is one line on stderr and exit 2, naming the help of the command
+    that was mistyped (the usage is there); a misspelt command, choice or option gets the
+    nearest one suggested.
 
     Every command's parser is one of these: subparsers take their parent's class."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_suggest_choice(message)} (see {self.prog} --help)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        # argparse leaves a subcommand's unknown arguments to the top parser, whose error
+        # would point to `ocproxy --help`: the subcommand that was given them says it.
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = _innermost(self, parsed)
+            command.error(
+                f"unrecognized arguments: {' '.join(extras)}{_suggest_option(command, extras)}"
+            )
+        return parsed
+
+
+def _innermost(
+    parser: argparse.ArgumentParser, parsed: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser of the (sub)command the command line chose: `ocproxy sim chargers`'s."""
+    while True:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(parsed, subparsers[0].dest, None) if subparsers else None
+        if chosen not in (subparsers[0].choices if subparsers else {}):
+            return parser
+        parser = subparsers[0].choices[chosen]
+
+
+def _suggest_option(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """`; did you mean --jobs?` for `--jbs`, or nothing when no option is near."""
+    given = next((e.split("=", 1)[0][2:] for e in extras if e.startswith("--")), None)
+    # Compared without the leading dashes, which every option shares.
+    known = [o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    near = difflib.get_close_matches(given, known, n=1, cutoff=0.6) if given else []
+    return f"; did you mean --{near[0]}?" if near else ""
+
+
+_INVALID_CHOICE = re.compile(
+    r"invalid choice: '?(?P<given>[^']*?)'? \(choose from (?P<choices>.*)\)$"
+)
+
+
+def _suggest_choice(message: str) -> str:
+    """argparse's `invalid choice: 'prxy' (choose from ...)`, with the nearest choice."""
+    found = _INVALID_CHOICE.search(message)
+    if found is None:
+        return message
+    choices = [c.strip().strip("'") for c in found["choices"].split(",")]
+    near = difflib.get_close_matches(found["given"], choices, n=1, cutoff=0.5)
+    if not near:
+        return message
+    given = found["given"]
+    return message.replace(f"'{given}' (", f"'{given}'; did you mean '{near[0]}'? (", 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,11 +80,11 @@ def open_failure(path: object, exc: BaseException, hint: str = READING) -> str:
     return f"cannot open recording {path}: {text}"
 
 
-def unknown_identity(identity: str, where: object) -> str:
+def unknown_identity(identity: object, where: object) -> str:
     """``no charger 'CP-9' in site.duckdb``: an --identity that matches nothing there."""
     return f"no charger {identity!r} in {where}"
 
 
-def no_live_connection(identity: str) -> str:
+def no_live_connection(identity: object) -> str:
     """``no live connection of charger 'CP-9'``: not connected to the running proxy."""
     return f"no live connection of charger {identity!r}"
