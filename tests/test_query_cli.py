@@ -152,6 +152,11 @@ def _bad_inputs(tmp: Path, rec: Path) -> list[tuple[list[str | Path], str]]:
         ([rec, "nosuchquery"], "unknown query 'nosuchquery': `ocproxy query --list` shows"),
         ([rec, "trace"], "query trace needs --param identity=VALUE (the charger identity)"),
         ([rec, "sessions", "--param", "colour=red"], "query sessions has no parameter 'colour'"),
+        # A misspelt charger is not an empty table: named queries and plain SQL alike.
+        *(
+            ([rec, query, "--param", "identity=field-1"], f"no charger 'field-1' in {rec} (its")
+            for query in ("trace", "transactions", "SELECT $identity AS who")
+        ),
         ([rec, "sessions", "--param", "identity"], "--param 'identity': expected NAME=VALUE"),
         ([rec, "SELEC * FROM frames"], 'SQL failed: Parser Error: syntax error at or near "SELEC"'),
         ([rec, "SELECT * FROM nope"], "SQL failed: Catalog Error: Table with name nope does not"),

@@ -290,9 +290,8 @@ def test_one_charger(fleet: list[Path], cli: CliRunner, tmp_path: Path) -> None:
     assert [c.identity for c in report.chargers] == ["SIM-201"]
     code, _, err = cli("report", *map(str, fleet), "--identity", "NOPE")
     assert code == 2
-    assert _one_error_line(err).endswith(
-        ": charger 'NOPE' has no connections or frames, nothing to report"
-    )
+    assert _one_error_line(err).startswith("no charger 'NOPE' in ")
+    assert "(its chargers: ERR-1.6, " in err
 
 
 # -- bad input: one line, exit code 2 --------------------------------------------------------

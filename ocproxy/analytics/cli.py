@@ -34,6 +34,7 @@ from ocproxy.analytics.queries import (
     run,
 )
 from ocproxy.analytics.sources import open_sources
+from ocproxy.audit.offline import require_identities
 from ocproxy.control.cli import add_control_option
 from ocproxy.control.client import ControlClient, RequestRefused
 from ocproxy.errors import ConfigError, no_such_file
@@ -141,6 +142,9 @@ def _query(
     with open_sources(sources) as opened:
         for note in opened.notes:
             _note(err, note)
+        identity = params.get("identity")
+        if identity is not None:  # a misspelt charger: exit 2, not an empty table
+            require_identities(opened.db, [identity], " ".join(sources))
         return run(opened.db, sql, params, what=what), title
 
 

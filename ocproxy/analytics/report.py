@@ -47,6 +47,7 @@ from ocproxy.analytics.report_data import fmt_step as fmt_step
 from ocproxy.analytics.report_data import fmt_time as fmt_time
 from ocproxy.analytics.report_data import fmt_wh as fmt_wh
 from ocproxy.analytics.sources import open_sources
+from ocproxy.audit.offline import require_identities
 from ocproxy.errors import ConfigError
 
 DEFAULT_TOP = 20
@@ -64,6 +65,8 @@ def build_report(
     """Open the sources (``ConfigError`` for what is not a recording) and gather the report."""
     started = time.perf_counter()
     with open_sources(sources) as opened:
+        if identity is not None:  # a misspelt charger: exit 2, not an empty report
+            require_identities(opened.db, [identity], " ".join(sources))
         report = gather(opened.db, identity=identity, top=top, notes=opened.notes)
         paths = tuple(str(p) for p in opened.paths)
     return replace(report, sources=paths, elapsed_s=time.perf_counter() - started)

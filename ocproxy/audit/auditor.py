@@ -7,12 +7,14 @@ the same order it yields the same findings. It never raises on peer data.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ocproxy.audit import checks, schemas
 from ocproxy.audit.rules import RULES, Severity
+from ocproxy.audit.violations import violations
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened
 from ocproxy.core.frames import (
     Call,
@@ -66,10 +68,25 @@ class _Connection:
     last_heartbeat: float | None = None
     last_to_csms: float | None = None
     sent_malformed: set[Direction] = field(default_factory=set)
-    # ids of this connection's CALLs still waiting for an answer, per direction
-    pending: dict[Direction, set[str]] = field(
-        default_factory=lambda: {d: set() for d in Direction}
+    # This connection's CALLs still waiting for an answer and not yet timed out, per
+    # direction: message id -> the CALL.
+    pending: dict[Direction, dict[str, _Pending]] = field(
+        default_factory=lambda: {d: {} for d in Direction}
     )
+    # (deadline, seq) of every CALL, earliest first; answered ones are skipped when popped.
+    deadlines: list[tuple[float, int, _Pending]] = field(default_factory=list)
+    # CALLs already reported as unanswered-call, so that a late answer is not a second
+    # finding about the same CALL.
+    expired: OrderedDict[tuple[Direction, str], None] = field(default_factory=OrderedDict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    seq: int
+    ts: float
+    direction: Direction
+    message_id: str
+    action: str
 
 
 class Auditor:
@@ -91,8 +108,18 @@ class Auditor:
         return _connection_findings(event, version)
 
     def closed(self, event: ConnectionClosed) -> list[Finding]:
-        self._connections.pop(event.connection_id, None)
-        return []
+        state = self._connections.pop(event.connection_id, None)
+        if state is None:
+            return []
+        return self._expire(state, event.ts)
+
+    def finish(self, now: float) -> list[Finding]:
+        """The end of the recording's timeline at ``now``: CALLs of connections still open
+        whose timeout has passed by then are unanswered. The auditor can go on after it."""
+        findings: list[Finding] = []
+        for state in self._connections.values():
+            findings.extend(self._expire(state, now))
+        return findings
 
     def frame(self, observed: ObservedFrame) -> list[Finding]:
         state = self._connections.get(observed.connection_id)
@@ -100,11 +127,48 @@ class Auditor:
             return []
         found = _Found(observed)
         frame = observed.frame
+        if isinstance(frame, Call | Send):
+            # Time passes before the CALL is counted: one whose predecessor timed out is
+            # no second outstanding CALL.
+            if state.deadlines and state.deadlines[0][0] < observed.ts:
+                found.findings.extend(self._expire(state, observed.ts))
+            self._well_formed(state, observed, frame, found)
+            return found.findings
+        # An answer is taken before time passes: an answer that is the first thing
+        # seen after its CALL's deadline is one late-response, not also unanswered.
         if frame is None or isinstance(frame, Malformed):
             self._malformed(state, observed, found)
         else:
             self._well_formed(state, observed, frame, found)
+        if state.deadlines and state.deadlines[0][0] < observed.ts:
+            found.findings.extend(self._expire(state, observed.ts))
         return found.findings
+
+    def _expire(self, state: _Connection, now: float) -> list[Finding]:
+        """unanswered-call for each pending CALL of ``state`` older than the timeout."""
+        timeout = self.settings.response_timeout_s
+        findings: list[Finding] = []
+        deadlines = state.deadlines
+        while deadlines and deadlines[0][0] < now:
+            deadline, _seq, call = heapq.heappop(deadlines)
+            pending = state.pending[call.direction]
+            if pending.get(call.message_id) is not call:
+                continue  # answered, or replaced by a retry with the same id
+            del pending[call.message_id]
+            _remember(state.expired, (call.direction, call.message_id))
+            sender = "charger" if call.direction is Direction.TO_CSMS else "CSMS"
+            findings.append(
+                Finding(
+                    state.connection_id,
+                    call.seq,
+                    deadline,
+                    "unanswered-call",
+                    RULES["unanswered-call"].severity,
+                    f"{call.action} {call.message_id!r} from the {sender} got no answer "
+                    f"within {timeout:g} s",
+                )
+            )
+        return findings
 
     # -- per frame ----------------------------------------------------------------
 
@@ -112,7 +176,7 @@ class Auditor:
         direction = _DIRECTIONS[observed.direction]
         state.sent_malformed.add(direction)
         if observed.latency_ms is not None and observed.message_id is not None:
-            state.pending[direction.reverse].discard(observed.message_id)  # a broken answer
+            state.pending[direction.reverse].pop(observed.message_id, None)  # a broken answer
         status = ParseStatus(observed.parse_status)
         rule = _PARSE_RULES.get(status, "malformed-frame")
         found.add(rule, f"{status}: {observed.parse_detail or ''}".rstrip(": "))
@@ -148,13 +212,18 @@ class Auditor:
         version = state.version
         direction = _DIRECTIONS[observed.direction]
         self._unique_id(state, direction, frame, found)
-        outstanding = observed.outstanding
+        outstanding = 0
         if isinstance(frame, Call):
-            # A CALL repeating the id of an unanswered one replaces it in the correlator,
-            # which counted it as outstanding all the same: a retry is no second CALL.
+            # A CALL repeating the id of an unanswered one replaces it (as it does in the
+            # correlator): a retry is no second CALL.
             pending = state.pending[direction]
-            outstanding -= frame.message_id in pending
-            pending.add(frame.message_id)
+            outstanding = len(pending) - (frame.message_id in pending)
+            call = _Pending(observed.seq, observed.ts, direction, frame.message_id, frame.action)
+            pending[frame.message_id] = call
+            deadline = observed.ts + self.settings.response_timeout_s
+            heapq.heappush(state.deadlines, (deadline, observed.seq, call))
+            if len(pending) > _ID_MEMORY:  # a peer that never answers, with no timeout
+                del pending[next(iter(pending))]
         if isinstance(frame, Call) and outstanding > 0:
             severity = Severity.WARNING if version is OcppVersion.V16 else Severity.ERROR
             found.add(
@@ -216,12 +285,13 @@ class Auditor:
         elif pairing == "answers_send":
             found.add("response-to-send", f"answers the SEND {observed.action} {message_id!r}")
         elif observed.latency_ms is not None:
-            state.pending[direction.reverse].discard(message_id)
+            state.pending[direction.reverse].pop(message_id, None)
             scope = state.ids[direction.reverse]
             if message_id in scope:
                 scope[message_id] = True
             timeout_ms = self.settings.response_timeout_s * 1000.0
-            if observed.latency_ms > timeout_ms:
+            reported = state.expired.pop((direction.reverse, message_id), False) is None
+            if observed.latency_ms > timeout_ms and not reported:
                 found.add(
                     "late-response",
                     f"{observed.action} answered after {observed.latency_ms / 1000:.1f} s "
@@ -272,6 +342,12 @@ class Auditor:
 _DIRECTIONS = {d.value: d for d in Direction}  # ~5x faster than Direction(value)
 
 
+def _remember(memory: OrderedDict[tuple[Direction, str], None], key: tuple[Direction, str]) -> None:
+    memory[key] = None
+    while len(memory) > _ID_MEMORY:
+        memory.popitem(last=False)
+
+
 def _reuse_message(state: _Connection, message_id: str) -> str:
     scope = "this connection" if state.version in (None, OcppVersion.V16) else "this identity"
     return f"message id {message_id!r} was already used by this sender on {scope}"
@@ -308,35 +384,12 @@ def _payload_checks(
         naive = dict(checks.naive_timestamps(payload, keys=schemas.date_time_keys(version)))
     for path, value in naive.items():
         found.add("timestamp-without-zone", f"{path} is {value!r}, without a zone", path=path)
-    violation = schemas.validate(version, action, payload, response=response)
-    # A naive timestamp also fails the schema's date-time format: report it once, and
-    # look past it (the validator stops at the first violation) for any other one.
-    zoned: set[str] = set()
-    while (
-        violation is not None
-        and violation.rule == "schema-format"
-        and violation.path in naive
-        and violation.path not in zoned
-    ):
-        zoned.add(violation.path)
-        patched = _with_zone(payload, zoned)
-        violation = schemas.validate(version, action, patched, response=response)
-    if violation is not None and not (
-        violation.rule == "schema-format" and violation.path in naive
-    ):
-        kind = "response" if response else "request"
+    kind = "response" if response else "request"
+    for violation in violations(version, action, payload, response=response):
+        # A naive timestamp also fails the schema's date-time format: reported once, above.
+        if violation.rule == "schema-format" and violation.path in naive:
+            continue
         found.add(violation.rule, f"{action} {kind}: {violation.message}", path=violation.path)
-
-
-def _with_zone(value: Any, paths: set[str], path: str = "$") -> Any:
-    """A copy of ``value`` with a zoned timestamp at each of ``paths``."""
-    if path in paths:
-        return "1970-01-01T00:00:00Z"
-    if isinstance(value, dict):
-        return {k: _with_zone(v, paths, f"{path}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_with_zone(v, paths, f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
 
 
 def _connection_findings(event: ConnectionOpened, version: OcppVersion | None) -> list[Finding]:
@@ -359,6 +412,9 @@ def _connection_findings(event: ConnectionOpened, version: OcppVersion | None) -
         add("no-subprotocol", "charger offered no subprotocol")
     elif event.handshake_status == 101 and event.subprotocol is None:
         add("no-subprotocol", "CSMS chose none of the offered subprotocols")
+    suspicious = checks.suspicious_identity(event.identity)
+    if suspicious is not None:
+        add("suspicious-identity", suspicious)
     problem = checks.identity_problem(version, event.identity)
     if problem is not None:
         add("identity-invalid", problem)

@@ -102,6 +102,19 @@ def identity_problem(version: OcppVersion | None, identity: str) -> str | None:
     return None
 
 
+def suspicious_identity(identity: str) -> str | None:
+    """Why ``identity`` (already percent-decoded) is not a plain path segment, or None."""
+    if identity in ("", ".", ".."):
+        return f"identity {identity!r} is {'empty' if not identity else 'a dot segment'}"
+    if "/" in identity:
+        return f"identity {identity!r} contains '/' (%2F in the URL)"
+    controls = sorted({c for c in identity if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0})
+    if controls:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in controls)
+        return f"identity {identity!r} contains control character(s) {shown}"
+    return None
+
+
 def unknown_subprotocols(offered: tuple[str, ...]) -> list[str]:
     """Offered subprotocols that are not exactly an OCPP one (case and spelling matter)."""
     return [p for p in offered if p not in SUBPROTOCOL_VERSIONS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode, ParseStatus
 from ocproxy.core.observe import observe
-from ocproxy.errors import ConfigError, no_such_file, open_failure
+from ocproxy.errors import ConfigError, no_such_file, open_failure, unknown_identity
 
 _REQUIRED = {"m001_initial"}
 _DUCKDB_MAGIC = b"DUCK"  # at offset 8 of every DuckDB database file
@@ -110,9 +110,60 @@ def audit_events(
             findings.extend(auditor.frame(observe(event, correlator)))
         else:
             findings.extend(auditor.closed(event))
+    # The recording's own end (of the whole file, whatever the scope: the same findings
+    # for any --jobs): CALLs still unanswered by then on connections left open.
+    end = recording_end(db)
+    if end is not None:
+        findings.extend(auditor.finish(end))
     # Stable: a frame's findings keep the auditor's order.
     findings.sort(key=finding_order)
     return findings, identities
+
+
+def recording_end(db: duckdb.DuckDBPyConnection) -> float | None:
+    """The last time anything happened in the recording, in seconds."""
+    row = db.execute(
+        """
+        SELECT greatest(
+            (SELECT epoch_us(max(ts)) FROM frames),
+            (SELECT epoch_us(max(opened_at)) FROM connection_opens),
+            (SELECT epoch_us(max(closed_at)) FROM connection_closes))
+        """
+    ).fetchone()
+    return None if row is None or row[0] is None else row[0] / 1e6
+
+
+def require_identities(
+    db: duckdb.DuckDBPyConnection, identities: Iterable[str], where: str | Path
+) -> None:
+    """ConfigError (exit 2) naming each identity no connection of ``db`` has.
+
+    A misspelt --identity must not read as "no findings" (a green CI gate) or as an
+    empty result.
+    """
+    wanted = list(dict.fromkeys(identities))
+    if not wanted:
+        return
+    known = {
+        row[0]
+        for row in db.execute(
+            "SELECT DISTINCT identity FROM connections "
+            "WHERE identity IN (SELECT unnest($ids::VARCHAR[]))",
+            {"ids": wanted},
+        ).fetchall()
+    }
+    missing = [i for i in wanted if i not in known]
+    if not missing:
+        return
+    total, some = db.execute(
+        "SELECT count(DISTINCT identity), list(DISTINCT identity ORDER BY identity)[1:5] "
+        "FROM connections"
+    ).fetchone() or (0, [])
+    message = unknown_identity(missing[0], where)
+    if not total:
+        raise ConfigError(f"{message}: it has no connections")
+    listed = ", ".join(some or []) + (f", ... ({total} in all)" if total > len(some or []) else "")
+    raise ConfigError(f"{message} (its chargers: {listed})")
 
 
 def finding_order(finding: Finding) -> tuple[float, str, int]:

@@ -25,6 +25,7 @@ from ocproxy.audit.offline import (
     evidence_frames,
     finding_order,
     open_recording,
+    require_identities,
     scope_sql,
 )
 
@@ -43,6 +44,7 @@ def audit_file(
     """``audit_recording`` over the file at ``path``, in up to ``jobs`` processes."""
     scope = scope or AuditScope()
     with open_recording(path) as db:
+        require_identities(db, scope.identities, path)
         shares = identity_shares(db, scope, jobs, min_frames_per_job)
         if len(shares) <= 1:
             return audit_recording(db, scope, settings)

@@ -100,7 +100,22 @@ RULES: dict[str, Rule] = {
             A sender may have only one CALL waiting for its answer per direction (1.6: SHOULD
             NOT, a warning; 2.x: SHALL NOT, an error). CALLs crossing in opposite directions
             are legal, and SEND (2.1) is exempt. Receivers that process one CALL at a time
-            may time out or answer out of order.""",
+            may time out or answer out of order. A CALL that got no answer within the
+            response timeout (--response-timeout) is reported once as unanswered-call and
+            no longer counts as outstanding: the sender may move on after it.""",
+        ),
+        _rule(
+            "unanswered-call",
+            E,
+            "CALL not answered within the response timeout",
+            """
+            No CALLRESULT or CALLERROR came within the response timeout (--response-timeout,
+            default 30 s) of the CALL, measured on the recording's own timeline: the
+            finding is made by the first frame or close of the connection after that
+            deadline (or the end of the recording), and its time is the deadline. Reported
+            once per CALL; an answer that comes even later is not reported again as
+            late-response. The sender has given up on it; a charger may retry, queue its
+            messages or go offline.""",
         ),
         _rule(
             "unknown-response-id",
@@ -135,7 +150,9 @@ RULES: dict[str, Rule] = {
             """
             The answer came later than the configured response timeout (default 30 s, the
             ocpp package's default). Most callers have given up by then and may already have
-            retried.""",
+            retried. When something else happened on the connection after the deadline
+            before the answer came, the CALL was already reported as unanswered-call and the
+            answer is not reported again.""",
         ),
         _rule(
             "message-type-not-in-version",
@@ -197,6 +214,18 @@ RULES: dict[str, Rule] = {
             """
             OCPP 2.x limits the identity (last URL path segment) to 48 characters and
             forbids ':' because it is used as the Basic-auth user name.""",
+        ),
+        _rule(
+            "suspicious-identity",
+            E,
+            "Charger identity is not a plain path segment",
+            """
+            After percent-decoding, the identity (the last segment of the URL path)
+            contains '/', NUL or another control character, is empty, or is '.' or '..'.
+            Such identities come from a misconfigured charger or from an attempt at path
+            traversal or log injection against the CSMS (%2F, %00, %0A, ..). ocproxy
+            forwards the path unchanged and records the identity exactly; CSMSs that use
+            the identity in file names, URLs or log lines may misbehave.""",
         ),
         _rule(
             "basic-auth-username-mismatch",

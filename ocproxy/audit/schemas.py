@@ -118,6 +118,11 @@ def _validator(version: OcppVersion, action: str, response: bool) -> Validator:
     return validator
 
 
+def schema(version: OcppVersion, action: str, *, response: bool) -> dict[str, Any] | None:
+    """The action's request or response schema (shared, do not modify), None if none."""
+    return _schema(version, action, response)
+
+
 @cache
 def _schema(version: OcppVersion, action: str, response: bool) -> dict[str, Any] | None:
     """The action's request or response schema, None when the version defines none."""

@@ -260,7 +260,6 @@ def test_junit_report(
             1,
             {("CP-B", "outstanding-call"): 1},
         ),
-        (["--identity", "nobody"], 0, {}),
         (["--since", "2026-02-01"], 1, {("CP-A", "schema-required"): 2}),
         (["--since", "2026-02-01T00:00:00+00:00", "--identity", "CP-C"], 0, {}),
         (["--since", "2027-01-01"], 0, {}),
@@ -281,6 +280,19 @@ def test_filters_and_exit_codes(
 ) -> None:
     got, document = _json(["audit", str(recording), *argv], capsys)
     assert (got, _counts(document)) == (code, counts)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "junit"])
+def test_identity_matching_nothing_is_one_line_and_exit_2(
+    recording: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt --identity must not turn a CI gate green with "0 findings"."""
+    argv = ["audit", str(recording), "--identity", "CP-B", "--identity", "cp-c", "--format", fmt]
+    code, out, err = _run(argv, capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"ocproxy: error: no charger 'cp-c' in {recording} (its chargers: CP-A, CP-B, CP-C)\n"
+    )
 
 
 def test_exit_code_0_without_findings_at_fail_on(

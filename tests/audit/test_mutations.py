@@ -42,6 +42,8 @@ from .helpers import (
 V16, V201, V21 = OcppVersion.V16, OcppVersion.V201, OcppVersion.V21
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 NAIVE = "2026-01-01T10:00:00"
+# A response timeout longer than the retries in these cases, which are about ids.
+PATIENT = AuditSettings(response_timeout_s=60.0)
 
 
 @dataclass(frozen=True)
@@ -395,6 +397,7 @@ def _rpc_cases() -> list[Case]:
             V21,
             [*heartbeat("1", 0.0, answer=False), *heartbeat("1", 31.0)],
             None,
+            settings=PATIENT,
         ),
         Case(
             "2.1-reuse-of-answered-id",
@@ -409,6 +412,7 @@ def _rpc_cases() -> list[Case]:
             [*heartbeat("1", 0.0, answer=False), *heartbeat("1", 31.0)],
             "message-id-reused",
             seq=1,
+            settings=PATIENT,
         ),
         Case(
             "1.6-retry-reuses-id",
@@ -416,6 +420,7 @@ def _rpc_cases() -> list[Case]:
             [*heartbeat("1", 0.0, answer=False), *heartbeat("1", 31.0)],
             "message-id-reused",
             seq=1,
+            settings=PATIENT,
         ),
         # SEND (2.1) is exempt from the one-outstanding-CALL rule, and never answered
         Case(
@@ -631,7 +636,7 @@ def test_1_6_retry_while_another_call_is_outstanding_counts_that_one() -> None:
         (CP, [2, "2", "StatusNotification", status_request(V16)], 1.0),
         (CP, [2, "2", "StatusNotification", status_request(V16)], 31.0),
     ]
-    found = audit_frames(steps, version=V16)
+    found = audit_frames(steps, version=V16, settings=PATIENT)
     assert [(f.rule, f.seq) for f in found] == [
         ("outstanding-call", 1),
         ("message-id-reused", 2),
