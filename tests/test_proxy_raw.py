@@ -266,9 +266,10 @@ async def test_end_to_end_headers_forwarded_hop_by_hop_not(proxy_factory: Any) -
             ) as charger,
         ):
             await wait_until(lambda: len(up.handled) == 1, "upstream handled the connection")
-            # Compression is negotiated per leg: none with the charger, deflate upstream.
+            # Compression is negotiated end to end: the charger offered no deflate, so the
+            # CSMS is offered none either (and never the charger's unknown extension).
             assert charger.protocol.extensions == []
-            assert [e.name for e in up.handled[0].protocol.extensions] == ["permessage-deflate"]
+            assert up.handled[0].protocol.extensions == []
             assert charger.response is not None
             assert "Sec-WebSocket-Extensions" not in charger.response.headers
             assert charger.response.headers.get("Server") == "CSMS/1.0"
@@ -283,10 +284,7 @@ async def test_end_to_end_headers_forwarded_hop_by_hop_not(proxy_factory: Any) -
         assert hop not in seen, hop
     assert [v.lower() for v in seen.get_all("Connection")] == ["upgrade"]
     assert seen.get_all("Host") == [f"127.0.0.1:{up.port}"]
-    extensions = seen.get_all("Sec-WebSocket-Extensions")
-    assert len(extensions) == 1
-    assert "x-charger-ext" not in extensions[0]
-    assert extensions[0].startswith("permessage-deflate")
+    assert seen.get_all("Sec-WebSocket-Extensions") == []
     keys = seen.get_all("Sec-WebSocket-Key")
     assert len(keys) == 1
     assert keys != [charger_key]
@@ -303,30 +301,46 @@ async def test_end_to_end_headers_forwarded_hop_by_hop_not(proxy_factory: Any) -
     assert ("User-Agent", "Charger/1.0 (test)") in recorded
 
 
-async def test_compression_negotiated_on_charger_leg_only(proxy_factory: Any) -> None:
+@pytest.mark.parametrize("csms_compression", [None, "deflate"])
+async def test_compression_negotiated_end_to_end(
+    proxy_factory: Any, csms_compression: str | None
+) -> None:
+    """Both legs compress, or neither: the relay passes the peers' own frames through."""
     big = json.dumps([2, "1", "DataTransfer", {"data": "a" * 5000}])
     async with asyncio.timeout(TIMEOUT):
 
-        async def echo_once(ws: ServerConnection) -> None:
-            await ws.send(await ws.recv())
+        async def echo(ws: ServerConnection) -> None:
+            for _ in range(3):
+                await ws.send(await ws.recv())
             await ws.wait_closed()
 
         async with (
-            upstream(echo_once, compression=None) as up,
+            upstream(echo, compression=csms_compression) as up,
             proxy_factory(upstream=up.url) as (proxy, box),
             connect(proxy.url + "/ocpp/CP1", compression="deflate") as charger,
         ):
-            assert [e.name for e in charger.protocol.extensions] == ["permessage-deflate"]
             await wait_until(lambda: len(up.handled) == 1, "upstream handled the connection")
-            assert up.handled[0].protocol.extensions == []
-            await charger.send(big)
-            assert await charger.recv() == big
+            charger_side = [e.name for e in charger.protocol.extensions]
+            csms_side = [e.name for e in up.handled[0].protocol.extensions]
+            assert charger_side == csms_side
+            assert charger_side == ([] if csms_compression is None else ["permessage-deflate"])
+            for _ in range(3):  # several messages: each side's context is reset or kept right
+                await charger.send(big)
+                assert await charger.recv() == big
             await charger.close()
+    if csms_compression is not None:
+        # Neither peer keeps its window across messages, so a message can be taken out.
+        offered = up.requests[0].headers["Sec-WebSocket-Extensions"]
+        assert "server_no_context_takeover" in offered
+        assert charger.response is not None
+        answer = charger.response.headers["Sec-WebSocket-Extensions"]
+        assert "client_no_context_takeover" in answer
+        assert "server_no_context_takeover" in answer
     rec = box[0]
     row = one_connection(rec)
     message = ("text", big.encode())
-    check_frames(rec, row["connection_id"], [message], [message])
-    check_stats(rec, 2)
+    check_frames(rec, row["connection_id"], [message] * 3, [message] * 3)
+    check_stats(rec, 6)
 
 
 # -- 5. bytes, opcodes, order -----------------------------------------------------------

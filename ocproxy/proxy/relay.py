@@ -1,83 +1,170 @@
-"""One relayed connection: two pumps, one per direction, and the close that ends both.
+"""One relayed connection: the peers' frames pass through, a copy of each message is recorded.
 
-Each pump reads a whole message from one leg, gives it a ``seq``, hands it to the
-recorder (never blocking; waiting only when the recorder's queue is full) and sends
-the same bytes with the same opcode on the other leg. The first leg to close decides
-``closed_by`` and the close code the other leg gets.
+After both opening handshakes, each leg's bytes go to a :class:`~ocproxy.core.wire.WireReader`
+in the leg's data callback; what it returns is written to the other leg at once, in the
+same callback: the peer's own frames, masking keys and compression included. No task,
+future or queue per message, and no re-framing. Each whole message is handed to the
+recorder with the connection's next ``seq``.
+
+The proxy's own frames (injected CALLs, the secondary CSMS's allowed CALLs, keepalive
+pings, its closes) go in only between messages, uncompressed (always allowed under
+permessage-deflate); its pongs and the answers to its CALLs come out. The first leg to
+close decides ``closed_by`` and the code; the peers' close frames pass through, so the
+closing handshake is theirs, end to end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed, PayloadTooBig
-from websockets.frames import Close, CloseCode
-from websockets.protocol import State
-
 from ocproxy.core.events import ClosedBy, FrameReceived
 from ocproxy.core.events import ConnectionClosed as ClosedEvent
 from ocproxy.core.frames import CallError, CallResult, Direction, parse_frame
 from ocproxy.core.frames import Opcode as FrameOpcode
+from ocproxy.core.wire import Deflate, WireOpcode, WireReader, close_payload, frame, parse_close
 from ocproxy.errors import InjectError
-from ocproxy.proxy.legs import ChargerLeg, CsmsLeg, RelayedChargerLeg, RelayedCsmsLeg
+from ocproxy.proxy.legs import RelayedChargerLeg, RelayedCsmsLeg
 from ocproxy.proxy.mirror import Mirror
 from ocproxy.recorder.process import EventSink
 
-# Codes a peer may put in a Close frame (RFC 6455 §7.4); 1005, 1006 and 1015 are
-# only ever *reported*, never sent.
-_UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
 RelayedLeg = RelayedChargerLeg | RelayedCsmsLeg
+_OPCODES = {WireOpcode.TEXT: FrameOpcode.TEXT, WireOpcode.BINARY: FrameOpcode.BINARY}
+_GOING_AWAY = 1001
 
 
 @dataclass(frozen=True)
 class CloseDecision:
-    """How a leg ended, and what to send on the other leg."""
+    """How a connection ended: who ended it, and the code and reason it was ended with."""
 
     closed_by: ClosedBy
-    code: int  # as recorded: 1006 when the peer vanished without a Close frame
+    code: int  # as recorded: 1006 when the peer vanished without a close frame
     reason: str
-    mirror_code: int | None  # None: send a Close frame without a code (mirrors 1005)
-    mirror_reason: str
 
 
-def decide_close(leg: ChargerLeg | CsmsLeg, side: ClosedBy) -> CloseDecision:
-    """Read how ``leg`` closed; ``side`` is the peer at its far end."""
-    protocol = leg.protocol
-    rcvd, sent = protocol.close_rcvd, protocol.close_sent
-    if rcvd is not None and (sent is None or protocol.close_rcvd_then_sent):
-        return _mirror(side, rcvd)
-    if sent is not None:
-        # websockets failed this leg itself: too big (1009), protocol error, ping timeout.
-        mirror = sent.code if sent.code not in _UNSENDABLE else int(CloseCode.GOING_AWAY)
-        return CloseDecision(ClosedBy.PROXY, int(sent.code), sent.reason, mirror, sent.reason)
-    return CloseDecision(
-        side,
-        int(CloseCode.ABNORMAL_CLOSURE),
-        "",
-        int(CloseCode.GOING_AWAY),
-        f"{side} connection lost",
-    )
+@dataclass(frozen=True)
+class Timeouts:
+    close: float = 10.0  # after a close frame, how long a leg may take to end its TCP
+    max_size: int = 16 * 1024 * 1024
 
 
-def _mirror(side: ClosedBy, close: Close) -> CloseDecision:
-    code = int(close.code)
-    if code == CloseCode.NO_STATUS_RCVD:
-        return CloseDecision(side, code, "", None, "")
-    if code in _UNSENDABLE:
-        return CloseDecision(side, code, close.reason, int(CloseCode.GOING_AWAY), close.reason)
-    return CloseDecision(side, code, close.reason, code, close.reason)
+class _Side:
+    """One leg as the relay drives it; the reader of what its peer sends."""
+
+    def __init__(
+        self, session: Session, leg: RelayedLeg, peer: ClosedBy, deflate: Deflate | None
+    ) -> None:
+        self.session = session
+        self.leg = leg
+        self.peer = peer
+        self.direction = Direction.TO_CSMS if peer is ClosedBy.CHARGER else Direction.TO_CHARGER
+        self.client = peer is ClosedBy.CSMS  # the proxy is this leg's client: it masks
+        self.reader = WireReader(
+            self,
+            masked=peer is ClosedBy.CHARGER,
+            deflate=deflate,
+            max_size=session.timeouts.max_size,
+        )
+        self.other: _Side = self
+        self.pending: list[bytes] = []  # own data frames for this leg, waiting for a boundary
+        self.sent_close = False
+        self.got_close = False
+        self.own_close = False  # the close sent here was the proxy's: swallow the reply
+        self.lost = False
+        self.ping_token: bytes | None = None  # of the proxy's unanswered keepalive ping
+        self.pinged_at = 0.0
+        self.seen = -1  # leg.received at the last keepalive sweep
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- bytes from this leg ------------------------------------------------------
+
+    def received(self, data: bytes) -> None:
+        out = self.reader.feed(data)
+        other = self.other
+        if out and not other.lost:
+            transport = other.leg.transport
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+        if other.pending and not self.reader.in_message:
+            other.flush_pending()
+        self.session.settle()
+        if other.leg.paused or self.session.recorder.congested:
+            self.session.stall(self)
+
+    # -- WireEvents ---------------------------------------------------------------
+
+    def message(self, opcode: int, payload: bytes, compressed: bool) -> bool:
+        return self.session.message(self, _OPCODES[WireOpcode(opcode)], payload)
+
+    def control(self, opcode: int, payload: bytes) -> bool:
+        if opcode == WireOpcode.PONG:
+            if self.ping_token is not None and payload == self.ping_token:
+                self.ping_token = None
+                return False
+            return not self.other.sent_close
+        if opcode == WireOpcode.PING:
+            return not self.other.sent_close
+        return self.session.close_frame(self, payload)
+
+    def failed(self, code: int, reason: str, size: int | None) -> None:
+        self.session.violation(self, code, reason, size)
+
+    # -- frames of the proxy's own ---------------------------------------------------
+
+    def send_own(self, payload: bytes, opcode: int = WireOpcode.TEXT) -> None:
+        """A frame of the proxy's own to this leg, between the messages relayed to it."""
+        data = frame(opcode, payload, mask=self.client)
+        if opcode & 0x8 or not self.other.reader.in_message:
+            self.leg.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def flush_pending(self) -> None:
+        pending, self.pending = self.pending, []
+        if not self.lost and not self.sent_close:
+            self.leg.transport.writelines(pending)
+
+    def send_close(self, code: int | None, reason: str) -> None:
+        if self.sent_close or self.lost:
+            return
+        self.sent_close = self.own_close = True
+        self.send_own(close_payload(code, reason), WireOpcode.CLOSE)
+
+    def handshake_done(self, timeout: float) -> None:
+        """Both close frames have crossed this leg: end its TCP connection.
+
+        The server ends it (RFC 6455 7.1.1); as the client, the proxy waits for the
+        CSMS to, and gives up after ``timeout``."""
+        if self.lost:
+            return
+        if self.client:
+            self.deadline(timeout)
+        else:
+            self.leg.transport.close()
+
+    def deadline(self, timeout: float) -> None:
+        """A leg told to close that never ends its TCP connection is cut after ``timeout``."""
+        if not self.lost and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self.leg.transport.abort)
+
+    def gone(self) -> None:
+        self.lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Session:
-    """Relays one charger connection to its CSMS connection until either closes."""
+    """Relays one charger connection to its CSMS connection until both legs are closed."""
 
     def __init__(
         self,
@@ -88,189 +175,99 @@ class Session:
         recorder: EventSink,
         clock: Callable[[], float] = time.time,
         mirror: Mirror | None = None,
+        *,
+        deflate: Deflate | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         self.connection_id = connection_id
-        self.mirror = mirror
         self.identity = identity
         self.charger = charger
         self.csms = csms
         self.recorder = recorder
         self.clock = clock
+        self.mirror = mirror
+        self.deflate = deflate
+        self.timeouts = timeouts or Timeouts()
+        self.opened_at = clock()
+        self.subprotocol = charger.subprotocol
         self._seq = 0
         self._decision: CloseDecision | None = None
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting: asyncio.Task[None] | None = None
         # Injected CALLs awaiting their answer, by the direction they were sent in. One per
         # direction: OCPP allows one outstanding CALL per direction.
         self._injected: dict[Direction, tuple[str, asyncio.Future[bytes]]] = {}
-        self.opened_at = clock()
-        self.subprotocol = charger.subprotocol
+        self._charger = _Side(self, charger, ClosedBy.CHARGER, deflate)
+        self._csms = _Side(self, csms, ClosedBy.CSMS, deflate)
+        self._charger.other, self._csms.other = self._csms, self._charger
 
     async def run(self) -> CloseDecision:
         """Relay both ways; return how the connection ended once both legs are closed."""
-        async with asyncio.TaskGroup() as outer:
-            mirroring = None if self.mirror is None else outer.create_task(self.mirror.run(self))
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._pump(self.charger, self.csms, Direction.TO_CSMS))
-                group.create_task(self._pump(self.csms, self.charger, Direction.TO_CHARGER))
+        mirroring = None
+        if self.mirror is not None:
+            mirroring = asyncio.get_running_loop().create_task(self.mirror.run(self))
+        for side in (self._charger, self._csms):
+            side.leg.connection_lost_waiter.add_done_callback(functools.partial(self._lost, side))
+            side.leg.on_resume = functools.partial(self._resume, side.other)
+        self._charger.leg.tap(self._charger.received)
+        self._csms.leg.tap(self._csms.received)
+        try:
+            await self._done
+        finally:
+            if self._waiting is not None:
+                self._waiting.cancel()
             if self.mirror is not None and mirroring is not None:
                 await self.mirror.close()
                 if not self.mirror.connected:
                     mirroring.cancel()  # still dialling the secondary: nothing to close
+                await asyncio.gather(mirroring, return_exceptions=True)
         for _message_id, answer in self._injected.values():
             if not answer.done():
                 answer.set_exception(InjectError(f"{self.identity} disconnected"))
-        assert self._decision is not None
         decision = self._decision
+        assert decision is not None
         self.recorder.submit(
             ClosedEvent(
-                self.connection_id,
-                self.clock(),
-                decision.code,
-                decision.reason,
-                decision.closed_by,
+                self.connection_id, self.clock(), decision.code, decision.reason, decision.closed_by
             )
         )
         return decision
 
     async def shutdown(self, code: int = 1001, reason: str = "proxy shutting down") -> None:
         """Close both legs on the proxy's own initiative (SIGTERM, control endpoint)."""
-        # A leg that already ended on its own decided, even if its pump has not run yet.
-        for leg, direction in (
-            (self.charger, Direction.TO_CSMS),
-            (self.csms, Direction.TO_CHARGER),
-        ):
-            if leg.connection_lost_waiter.done():
-                self._leg_ended(leg, direction)
-        if self._decision is None:
-            self._decision = CloseDecision(ClosedBy.PROXY, code, reason, code, reason)
-        await asyncio.gather(self.charger.close(code, reason), self.csms.close(code, reason))
+        self._decide(CloseDecision(ClosedBy.PROXY, code, reason))
+        for side in (self._charger, self._csms):
+            side.send_close(code, reason)
+        self.settle()
+        for side in (self._charger, self._csms):
+            side.deadline(self.timeouts.close)  # a peer that never answers the close
+        await asyncio.shield(self._done)
 
-    async def _pump(self, src: RelayedLeg, dst: RelayedLeg, direction: Direction) -> None:
-        """Relay ``src`` to ``dst`` until ``src`` ends; pause it while either side is behind.
+    # -- messages -------------------------------------------------------------------
 
-        The messages themselves are relayed in ``src``'s data callback (``_relay``);
-        this coroutine only waits: for the end of ``src``, or for a stall, when it
-        waits for the recorder and ``dst``'s write buffer before reading again.
-        """
-        flow = _Flow(asyncio.get_running_loop())
-        lost = src.connection_lost_waiter
-        lost.add_done_callback(flow.wake_up)
-        src.relay_to(functools.partial(self._relay, direction, src, dst, flow))
-        while not lost.done():
-            await flow.wait()
-            if flow.stalled and not lost.done():
-                await self.recorder.wait_for_room()
-                with contextlib.suppress(Exception):  # dst ended: its own pump handles that
-                    await dst.drain()
-                flow.stalled = False
-                if not lost.done():
-                    src.transport.resume_reading()
-        await self._source_closed(src, dst, direction)
-
-    def _relay(
-        self,
-        direction: Direction,
-        src: RelayedLeg,
-        dst: RelayedLeg,
-        flow: _Flow,
-        data: bytes,
-        opcode: FrameOpcode,
-    ) -> None:
-        """One whole message from ``src``: record it, then forward it (or swallow it)."""
-        if self._injected and self._answers_injection(data, direction):
-            return
+    def message(self, src: _Side, opcode: FrameOpcode, payload: bytes) -> bool:
+        """A whole message from ``src``'s peer: record it; False keeps it from the other."""
+        direction = src.direction
+        if self._injected and self._answers_injection(payload, direction):
+            return False
         mirror = self.mirror if direction is Direction.TO_CSMS else None
-        if mirror is not None and mirror.answers_forwarded(data):
-            self._submit(direction, data, opcode, injected=True)  # for the secondary only
-            return
-        self._submit(direction, data, opcode)
-        # A frame for a leg that is closing is recorded but cannot be delivered; the
-        # pump reading that leg sees its close and handles it.
-        if dst.forward(data, opcode) and mirror is not None:
-            mirror.offer(data, opcode)
-        # A closing leg is never paused: its closing handshake needs its Close frame read.
-        if (
-            (dst.paused or self.recorder.congested)
-            and not flow.stalled
-            and src.protocol.state is State.OPEN
-        ):
-            flow.stalled = True
-            src.transport.pause_reading()
-            flow.wake_up()
-
-    async def _source_closed(self, src: RelayedLeg, dst: RelayedLeg, direction: Direction) -> None:
-        await src.wait_closed()
-        self._leg_ended(src, direction)
-        decision = self._decision
-        assert decision is not None
-        if decision.mirror_code is None:
-            await dst.close(code=None, reason="")  # type: ignore[arg-type]
-        else:
-            await dst.close(decision.mirror_code, decision.mirror_reason)
-
-    def _leg_ended(self, src: RelayedLeg, direction: Direction) -> None:
-        """The first leg to end decides how the connection ended."""
-        if self._decision is None:
-            side = ClosedBy.CHARGER if direction is Direction.TO_CSMS else ClosedBy.CSMS
-            self._decision = decide_close(src, side)
-            self._record_too_large(src, direction)
-
-    def _record_too_large(self, src: RelayedLeg, direction: Direction) -> None:
-        exc = src.protocol.parser_exc
-        if not isinstance(exc, PayloadTooBig):
-            return
-        # Unknown size when decompression went over the limit: record the least it was.
-        size = exc.max_size + 1 if exc.size is None else exc.size + (exc.current_size or 0)
-        self.recorder.submit(
-            FrameReceived(
-                self.connection_id,
-                self._next_seq(),
-                self.clock(),
-                direction,
-                None,
-                None,
-                size,
-                too_large=True,
-                identity=self.identity,
-            )
-        )
-
-    async def inject(
-        self, to: Direction, action: str, payload: dict[str, Any], answer_within: float
-    ) -> bytes:
-        """Send a CALL of the proxy's own towards ``to``; return the raw answer.
-
-        The CALL and its answer are recorded with ``injected`` set; the answer is never
-        forwarded. Raises InjectError when a CALL is already outstanding that way,
-        TimeoutError when no answer comes in time.
-        """
-        if to in self._injected:
-            raise InjectError(
-                f"an injected CALL to the {_peer(to)} of {self.identity} is still unanswered; "
-                "OCPP allows one outstanding CALL per direction: retry when it is answered"
-            )
-        message_id = str(uuid.uuid4())  # cannot collide with the peers' own ids
-        data = json.dumps([2, message_id, action, payload], separators=(",", ":")).encode()
-        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._injected[to] = (message_id, answer)
-        try:
-            self._submit(to, data, FrameOpcode.TEXT, injected=True)
-            leg = self.charger if to is Direction.TO_CHARGER else self.csms
-            try:
-                await leg.send_message(data, FrameOpcode.TEXT)
-            except ConnectionClosed as exc:
-                raise InjectError(f"{self.identity}: the {_peer(to)} leg is closed") from exc
-            async with asyncio.timeout(answer_within):
-                return await answer
-        finally:
-            del self._injected[to]
+        if mirror is not None and mirror.answers_forwarded(payload):
+            self._submit(direction, payload, opcode, injected=True)  # for the secondary only
+            return False
+        self._submit(direction, payload, opcode)
+        if src.other.sent_close:
+            return False  # too late for the other peer: recorded, not delivered
+        if mirror is not None:
+            mirror.offer(payload, opcode)
+        return True
 
     def _answers_injection(self, data: bytes, direction: Direction) -> bool:
         """Swallow (record, never forward) the answer to a CALL the proxy injected."""
         pending = self._injected.get(direction.reverse)
         if pending is None:
             return False
-        frame = parse_frame(data)
-        if not isinstance(frame, CallResult | CallError) or frame.message_id != pending[0]:
+        parsed = parse_frame(data)
+        if not isinstance(parsed, CallResult | CallError) or parsed.message_id != pending[0]:
             return False
         self._submit(direction, data, FrameOpcode.TEXT, injected=True)
         if not pending[1].done():
@@ -286,38 +283,158 @@ class Session:
             self.connection_id, seq, self.clock(), direction, opcode, data, self.identity, injected
         )
 
+    async def inject(
+        self, to: Direction, action: str, payload: dict[str, Any], answer_within: float
+    ) -> bytes:
+        """Send a CALL of the proxy's own towards ``to``; return the raw answer.
+
+        The CALL and its answer are recorded with ``injected`` set; the answer is never
+        forwarded. Raises InjectError when a CALL is already outstanding that way or the
+        leg is closing, TimeoutError when no answer comes in time.
+        """
+        if to in self._injected:
+            raise InjectError(
+                f"an injected CALL to the {_peer(to)} of {self.identity} is still unanswered; "
+                "OCPP allows one outstanding CALL per direction: retry when it is answered"
+            )
+        side = self._charger if to is Direction.TO_CHARGER else self._csms
+        if side.sent_close or side.lost:
+            raise InjectError(f"{self.identity}: the {_peer(to)} leg is closed")
+        if to is Direction.TO_CSMS and self.deflate and not self.deflate.server_no_context_takeover:
+            raise InjectError(
+                f"{self.identity}: the CSMS keeps its compression context across messages, "
+                "so its answer could not be taken out of the stream"
+            )
+        message_id = str(uuid.uuid4())  # cannot collide with the peers' own ids
+        data = json.dumps([2, message_id, action, payload], separators=(",", ":")).encode()
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._injected[to] = (message_id, answer)
+        side.reader.hold = True  # a fragmented answer must be whole before it is kept back
+        try:
+            self._submit(to, data, FrameOpcode.TEXT, injected=True)
+            side.send_own(data)
+            async with asyncio.timeout(answer_within):
+                return await answer
+        finally:
+            del self._injected[to]
+            side.reader.hold = False
+
     async def forward_from_mirror(self, data: bytes) -> None:
         """A CALL the secondary CSMS may send: to the charger, recorded as injected."""
+        if self._charger.sent_close or self._charger.lost:
+            return
         self._submit(Direction.TO_CHARGER, data, FrameOpcode.TEXT, injected=True)
-        with contextlib.suppress(ConnectionClosed):
-            await self.charger.send_message(data, FrameOpcode.TEXT)
+        self._charger.send_own(data)
 
     @property
     def frames(self) -> int:
         """Frames relayed (and injected) so far on this connection."""
         return self._seq
 
+    # -- keepalive and flow control -------------------------------------------------
+
+    def keepalive(self, now: float, ping_timeout: float) -> None:
+        """One sweep: ping each leg silent since the last; fail one whose pong is late."""
+        for side in (self._charger, self._csms):
+            if side.lost or side.sent_close:
+                continue
+            if side.ping_token is not None:
+                if now - side.pinged_at > ping_timeout:
+                    self.violation(side, 1011, "keepalive ping timeout", None)
+                continue
+            received = side.leg.received
+            if received == side.seen:
+                side.ping_token = os.urandom(4)
+                side.pinged_at = now
+                side.send_own(side.ping_token, WireOpcode.PING)
+            side.seen = received
+
+    def stall(self, src: _Side) -> None:
+        """Stop reading ``src`` while the other leg or the recorder is behind."""
+        if src.reader.stopped or src.lost:
+            return  # a closing leg is never paused: its peer's close must be read
+        src.leg.transport.pause_reading()
+        if self.recorder.congested and self._waiting is None:
+            self._waiting = asyncio.get_running_loop().create_task(self._wait_for_room(src))
+
+    async def _wait_for_room(self, src: _Side) -> None:
+        try:
+            await self.recorder.wait_for_room()
+        finally:
+            self._waiting = None
+        self._resume(src)
+        self._resume(src.other)
+
+    def _resume(self, src: _Side) -> None:
+        """Read ``src`` again once neither the other leg nor the recorder is behind."""
+        if src.lost or src.other.leg.paused or self._waiting is not None:
+            return
+        src.leg.transport.resume_reading()
+
+    # -- closing --------------------------------------------------------------------
+
+    def _decide(self, decision: CloseDecision) -> None:
+        if self._decision is None:
+            self._decision = decision
+
+    def close_frame(self, src: _Side, payload: bytes) -> bool:
+        """A close frame from ``src``'s peer; True passes it on to the other peer."""
+        src.got_close = True
+        code, reason = parse_close(payload)
+        self._decide(CloseDecision(src.peer, code, reason))
+        other = src.other
+        if src.own_close or other.sent_close or other.lost:
+            return False  # the answer to the proxy's own close, or nobody left to tell
+        other.sent_close = True
+        return True
+
+    def violation(self, src: _Side, code: int, reason: str, size: int | None) -> None:
+        """``src``'s peer broke the protocol or the size limit: fail both legs."""
+        self._decide(CloseDecision(ClosedBy.PROXY, code, reason))
+        if size is not None:
+            self._record_too_large(src.direction, size)
+        for side in (src, src.other):
+            side.send_close(code, reason)
+        src.leg.transport.close()  # its stream can no longer be read: no reply to wait for
+        self.settle()
+
+    def settle(self) -> None:
+        """End the TCP connection of each leg whose closing handshake is complete."""
+        for side in (self._charger, self._csms):
+            if side.sent_close and side.got_close:
+                side.handshake_done(self.timeouts.close)
+
+    def _lost(self, side: _Side, _: object) -> None:
+        side.gone()
+        reason = f"{side.peer} connection lost"
+        self._decide(CloseDecision(side.peer, 1006, ""))
+        other = side.other
+        if not other.lost:
+            if not other.sent_close:
+                other.send_close(_GOING_AWAY, reason)
+            other.deadline(self.timeouts.close)
+        if self._charger.lost and self._csms.lost and not self._done.done():
+            self._done.set_result(None)
+
+    def _record_too_large(self, direction: Direction, size: int) -> None:
+        self.recorder.submit(
+            FrameReceived(
+                self.connection_id,
+                self._next_seq(),
+                self.clock(),
+                direction,
+                None,
+                None,
+                size,
+                too_large=True,
+                identity=self.identity,
+            )
+        )
+
     def _next_seq(self) -> int:
         seq = self._seq
         self._seq += 1
         return seq
-
-
-class _Flow:
-    """Wakes a pump when its leg ends or must stop reading for a while."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._future: asyncio.Future[None] = loop.create_future()
-        self.stalled = False
-
-    def wake_up(self, _: object = None) -> None:
-        if not self._future.done():
-            self._future.set_result(None)
-
-    async def wait(self) -> None:
-        await self._future
-        self._future = self._loop.create_future()
 
 
 def _peer(direction: Direction) -> str:

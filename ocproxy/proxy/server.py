@@ -30,9 +30,10 @@ from ocproxy.core.handshake import (
 from ocproxy.core.handshake import upstream_url as build_upstream_url
 from ocproxy.errors import ProxyError
 from ocproxy.proxy.config import ProxyConfig
+from ocproxy.proxy.deflate import accepted, charger_answer, deflate_of
 from ocproxy.proxy.legs import RelayedChargerLeg, RelayedCsmsLeg, tls_charger_leg
 from ocproxy.proxy.mirror import Mirror
-from ocproxy.proxy.relay import Session
+from ocproxy.proxy.relay import Session, Timeouts
 from ocproxy.proxy.tls import (
     PeerCertificate,
     check_upstream_tls,
@@ -89,6 +90,7 @@ class ProxyServer:
         self._handshakes: dict[ServerConnection, _Handshake] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
+        self._keepalive: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -124,22 +126,38 @@ class ProxyServer:
                 create_connection=leg,
                 # The handshake includes opening the CSMS leg: give it room to answer 502.
                 open_timeout=config.connect_timeout + 5.0,
-                ping_interval=config.ping_interval,
-                ping_timeout=config.ping_timeout,
+                # After the handshake the relay reads and writes both legs itself (its
+                # keepalive, close and size limit); compression is the CSMS's answer.
+                ping_interval=None,
                 close_timeout=config.close_timeout,
-                max_size=config.max_message_size,
+                compression=None,
             )
         except OSError as exc:
             raise ProxyError(
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}"
             ) from exc
+        if config.ping_interval:
+            self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         return self
+
+    async def _keep_alive(self) -> None:
+        """One sweep over every connection per ping interval, not a task per leg."""
+        interval = self.config.ping_interval or 20.0
+        timeout = self.config.ping_timeout or float("inf")
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for session in list(self.sessions):
+                session.keepalive(now, timeout)
 
     async def stop(self, code: int = 1001, reason: str = "proxy shutting down") -> None:
         """Close every connection with ``code`` on both legs, then stop listening."""
         if self._server is None:
             return
         self._server.close(close_connections=False)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
         await asyncio.gather(*(s.shutdown(code, reason) for s in list(self.sessions)))
         await self._server.wait_closed()
         if self._cleanups:
@@ -214,6 +232,9 @@ class ProxyServer:
         if response.status_code == 101:
             assert shake.csms.response is not None
             copy_response_headers(shake.csms.response, response)
+            negotiated = accepted(shake.csms.protocol.extensions)
+            if negotiated is not None:
+                response.headers["Sec-WebSocket-Extensions"] = charger_answer(negotiated)
             return None
         # websockets refused the charger's request itself (e.g. a malformed header).
         del self._handshakes[charger]
@@ -260,6 +281,8 @@ class ProxyServer:
             self.recorder,
             self.clock,
             mirror,
+            deflate=deflate_of(accepted(shake.csms.protocol.extensions)),
+            timeouts=Timeouts(self.config.close_timeout, self.config.max_message_size),
         )
         self.sessions.add(session)
         try:

@@ -19,6 +19,7 @@ from websockets.typing import Subprotocol
 from ocproxy.core.events import ClosedBy
 from ocproxy.core.handshake import end_to_end_headers
 from ocproxy.proxy.config import ProxyConfig
+from ocproxy.proxy.deflate import offers
 from ocproxy.proxy.legs import RelayedCsmsLeg
 from ocproxy.proxy.tls import PeerCertificate, forwarded_client_cert, upstream_context
 
@@ -74,10 +75,12 @@ async def open_csms_leg(
             additional_headers=csms_request_headers(request, peer, config.forward_client_cert),
             user_agent_header=None,  # the charger's own User-Agent, if any, is forwarded
             open_timeout=config.connect_timeout,
-            ping_interval=config.ping_interval,
-            ping_timeout=config.ping_timeout,
+            # After the handshake the relay reads and writes this leg itself: its own
+            # keepalive, close and size limit; compression is the charger's offer.
+            ping_interval=None,
             close_timeout=config.close_timeout,
-            max_size=config.max_message_size,
+            compression=None,
+            extensions=offers(request.headers.get_all("Sec-WebSocket-Extensions")) or None,
             create_connection=RelayedCsmsLeg,
             proxy=None,
         )
