@@ -1,7 +1,8 @@
 -- title: Trace of one charger
 -- description: Every frame of one charger, in order, readable: time, connection,
 --   direction, message type, action, message id, latency of answers, error code,
---   parse status and payload. For following one conversation by eye.
+--   parse status, whether ocproxy injected it (a CALL of its own, or the answer to
+--   one: never forwarded) and payload. For following one conversation by eye.
 -- param identity (required): the charger identity
 -- param since: only frames at or after this time, e.g. 2026-01-31T12:00:00Z
 -- param until: only frames before this time
@@ -22,6 +23,7 @@ SELECT
     f.latency_ms,
     f.error_code,
     f.parse_status,
+    coalesce(f.injected, false) AS injected,
     f.payload::VARCHAR AS payload
 FROM frames AS f
 JOIN connections AS c USING (connection_id)

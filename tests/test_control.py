@@ -327,3 +327,29 @@ async def test_inject_schema_refusal_names_the_force_flag(tmp_path: Path) -> Non
     assert err.startswith("ocproxy: error: inject: "), err
     assert err.endswith(" (use --force to send anyway)\n"), err
     assert err.count("\n") == 1, err
+
+
+async def test_trace_marks_the_injected_call_and_its_answer(tmp_path: Path) -> None:
+    db = tmp_path / "r.duckdb"
+    async with (
+        SimCsms() as csms,
+        _proxy(db, csms.url) as (proxy, port),
+        connect(f"ws://127.0.0.1:{proxy.port}/CP-TRACE", subprotocols=["ocpp1.6"]) as charger,  # type: ignore[list-item]
+        ControlClient("127.0.0.1", port) as control,
+    ):
+        await charger.send('[2,"h1","Heartbeat",{}]')
+        await charger.recv()
+        await control.request(
+            "inject", identity="CP-TRACE", action="Heartbeat", payload={}, to="csms"
+        )
+    code, out, err = await _ocproxy(
+        "query", str(db), "trace", "--param", "identity=CP-TRACE", "--format", "json"
+    )
+    assert (code, err) == (0, ""), err
+    rows = json.loads(out)
+    assert [(r["type"], r["message_id"] == "h1", r["injected"]) for r in rows] == [
+        ("CALL", True, False),
+        ("CALLRESULT", True, False),
+        ("CALL", False, True),
+        ("CALLRESULT", False, True),
+    ]

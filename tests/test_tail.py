@@ -40,7 +40,15 @@ from ocproxy.errors import ConfigError, ControlError
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.recorder.migrations import m001_initial
 from ocproxy.tail.cli import add_tail_command, follow, read_recording, run_tail, start
-from ocproxy.tail.render import connections_panel, fit, frame_cells, notes, render
+from ocproxy.tail.render import (
+    connections_panel,
+    fit,
+    frame_cells,
+    notes,
+    payload_text,
+    render,
+    short_ids,
+)
 from ocproxy.tail.snapshot import (
     KEEP_CLOSED,
     ConnectionRow,
@@ -238,7 +246,7 @@ def test_columns_follow_the_width() -> None:
         "SignChargingStationCertificate", "0a1b2c3d-1111-2222-3333-444455556666",
     ]  # fmt: skip
     medium = _render(render(snapshot, width=130), width=130)
-    assert "0a1b2c3d-111…" in _line(medium, "ACME")
+    assert "0a1b2c…556666" in _line(medium, "ACME")
     assert "b1" in _line(medium, "20:26:40.000")
     small = _render(render(snapshot, width=112), width=112)
     assert "b1" not in _line(small, "20:26:40.000")
@@ -268,6 +276,55 @@ def test_narrow_width_gives_one_line_per_frame() -> None:
     assert "⚑unknown-response-id" in text
     short = _render(render(SNAPSHOT, width=60), width=60)
     assert _line(short, "CP-2") == ["CP-2", "ocpp2.0.1", "20:26:10", "3", "closed", "1000"]
+
+
+def test_short_ids_never_make_distinct_ids_look_alike() -> None:
+    replayed = [f"9f3c2a7b1e0d4c6a8b2f-{n:x}" for n in range(1, 40)]  # replay's fresh ids
+    shown = short_ids(replayed, 13)
+    assert len(set(shown.values())) == len(replayed)
+    assert shown[replayed[0]] == "9f3c2a…8b2f-1"
+    assert all(len(text) <= 13 for text in shown.values())
+    uuids = ["0a1b2c3d-1111-2222-3333-444455556666", "0a1b2c3d-9999-2222-3333-444455556666"]
+    alike = short_ids(uuids, 13)  # same start, same end: more of the end until they differ
+    assert alike[uuids[0]] != alike[uuids[1]]
+    assert all(u.endswith(alike[u].split("…")[1]) for u in uuids)
+    assert short_ids(["b1", None, "h1"], 13) == {"b1": "b1", "h1": "h1"}
+    assert short_ids(["exactly-13-ch"], 13) == {"exactly-13-ch": "exactly-13-ch"}
+
+
+@pytest.mark.parametrize("width", [90, 130])
+def test_tail_shows_replayed_ids_apart(width: int) -> None:
+    rows = tuple(_row(n, message_id=f"9f3c2a7b1e0d4c6a8b2f-{n:x}", ts=T0 + n) for n in range(1, 12))
+    text = _render(render(replace(SNAPSHOT, frames=rows), width=width), width=width)
+    ids = [w for line in text.splitlines() if "Heartbeat" in line for w in line.split()
+           if "…" in w]  # fmt: skip
+    assert len(ids) == len(set(ids)) == 11, text
+
+
+def test_payloads_are_shown_under_their_frames() -> None:
+    rows = (
+        _row(0, action="BootNotification", message_id="b1",
+             payload='{"chargePointVendor":"acme","chargePointModel":"X1"}'),
+        _row(1, direction="to_charger", type_name="CALLRESULT", action="BootNotification",
+             message_id="b1", latency_ms=9.0, payload='{"status":"Accepted","interval":300}'),
+        _row(2, type_name="?", action=None, message_id=None, parse_status="invalid_json",
+             raw='[2,"x",'),
+        _row(3, action="Heartbeat", message_id="h1"),
+    )  # fmt: skip
+    snapshot = replace(SNAPSHOT, frames=rows, payloads=True)
+    for width in (100, 200):
+        lines = _render(render(snapshot, width=width), width=width).splitlines()
+        frames = [i for i, line in enumerate(lines) if "20:26:4" in line]
+        assert [lines[i + 1].strip("│ ") for i in frames] == [
+            '{"chargePointVendor":"acme","chargePointModel":"X1"}',
+            '{"status":"Accepted","interval":300}',
+            '[2,"x",',
+            "(no payload recorded)",
+        ]
+        assert lines[frames[1]].strip("│ ").split()[:6] == [
+            "20:26:41.000", "CP-1", "←", "CALLRESULT", "BootNotification", "id=b1",
+        ]  # fmt: skip
+    assert payload_text(rows[2]).style == "red"
 
 
 def test_height_keeps_the_newest_frames() -> None:
@@ -378,6 +435,7 @@ FRAME_EVENT: dict[str, Any] = {
     "pairing": "matched",
     "injected": False,
     "raw": '[3,"7",{"currentTime":"x"}]',
+    "payload": '{"currentTime":"x"}',
     "findings": [
         {"rule": "schema-required", "severity": "error"},
         {"rule": "schema-format", "severity": "error"},
@@ -400,6 +458,7 @@ EXPECTED_ROW = FrameRow(
     pairing="matched",
     injected=False,
     findings=("schema-format", "schema-required"),
+    payload='{"currentTime":"x"}',
 )
 
 
@@ -448,6 +507,8 @@ def test_frame_row_from_record() -> None:
         "pairing": "matched",
         "injected": False,
         "findings": ["schema-required", "schema-format"],
+        "payload": '{"currentTime":"x"}',
+        "raw": None,
     }
     assert frame_row_from_record(record) == EXPECTED_ROW
     bare = frame_row_from_record(
@@ -715,6 +776,23 @@ def test_tail_db(recorded: tuple[Path, list[Any]]) -> None:
     assert text.count("◆ injected") == 2
 
 
+def test_tail_db_payload(recorded: tuple[Path, list[Any]]) -> None:
+    path, _ = recorded
+    console = Console(width=160, record=True, color_system=None)
+    assert run_tail(_parse([str(path), "--payload", "--identity", "CP-1"]), console) == 0
+    lines = console.export_text().splitlines()
+    boot = next(i for i, line in enumerate(lines) if "CALLRESULT BootNotification" in
+                " ".join(line.split()))  # fmt: skip
+    assert json.loads(lines[boot + 1].strip("│ ")) == {
+        "currentTime": "2026-05-28T20:26:40Z", "interval": 300, "status": "Accepted",
+    }  # fmt: skip
+    broken = next(i for i, line in enumerate(lines) if "MALFORMED" in line)
+    assert lines[broken + 1].strip("│ ") == BROKEN
+    trigger = next(i for i, line in enumerate(lines) if "CALL TriggerMessage" in
+                   " ".join(line.split()))  # fmt: skip
+    assert json.loads(lines[trigger + 1].strip("│ ")) == {"requestedMessage": "Heartbeat"}
+
+
 def test_tail_db_filters_and_limit(recorded: tuple[Path, list[Any]]) -> None:
     path, expected = recorded
     to_csms = read_recording(str(path), TailFilters(direction="to_csms"), 2)
@@ -789,8 +867,11 @@ def test_readme_section_examples_parse() -> None:
         for option in [f"--{action[0]}"]
         if action[0] not in ("db", "func", "command")
     }
+    # The reference moves from the README to docs/commands/tail.md: either may say it.
+    page = Path(__file__).parent.parent / "docs" / "commands" / "tail.md"
+    documented = section + (page.read_text() if page.exists() else "")
     for option in parser_options:
-        assert f"`{option} " in section, option
+        assert f"`{option} " in documented or f"`{option}`" in documented, option
 
 
 def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -121,6 +121,7 @@ def frame_event(
         "pairing": frame.pairing,
         "injected": frame.injected,
         "raw": None if frame.raw is None else frame.raw.decode("utf-8", "backslashreplace"),
+        "payload": frame.payload,  # compact JSON as recorded (redacted); None if malformed
         "findings": [{"rule": f.rule, "severity": str(f.severity)} for f in findings],
     }
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import duckdb
@@ -52,6 +53,8 @@ examples:
   ocproxy tail --identity CP-17 --action MeterValues
   ocproxy tail site.duckdb --direction to_charger --limit 200
       the last 200 frames sent to chargers in a finished recording, printed once
+  ocproxy tail site.duckdb --identity CP-17 --payload --limit 10
+      the last 10 frames of CP-17, each with its payload
 
 Latency is shown for responses; findings of the audit are marked with a red
 "⚑ rule-id", CALLs ocproxy injected (and their answers) with "◆ injected".
@@ -90,6 +93,11 @@ def add_tail_command(commands: Any) -> None:
         metavar="N",
         help=f"show (and keep) the last N frames (default {DEFAULT_LIMIT})",
     )
+    cmd.add_argument(
+        "--payload",
+        action="store_true",
+        help="show each frame's payload (as recorded: redacted) under it",
+    )
     add_control_option(cmd)
     cmd.set_defaults(func=run_tail)
 
@@ -98,11 +106,13 @@ def run_tail(args: argparse.Namespace, console: Console | None = None) -> int:
     console = console or make_console()
     filters = TailFilters(args.identity, args.action, args.direction)
     if args.db is not None:
-        snapshot = read_recording(args.db, filters, args.limit)
+        snapshot = replace(read_recording(args.db, filters, args.limit), payloads=args.payload)
         console.print(render(snapshot, width=console.width if console.is_terminal else None))
         return 0
     host, port = parse_control(args.control)
-    return asyncio.run(tail_live(host, port, args.token, filters, args.limit, console))
+    return asyncio.run(
+        tail_live(host, port, args.token, filters, args.limit, console, payloads=args.payload)
+    )
 
 
 # -- a finished recording ----------------------------------------------------------------
@@ -173,7 +183,8 @@ _FRAMES_SQL = (
 {cte}
 SELECT f.connection_id, f.seq, epoch_us(f.ts) / 1e6 AS ts, c.identity, f.direction,
        f.message_type, f.message_id, f.action, f.latency_ms, f.size, f.parse_status,
-       f.error_code, f.pairing, {injected} AS injected, {findings} AS findings
+       f.error_code, f.pairing, {injected} AS injected, {findings} AS findings,
+       f.payload::VARCHAR AS payload, CASE WHEN f.payload IS NULL THEN f.raw END AS raw
 FROM frames f LEFT JOIN connections c USING (connection_id) {join}
 WHERE """
     + _WHERE
@@ -288,10 +299,13 @@ async def tail_live(
     filters: TailFilters,
     limit: int,
     console: Console,
+    *,
+    payloads: bool = False,
 ) -> int:
     """The live view until Ctrl-C (exit 0) or until the endpoint goes away (ControlError)."""
     async with ControlClient(host, port, token) as client:
-        current = [await start(client, filters, limit, f"{host}:{port}")]
+        first = await start(client, filters, limit, f"{host}:{port}")
+        current = [replace(first, payloads=payloads)]
 
         def view() -> RenderableType:
             if console.is_terminal:

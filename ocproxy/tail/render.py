@@ -12,9 +12,12 @@ than vanish; below ``NARROW`` columns each frame is one wrapping line instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from rich.console import Console, Group, RenderableType
+from rich.highlighter import JSONHighlighter
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -36,6 +39,7 @@ MAX_CONNECTIONS = 10  # connection rows shown when no height is given
 _NOTES_MAX = 32  # the notes column is given room for a note up to this long
 _BORDER = 4  # a panel's borders and padding
 _CHROME_LINES = 8  # two panels' borders, headers and titles
+_JSON = JSONHighlighter()
 
 
 def render(
@@ -143,12 +147,20 @@ def frames_panel(
 ) -> Panel:
     """The newest frames, one row each; how many columns depends on ``width``:
     whole message ids from ``WIDE``, cut ones from ``MEDIUM``, none from ``NARROW``,
-    and below that one wrapping line per frame."""
+    and below that one wrapping line per frame. With ``snapshot.payloads`` each frame
+    is a line followed by its payload."""
     rows = snapshot.frames if max_rows is None else snapshot.frames[-max_rows:]
     body: RenderableType
-    if width is not None and width < NARROW:
-        lines = [frame_line(row) for row in rows] or [_empty(snapshot)]
-        body = Group(*lines)
+    if snapshot.payloads:
+        shown = short_ids(
+            (r.message_id for r in rows), 36 if width is None or width >= WIDE else SHORT_ID
+        )
+        parts = [_with_payload(row, shown) for row in rows]
+        body = Group(*parts) if parts else _empty(snapshot)
+    elif width is not None and width < NARROW:
+        shown = short_ids(row.message_id for row in rows)
+        lines = [frame_line(row, shown.get(row.message_id or "")) for row in rows]
+        body = Group(*(lines or [_empty(snapshot)]))
     else:
         body = _frame_table(rows, width) if rows else _empty(snapshot)
     title = Text(f"frames · last {len(rows)} of {snapshot.total}", "bold")
@@ -170,6 +182,13 @@ def _frame_table(rows: tuple[FrameRow, ...], width: int | None) -> Table:
     id_width = 0 if width is not None and width < MEDIUM else 36
     if width is not None and width < WIDE:
         id_width = min(id_width, SHORT_ID)
+    if id_width:
+        shown = short_ids((row.message_id for row in rows), id_width)
+        for row, row_cells in zip(rows, cells, strict=True):
+            if row.message_id is not None:
+                row_cells[5] = Text(shown[row.message_id], "dim")
+        # as wide as the widest id shown, so that the table never cuts one again
+        id_width = max(id_width, *(c[5].cell_len for c in cells))
 
     def need(column: int, header: str) -> int:
         return max(len(header), *(c[column].cell_len for c in cells))
@@ -195,7 +214,7 @@ def _frame_table(rows: tuple[FrameRow, ...], width: int | None) -> Table:
     table.add_column("type", no_wrap=True)
     table.add_column("action", no_wrap=True, overflow="ellipsis", max_width=action_width)
     if id_width:
-        table.add_column("id", no_wrap=True, overflow="ellipsis", max_width=id_width)
+        table.add_column("id", no_wrap=True, overflow="fold", min_width=need(5, "id"))
     table.add_column("latency", justify="right", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column("notes", ratio=1, overflow="fold")
@@ -231,17 +250,62 @@ def frame_cells(row: FrameRow) -> list[Text]:
     ]
 
 
-def frame_line(row: FrameRow) -> Text:
+def frame_line(row: FrameRow, shown_id: str | None = None) -> Text:
     """One frame as a line (for narrow terminals): the cells that are set, in order,
-    with the direction as an arrow and a long message id cut."""
+    with the direction as an arrow and the message id as ``shown_id`` (from
+    :func:`short_ids`, so that it is told apart from its neighbours), else whole."""
     cells = frame_cells(row)
     cells[2] = Text(cells[2].plain[:1], cells[2].style)  # the arrow alone
     if row.message_id is None:
         cells[5] = Text()
     else:
-        cut = row.message_id if len(row.message_id) <= SHORT_ID else row.message_id[:SHORT_ID] + "…"
-        cells[5] = Text(f"id={cut}", "dim")
+        cells[5] = Text(f"id={shown_id or row.message_id}", "dim")
     return Text(" ").join(cell for cell in cells if cell.plain)
+
+
+def short_ids(ids: Iterable[str | None], width: int = SHORT_ID) -> dict[str, str]:
+    """How each message id is shown in about ``width`` characters: whole when it fits,
+    else its start and its end around "…". Ids that would look alike show one more
+    character at each end, and again, up to the whole id (replayed ids share a long
+    prefix and differ at the end, others the other way round): two distinct ids are
+    never shown the same."""
+    distinct = {i for i in ids if i is not None}
+    tail = max(1, (width - 1) // 2)
+    ends = {i: (width - 1 - tail, tail) for i in distinct if len(i) > width}
+    shown = {i: _cut(i, ends.get(i)) for i in distinct}
+    while True:
+        alike: dict[str, list[str]] = {}
+        for message_id, text in shown.items():
+            alike.setdefault(text, []).append(message_id)
+        clashes = [i for group in alike.values() if len(group) > 1 for i in group if i in ends]
+        if not clashes:
+            return shown
+        for message_id in clashes:
+            head, tail = ends[message_id]
+            ends[message_id] = (head + 1, tail + 1)
+            shown[message_id] = _cut(message_id, ends[message_id])
+
+
+def _cut(message_id: str, ends: tuple[int, int] | None) -> str:
+    if ends is None or sum(ends) + 1 >= len(message_id):
+        return message_id
+    head, tail = ends
+    return f"{message_id[:head]}…{message_id[-tail:]}"
+
+
+def _with_payload(row: FrameRow, shown: dict[str, str]) -> RenderableType:
+    line = frame_line(row, shown.get(row.message_id or ""))
+    return Group(line, Padding(payload_text(row), (0, 0, 0, 4)))
+
+
+def payload_text(row: FrameRow) -> Text:
+    """The payload as recorded (redacted), JSON-highlighted; for a frame that is not
+    OCPP-J, its text as received; "(no payload recorded)" when neither was kept."""
+    if row.payload is not None:
+        return _JSON(Text(row.payload))
+    if row.raw is not None:
+        return Text(row.raw, "red")
+    return Text("(no payload recorded)", "dim")
 
 
 def notes(row: FrameRow) -> Text:

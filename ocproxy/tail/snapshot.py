@@ -76,6 +76,8 @@ class FrameRow:
     pairing: str | None
     injected: bool
     findings: tuple[str, ...] = ()  # rule ids, sorted, each once
+    payload: str | None = None  # compact JSON as recorded (redacted); None if malformed
+    raw: str | None = None  # the frame's text when it has no payload (malformed)
 
     @property
     def malformed(self) -> bool:
@@ -102,6 +104,7 @@ class TailSnapshot:
     source: str = ""  # what is tailed: "127.0.0.1:9100" or the recording's path
     live: bool = False
     ended: str | None = None  # why a live tail stopped, once it has
+    payloads: bool = False  # show each frame's payload under it (tail --payload)
 
 
 def type_name(message_type: int | None) -> str:
@@ -138,7 +141,15 @@ def _frame_row(values: Mapping[str, Any], rules: Iterable[str]) -> FrameRow:
         pairing=values.get("pairing"),
         injected=bool(values.get("injected")),
         findings=tuple(sorted(set(rules))),
+        payload=values.get("payload"),
+        raw=None if values.get("payload") is not None else _text(values.get("raw")),
     )
+
+
+def _text(raw: Any) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    return bytes(raw).decode("utf-8", "backslashreplace")
 
 
 def connection_row(values: Mapping[str, Any]) -> ConnectionRow:
@@ -171,6 +182,7 @@ def new_snapshot(
     total: int | None = None,
     source: str = "",
     live: bool = False,
+    payloads: bool = False,
 ) -> TailSnapshot:
     filters = filters or TailFilters()
     if limit < 1:
@@ -184,6 +196,7 @@ def new_snapshot(
         total=len(frames) if total is None else total,
         source=source,
         live=live,
+        payloads=payloads,
     )
 
 
