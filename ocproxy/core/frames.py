@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
+import msgspec
+
 MAX_MESSAGE_ID_LENGTH = 36
 
 
@@ -141,12 +143,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_FAST = msgspec.json.Decoder()
 # One decoder for every frame: json.loads(..., parse_constant=...) builds a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def decode_json(data: str | bytes) -> tuple[Any, Malformed | None]:
     """Decode a message as strict JSON; never raises."""
+    # msgspec takes valid strict JSON in a third of json's time, big integers included;
+    # whatever it refuses (broken JSON, NaN, 1e999, lone surrogates) is decoded again by
+    # the standard library, which says what is wrong or, for the last two, takes it.
+    try:
+        return _FAST.decode(data), None
+    except (msgspec.DecodeError, RecursionError, ValueError, TypeError):
+        pass
     if isinstance(data, bytes | bytearray | memoryview):
         try:
             text = bytes(data).decode("utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -81,10 +82,14 @@ def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: 
         raise
 
 
+# One C call per frame for all its columns; zip then turns the rows into columns.
+_ROW = operator.attrgetter(*_FRAME_SCHEMA.names)
+
+
 def _frames_table(frames: list[ObservedFrame]) -> pa.Table:
-    columns: dict[str, object] = {
-        name: [getattr(f, name) for f in frames] for name in _FRAME_SCHEMA.names
-    }
+    columns: dict[str, object] = dict(
+        zip(_FRAME_SCHEMA.names, zip(*map(_ROW, frames), strict=True), strict=True)
+    )
     # Whole microseconds through an int64 column: a datetime per frame costs 4x more.
     columns["ts"] = pa.array([round(f.ts * 1e6) for f in frames], pa.int64()).cast(_TS)
     return pa.table(columns, schema=_FRAME_SCHEMA)

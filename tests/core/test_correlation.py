@@ -10,7 +10,8 @@ from ocproxy.core.frames import Direction, parse_frame
 UP = Direction.TO_CSMS
 DOWN = Direction.TO_CHARGER
 
-_MEMORY = 4096  # the documented bound; checked through behaviour below
+_MEMORY = 32  # answered, sent and timed-out ids remembered; checked through behaviour below
+_PENDING_MAX = 4096  # unanswered CALLs kept
 
 
 class Connection:
@@ -368,26 +369,26 @@ def test_sent_memory_is_bounded() -> None:
 def test_pending_calls_are_bounded_oldest_becomes_late() -> None:
     # A peer that never answers must not grow memory without bound.
     c = Connection()
-    for i in range(_MEMORY + 1):
+    for i in range(_PENDING_MAX + 1):
         c.feed(f'[2,"{i}","Heartbeat",{{}}]', UP, float(i))
     pending = c.correlator.outstanding(UP)
-    assert len(pending) == _MEMORY
+    assert len(pending) == _PENDING_MAX
     assert pending[0].message_id == "1"
-    assert pending[-1].message_id == str(_MEMORY)
+    assert pending[-1].message_id == str(_PENDING_MAX)
     assert c.feed('[3,"0",{}]', DOWN, 1e4).pairing is Pairing.LATE
-    assert c.feed(f'[3,"{_MEMORY}",{{}}]', DOWN, 1e4).pairing is Pairing.MATCHED
+    assert c.feed(f'[3,"{_PENDING_MAX}",{{}}]', DOWN, 1e4).pairing is Pairing.MATCHED
 
 
 def test_timed_out_memory_is_bounded() -> None:
     c = Connection()
-    for i in range(_MEMORY):
+    for i in range(_PENDING_MAX):
         c.feed(f'[2,"{i}","Heartbeat",{{}}]', UP, 0.0)
-    assert len(c.correlator.expire(now=100.0, timeout_s=1.0)) == _MEMORY
+    assert len(c.correlator.expire(now=100.0, timeout_s=1.0)) == _PENDING_MAX
     c.feed('[2,"last","Heartbeat",{}]', UP, 100.0)
     assert [p.message_id for p in c.correlator.expire(now=200.0, timeout_s=1.0)] == ["last"]
     assert c.correlator.outstanding(UP) == []
     assert c.feed('[3,"last",{}]', DOWN, 201.0).pairing is Pairing.LATE
-    assert c.feed(f'[3,"{_MEMORY - 1}",{{}}]', DOWN, 201.0).pairing is Pairing.LATE
+    assert c.feed(f'[3,"{_PENDING_MAX - 1}",{{}}]', DOWN, 201.0).pairing is Pairing.LATE
     # the oldest timed-out CALL was forgotten
     assert c.feed('[3,"0",{}]', DOWN, 201.0).pairing is Pairing.UNKNOWN_ID
 
