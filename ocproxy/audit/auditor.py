@@ -7,14 +7,16 @@ the same order it yields the same findings. It never raises on peer data.
 
 from __future__ import annotations
 
-import heapq
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ocproxy.audit import checks, schemas
+from ocproxy.audit.connection import TLS_HANDSHAKE_FAILED, connection_findings
+from ocproxy.audit.finding import Finding
 from ocproxy.audit.rules import RULES, Severity
-from ocproxy.audit.violations import violations
+from ocproxy.audit.violations import every_violation
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened
 from ocproxy.core.frames import (
     Call,
@@ -29,26 +31,13 @@ from ocproxy.core.frames import (
 from ocproxy.core.handshake import SUBPROTOCOL_VERSIONS, OcppVersion
 from ocproxy.core.observe import ObservedFrame
 
-# The handshake status the proxy records for a charger whose TLS handshake failed
-# (``ocproxy.proxy.server.TLS_HANDSHAKE_FAILED``, nginx's 495): no HTTP request was read.
-TLS_HANDSHAKE_FAILED = 495
 _ID_MEMORY = 10_000  # ids remembered per sender for the uniqueness rule
+__all__ = ["TLS_HANDSHAKE_FAILED", "AuditSettings", "Auditor", "Finding"]
 _PARSE_RULES = {
     ParseStatus.MESSAGE_ID_NOT_STRING: "message-id-type",
     ParseStatus.MESSAGE_ID_TOO_LONG: "message-id-too-long",
     ParseStatus.TOO_LARGE: "message-too-large",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    connection_id: str
-    seq: int | None  # None for a finding about the connection itself
-    ts: float
-    rule: str
-    severity: Severity
-    message: str
-    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,24 +58,19 @@ class _Connection:
     last_to_csms: float | None = None
     sent_malformed: set[Direction] = field(default_factory=set)
     # This connection's CALLs still waiting for an answer and not yet timed out, per
-    # direction: message id -> the CALL.
-    pending: dict[Direction, dict[str, _Pending]] = field(
+    # direction: message id -> (seq, ts, action) of the CALL.
+    pending: dict[Direction, dict[str, tuple[int, float, str]]] = field(
         default_factory=lambda: {d: {} for d in Direction}
     )
-    # (deadline, seq) of every CALL, earliest first; answered ones are skipped when popped.
-    deadlines: list[tuple[float, int, _Pending]] = field(default_factory=list)
+    # No pending CALL times out before this; it may be that of a CALL answered since
+    # (looked at again only when time passes it: one comparison per frame otherwise).
+    next_deadline: float = math.inf
     # CALLs already reported as unanswered-call, so that a late answer is not a second
     # finding about the same CALL.
     expired: OrderedDict[tuple[Direction, str], None] = field(default_factory=OrderedDict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    seq: int
-    ts: float
-    direction: Direction
-    message_id: str
-    action: str
+_REQUESTS = (Call, Send)
 
 
 class Auditor:
@@ -105,7 +89,7 @@ class Auditor:
         self._connections[event.connection_id] = _Connection(
             event.connection_id, event.identity, version, self._id_scopes(event, version)
         )
-        return _connection_findings(event, version)
+        return connection_findings(event, version)
 
     def closed(self, event: ConnectionClosed) -> list[Finding]:
         state = self._connections.pop(event.connection_id, None)
@@ -127,10 +111,10 @@ class Auditor:
             return []
         found = _Found(observed)
         frame = observed.frame
-        if isinstance(frame, Call | Send):
+        if isinstance(frame, _REQUESTS):
             # Time passes before the CALL is counted: one whose predecessor timed out is
             # no second outstanding CALL.
-            if state.deadlines and state.deadlines[0][0] < observed.ts:
+            if observed.ts > state.next_deadline:
                 found.findings.extend(self._expire(state, observed.ts))
             self._well_formed(state, observed, frame, found)
             return found.findings
@@ -140,32 +124,35 @@ class Auditor:
             self._malformed(state, observed, found)
         else:
             self._well_formed(state, observed, frame, found)
-        if state.deadlines and state.deadlines[0][0] < observed.ts:
+        if observed.ts > state.next_deadline:
             found.findings.extend(self._expire(state, observed.ts))
         return found.findings
 
     def _expire(self, state: _Connection, now: float) -> list[Finding]:
         """unanswered-call for each pending CALL of ``state`` older than the timeout."""
         timeout = self.settings.response_timeout_s
-        findings: list[Finding] = []
-        deadlines = state.deadlines
-        while deadlines and deadlines[0][0] < now:
-            deadline, _seq, call = heapq.heappop(deadlines)
-            pending = state.pending[call.direction]
-            if pending.get(call.message_id) is not call:
-                continue  # answered, or replaced by a retry with the same id
-            del pending[call.message_id]
-            _remember(state.expired, (call.direction, call.message_id))
-            sender = "charger" if call.direction is Direction.TO_CSMS else "CSMS"
+        expired: list[tuple[int, float, str, Direction, str]] = []
+        next_deadline = math.inf
+        for direction, pending in state.pending.items():
+            for message_id, (seq, ts, action) in list(pending.items()):
+                if now - ts > timeout:
+                    del pending[message_id]
+                    _remember(state.expired, (direction, message_id))
+                    expired.append((seq, ts, action, direction, message_id))
+                else:
+                    next_deadline = min(next_deadline, ts + timeout)
+        state.next_deadline = next_deadline
+        findings = []
+        for seq, ts, action, direction, message_id in sorted(expired):
+            sender = "charger" if direction is Direction.TO_CSMS else "CSMS"
             findings.append(
                 Finding(
                     state.connection_id,
-                    call.seq,
-                    deadline,
+                    seq,
+                    ts + timeout,
                     "unanswered-call",
                     RULES["unanswered-call"].severity,
-                    f"{call.action} {call.message_id!r} from the {sender} got no answer "
-                    f"within {timeout:g} s",
+                    f"{action} {message_id!r} from the {sender} got no answer within {timeout:g} s",
                 )
             )
         return findings
@@ -218,10 +205,10 @@ class Auditor:
             # correlator): a retry is no second CALL.
             pending = state.pending[direction]
             outstanding = len(pending) - (frame.message_id in pending)
-            call = _Pending(observed.seq, observed.ts, direction, frame.message_id, frame.action)
-            pending[frame.message_id] = call
+            pending[frame.message_id] = (observed.seq, observed.ts, frame.action)
             deadline = observed.ts + self.settings.response_timeout_s
-            heapq.heappush(state.deadlines, (deadline, observed.seq, call))
+            if deadline < state.next_deadline:
+                state.next_deadline = deadline
             if len(pending) > _ID_MEMORY:  # a peer that never answers, with no timeout
                 del pending[next(iter(pending))]
         if isinstance(frame, Call) and outstanding > 0:
@@ -285,13 +272,17 @@ class Auditor:
         elif pairing == "answers_send":
             found.add("response-to-send", f"answers the SEND {observed.action} {message_id!r}")
         elif observed.latency_ms is not None:
-            state.pending[direction.reverse].pop(message_id, None)
+            pending = state.pending
+            pending[direction.reverse].pop(message_id, None)
+            if not pending[direction] and not pending[direction.reverse]:
+                state.next_deadline = math.inf  # nothing left to time out
             scope = state.ids[direction.reverse]
             if message_id in scope:
                 scope[message_id] = True
             timeout_ms = self.settings.response_timeout_s * 1000.0
-            reported = state.expired.pop((direction.reverse, message_id), False) is None
-            if observed.latency_ms > timeout_ms and not reported:
+            if observed.latency_ms > timeout_ms and (
+                state.expired.pop((direction.reverse, message_id), False) is not None
+            ):
                 found.add(
                     "late-response",
                     f"{observed.action} answered after {observed.latency_ms / 1000:.1f} s "
@@ -385,49 +376,11 @@ def _payload_checks(
     for path, value in naive.items():
         found.add("timestamp-without-zone", f"{path} is {value!r}, without a zone", path=path)
     kind = "response" if response else "request"
-    for violation in violations(version, action, payload, response=response):
+    first = schemas.validate(version, action, payload, response=response)
+    if first is None:  # the common case, without another call
+        return
+    for violation in every_violation(version, action, payload, first, response=response):
         # A naive timestamp also fails the schema's date-time format: reported once, above.
         if violation.rule == "schema-format" and violation.path in naive:
             continue
         found.add(violation.rule, f"{action} {kind}: {violation.message}", path=violation.path)
-
-
-def _connection_findings(event: ConnectionOpened, version: OcppVersion | None) -> list[Finding]:
-    if event.handshake_status == TLS_HANDSHAKE_FAILED:
-        # Refused before any HTTP request was read: no path, identity, subprotocol offer,
-        # Authorization header or verified certificate to check. (A handshake the CSMS
-        # refused, 401 or 404, did carry the charger's request: its rules still apply.)
-        return []
-    findings: list[Finding] = []
-
-    def add(rule: str, message: str) -> None:
-        findings.append(
-            Finding(event.connection_id, None, event.ts, rule, RULES[rule].severity, message)
-        )
-
-    unknown = checks.unknown_subprotocols(event.offered_subprotocols)
-    if unknown:
-        add("unknown-subprotocol", f"charger offered unknown subprotocol(s) {', '.join(unknown)}")
-    if not event.offered_subprotocols:
-        add("no-subprotocol", "charger offered no subprotocol")
-    elif event.handshake_status == 101 and event.subprotocol is None:
-        add("no-subprotocol", "CSMS chose none of the offered subprotocols")
-    suspicious = checks.suspicious_identity(event.identity)
-    if suspicious is not None:
-        add("suspicious-identity", suspicious)
-    problem = checks.identity_problem(version, event.identity)
-    if problem is not None:
-        add("identity-invalid", problem)
-    common_name = event.client_cert_common_name
-    if event.client_cert_subject is not None and common_name != event.identity:
-        add(
-            "client-cert-identity-mismatch",
-            f"client certificate is issued to {common_name!r}, identity is {event.identity!r}",
-        )
-    username = checks.recorded_basic_username(event.request_headers)
-    if username is not None and username != event.identity:
-        add(
-            "basic-auth-username-mismatch",
-            f"Basic-auth user name {username!r} differs from identity {event.identity!r}",
-        )
-    return findings

@@ -34,15 +34,27 @@ _RULES = {
 def violations(
     version: OcppVersion, action: str, payload: Any, *, response: bool
 ) -> tuple[SchemaViolation, ...]:
-    """Every way ``payload`` violates its schema: one violation per value and keyword.
-
-    :func:`validate` stays the check every payload goes through (a valid one costs
-    nothing more); only a payload it rejects is walked again, by jsonschema, which
-    unlike the compiled validators does not stop at the first violation.
-    """
+    """Every way ``payload`` violates its schema: one violation per value and keyword."""
     first = schemas.validate(version, action, payload, response=response)
     if first is None:
         return ()
+    return every_violation(version, action, payload, first, response=response)
+
+
+def every_violation(
+    version: OcppVersion,
+    action: str,
+    payload: Any,
+    first: SchemaViolation,
+    *,
+    response: bool,
+) -> tuple[SchemaViolation, ...]:
+    """Every violation of a payload :func:`schemas.validate` rejected with ``first``.
+
+    :func:`schemas.validate` stays the check every payload goes through (a valid one
+    costs nothing more); only a payload it rejects is walked again, by jsonschema, which
+    unlike the compiled validators does not stop at the first violation.
+    """
     every = _every_violation(_full_validator(version, action, response), payload)
     # Should the validators ever disagree, the compiled one's verdict stands.
     return every or (first,)
