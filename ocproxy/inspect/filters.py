@@ -314,9 +314,10 @@ def _clause(term: Term, params: dict[str, Any]) -> str:
 
 
 def _finding(condition: str) -> str:
+    # A semi-join on the (small) findings table, not a correlated EXISTS per frame.
     return (
-        "EXISTS (SELECT 1 FROM findings g WHERE g.connection_id = f.connection_id "
-        f"AND g.seq = f.seq AND ({condition}))"
+        "(f.connection_id, f.seq) IN (SELECT (g.connection_id, g.seq) FROM findings g "
+        f"WHERE {condition})"
     )
 
 
