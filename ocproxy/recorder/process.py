@@ -309,8 +309,7 @@ def _child(conn: Connection, path: str, options: ChildOptions) -> None:
             sinks=sinks,
             auditor=None if options.audit is None else Auditor(options.audit),
             redactor=options.redactor,
-            yield_every=0,  # no event loop in this process to yield to
-        ).start()
+        ).open_here()
     except Exception as exc:  # reported to the parent's start(), which raises it
         conn.send(("error", str(exc)))
         return
@@ -323,23 +322,27 @@ def _child(conn: Connection, path: str, options: ChildOptions) -> None:
 
 
 def _serve(conn: Connection, recorder: Recorder, collect: Any) -> None:
+    """Record each batch as it arrives, in this thread; write on time when idle.
+
+    Backpressure is the pipe: while this process records, it does not read, the pipe
+    fills and the relay's send waits (counted there)."""
     try:
         while True:
+            if not conn.poll(recorder.flush_due()):
+                continue
             message = conn.recv()
             if isinstance(message, tuple) and message and message[0] == "close":
                 recorder.stats.backpressure_waits += message[1]
                 recorder.stats.backpressure_wait_s += message[2]
                 break
+            # In flight here: at most the batch in hand (the pipe holds the rest).
+            stats = recorder.stats
+            stats.max_queue_depth = max(stats.max_queue_depth, len(message))
             for item in message:
-                recorder.submit(_unpack(item))
-            # Above its queue limit the child stops reading the pipe; the pipe fills and
-            # the parent's send waits (backpressure, counted there). In flight at most:
-            # the limit, one batch, the pipe's buffer and the parent's unsent batch.
-            while recorder.depth > recorder.queue_limit:
-                time.sleep(0.005)
+                recorder.process(_unpack(item))
     except EOFError:
         pass  # the parent is gone: keep what arrived
     finally:
-        stats = recorder.close()
+        stats = recorder.finish()
         with contextlib.suppress(OSError):
             conn.send((stats, None if collect is None else collect()))

@@ -104,6 +104,16 @@ class LiveQuery:
         self.future.set_result(QueryResult(columns, rows[: self.limit], len(rows) > self.limit))
 
 
+@dataclass
+class _Here:
+    """The writer's state when it runs in the calling thread (see ``open_here``)."""
+
+    db: duckdb.DuckDBPyConnection
+    buffer: batches.Batch = field(default_factory=batches.Batch)
+    correlators: dict[str, Correlator] = field(default_factory=dict)
+    deadline: float | None = None
+
+
 _STOP = object()
 # DuckDB checkpoints (compresses the WAL into the file) every 16 MB by default. With
 # ~600 bytes a frame that rewrites the same partly filled row group (122,880 rows)
@@ -156,6 +166,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._here: _Here | None = None
 
     @property
     def run_id(self) -> str:
@@ -253,6 +264,49 @@ class Recorder:
         while self.congested and self._thread is not None and self._thread.is_alive():  # noqa: ASYNC110
             await asyncio.sleep(0.002)
         self.stats.backpressure_wait_s += time.perf_counter() - started
+
+    # -- in the calling thread (the recorder process) -------------------------------
+
+    def open_here(self) -> Recorder:
+        """Open the recording in the calling thread, which then feeds :meth:`process`.
+
+        For a process with no event loop to share its thread with: no writer thread, no
+        queue and no polling between receiving an event and recording it."""
+        self._here = _Here(self._open())
+        return self
+
+    def process(self, event: RecorderEvent) -> None:
+        """Record one event now (batched); :meth:`flush_due` writes the batch on time."""
+        here = self._here
+        assert here is not None, "open_here() first"
+        self._handle(event, here.buffer, here.correlators)
+        if here.deadline is None:
+            here.deadline = time.monotonic() + self.flush_interval
+        if here.buffer.size >= self.batch_rows:
+            here.buffer, here.deadline = self._flushed(here.db, here.buffer)
+
+    def flush_due(self) -> float | None:
+        """Write the batch if it is due; seconds until the next one is (None: empty)."""
+        here = self._here
+        assert here is not None, "open_here() first"
+        if here.deadline is None:
+            return None
+        left = here.deadline - time.monotonic()
+        if left > 0:
+            return left
+        here.buffer, here.deadline = self._flushed(here.db, here.buffer)
+        return None
+
+    def finish(self) -> RecorderStats:
+        """Write what is left and the run's stats, and close the file."""
+        here = self._here
+        assert here is not None, "open_here() first"
+        try:
+            self._flush(here.db, here.buffer)
+        finally:
+            self._write_stats(here.db)
+            here.db.close()
+        return self.stats
 
     # -- writer thread -------------------------------------------------------------
 
