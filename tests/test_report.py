@@ -33,6 +33,7 @@ from ocproxy.analytics.report import (
     fmt_kwh,
     fmt_wh,
 )
+from ocproxy.audit.auditor import Auditor
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.errors import ConfigError
@@ -63,7 +64,8 @@ async def record_through_proxy(
 ) -> Path:
     """Run the chargers through a real proxy recording into ``path``; return it."""
     config = ProxyConfig(listen_host="127.0.0.1", listen_port=0, db=str(path), quiet=True)
-    recorder = Recorder(path, flush_interval=0.05).start()
+    # With the audit, as `ocproxy proxy` records by default.
+    recorder = Recorder(path, flush_interval=0.05, auditor=Auditor()).start()
     async with csms, asyncio.timeout(30):
         server = await ProxyServer(replace(config, upstream=csms.url), recorder).start()
         try:
@@ -213,7 +215,7 @@ async def test_figures_of_real_peers(fleet: list[Path]) -> None:
 async def test_html_charts_carry_the_recorded_numbers(fleet: list[Path]) -> None:
     report = build_report([str(p) for p in fleet])
     page = Page(render_html(report))
-    assert set(page.charts) == {"volume", "energy", "status", "latency", "errors"}
+    assert set(page.charts) == {"volume", "energy", "status", "latency", "errors", "findings"}
     # Energy: one bar per transaction, labelled with exactly the Wh the meter reported.
     energy = page.charts["energy"]
     for identity, wh in ENERGY_WH.items():
@@ -351,7 +353,7 @@ def test_an_empty_recording_is_an_error_with_an_empty_report(
         f"(wrote an empty report to {target})"
     )
     page = Page(target.read_text("utf-8"))
-    assert set(page.charts) == {"volume", "energy", "status", "latency", "errors"}
+    assert set(page.charts) == {"volume", "energy", "status", "latency", "errors", "findings"}
     for chart in page.charts.values():
         assert chart.attrs["data-empty"] == "true"
         assert chart.rects() == []
@@ -527,3 +529,83 @@ def test_buckets_ticks_and_formats() -> None:
 def test_no_source_is_an_error() -> None:
     with pytest.raises(ConfigError, match="no SOURCE given"):
         build_report([])
+
+
+# -- audit findings --------------------------------------------------------------------------
+
+
+def flawed_recording(path: Path) -> Path:
+    """Two chargers recorded with the audit on: CP-BAD's StatusNotification breaks two
+    schema rules and its Heartbeat is never answered; CP-NAIVE sends a naive timestamp."""
+    frames: dict[str, list[tuple[Direction, list[Any], float]]] = {
+        "CP-BAD": [
+            (Direction.TO_CSMS, [2, "s1", "StatusNotification", {
+                "connectorId": "1", "errorCode": "noerror", "status": "Available"}], 1.0),
+            (Direction.TO_CHARGER, [3, "s1", {}], 1.1),
+            (Direction.TO_CSMS, [2, "h1", "Heartbeat", {}], 10.0),
+            (Direction.TO_CSMS, [2, "h2", "Heartbeat", {}], 3600.0),
+            (Direction.TO_CHARGER, [3, "h2", {"currentTime": "2026-03-01T01:00:00Z"}], 3600.1),
+        ],
+        "CP-NAIVE": [
+            (Direction.TO_CSMS, [2, "n1", "StatusNotification", {
+                "connectorId": 1, "errorCode": "NoError", "status": "Charging",
+                "timestamp": "2026-03-01T00:00:05"}], 5.0),
+            (Direction.TO_CHARGER, [3, "n1", {}], 5.1),
+        ],
+    }  # fmt: skip
+    with Recorder(path, auditor=Auditor()) as recorder:
+        for n, (identity, steps) in enumerate(frames.items()):
+            cid = f"f-{n}"
+            recorder.submit(
+                ConnectionOpened(
+                    cid, T0, identity, f"/{identity}", None, ("ocpp1.6",), "ocpp1.6", None, 101
+                )
+            )
+            for seq, (direction, message, at) in enumerate(steps):
+                data = json.dumps(message)
+                recorder.submit(
+                    FrameReceived(cid, seq, T0 + at, direction, Opcode.TEXT, data, len(data))
+                )
+            recorder.submit(ConnectionClosed(cid, T0 + 7200, 1000, "", ClosedBy.CHARGER))
+    return path
+
+
+def test_findings_by_charger_rule_and_severity(tmp_path: Path) -> None:
+    path = flawed_recording(tmp_path / "flawed.duckdb")
+    findings = build_report([str(path)]).findings
+    assert (findings.total, findings.by_severity) == (4, (("error", 4),))
+    assert [(c.identity, c.error, c.warning, c.info) for c in findings.chargers] == [
+        ("CP-BAD", 3, 0, 0),
+        ("CP-NAIVE", 1, 0, 0),
+    ]
+    groups = {(g.identity, g.rule): g for g in findings.groups}
+    assert set(groups) == {
+        ("CP-BAD", "schema-enum"),
+        ("CP-BAD", "schema-type"),
+        ("CP-BAD", "unanswered-call"),
+        ("CP-NAIVE", "timestamp-without-zone"),
+    }
+    unanswered = groups["CP-BAD", "unanswered-call"]
+    assert (unanswered.seq, unanswered.count) == (2, 1)
+    assert unanswered.frame == '[2, "h1", "Heartbeat", {}]'
+    assert groups["CP-BAD", "schema-type"].path == "$.connectorId"
+    assert '"connectorId": "1"' in (groups["CP-BAD", "schema-type"].frame or "")
+    # the timeline: a bucket per hour over the two hours the findings span
+    assert sum(sum(c) for c in findings.series.values()) == 4
+    assert list(findings.series) == ["error"]
+    # one charger: only its findings
+    only = build_report([str(path)], identity="CP-NAIVE").findings
+    assert (only.total, [g.rule for g in only.groups]) == (1, ["timestamp-without-zone"])
+
+
+def test_findings_section_in_the_page(tmp_path: Path) -> None:
+    path = flawed_recording(tmp_path / "flawed.duckdb")
+    page = render_html(build_report([str(path)], top=2))
+    assert '<section id="findings">' in page
+    assert page.count('<tr data-rule="') == 2  # top=2 groups shown ...
+    assert "2 of 4 (charger, rule) groups" in page  # ... and it says so
+    assert "4 findings (4 errors)" in page
+    assert "<pre>[2, &quot;s1&quot;, &quot;StatusNotification&quot;" in page
+    # a recording made without the audit has no findings: the chart says so
+    quiet = record(tmp_path / "quiet.duckdb", charger_events("CP-1", 0, 3, 60))
+    assert "No findings recorded." in render_html(build_report([str(quiet)]))

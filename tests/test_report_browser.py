@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_report import record, record_fleet
+from test_report import flawed_recording, record, record_fleet
 
 from ocproxy.analytics.html import render_html
 from ocproxy.analytics.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).parent / "artifacts"
-CHARTS = {"volume", "energy", "status", "latency", "errors"}
+CHARTS = {"volume", "energy", "status", "latency", "errors", "findings"}
 TIMEOUT = 30.0
 FLAGS = [
     "--headless",
@@ -289,3 +289,62 @@ def test_an_empty_report_says_so_in_chromium(browser: Browser, tmp_path: Path) -
         assert chart["rects"] == 0, name
         assert len(chart["texts"]) == 1, name
         assert chart["texts"][0].startswith("No "), name
+
+
+FINDINGS = """(() => {
+  const shown = (e) => { const b = e.getBoundingClientRect(); return b.width > 0 && b.height > 0; };
+  const section = document.querySelector("section#findings");
+  const rows = [...section.querySelectorAll("table.findings tbody tr")].filter(shown);
+  const pre = section.querySelector('tr[data-rule="unanswered-call"] pre');
+  return {
+    heading: section.querySelector("h2").textContent,
+    note: section.querySelector("p.note").textContent,
+    rows: rows.map((r) => [r.cells[0].textContent, r.cells[1].textContent, r.cells[2].textContent,
+                           r.cells[3].textContent]),
+    chargers: [...section.querySelectorAll("table.findings-chargers tbody tr")].map(
+      (r) => [...r.cells].map((c) => c.textContent)),
+    frameShown: pre ? pre.checkVisibility() && shown(pre) : null,
+    frame: pre ? pre.textContent : null,
+    bars: [...section.querySelectorAll("svg rect[data-series]")].filter(shown).map(
+      (r) => r.dataset.series),
+  };
+})()"""
+
+
+async def test_findings_section_in_chromium(browser: Browser, tmp_path: Path) -> None:
+    """Counts per charger and rule, the timeline, and the example frame behind a click."""
+    fleet = await record_fleet(tmp_path)  # recorded with the audit: heartbeat-drift
+    flawed = flawed_recording(tmp_path / "flawed.duckdb")
+    html = tmp_path / "findings.html"
+    html.write_text(render_html(build_report([str(p) for p in [*fleet, flawed]])), "utf-8")
+    charts = _load(browser, html, "report-findings.png")["charts"]
+    assert not charts["findings"]["empty"]
+    assert charts["findings"]["rects"] > 0
+    seen = browser.evaluate(FINDINGS)
+    assert seen["heading"] == "Audit findings"
+    assert seen["note"].startswith("7 findings (4 errors, 3 warnings)")
+    assert seen["rows"][:4] == [
+        ["CP-BAD", "schema-enum", "error", "1"],
+        ["CP-BAD", "schema-type", "error", "1"],
+        ["CP-BAD", "unanswered-call", "error", "1"],
+        ["CP-NAIVE", "timestamp-without-zone", "error", "1"],
+    ]
+    # The simulated chargers' heartbeats come faster than the CSMS asked for.
+    drift = seen["rows"][4:]
+    assert {(r[1], r[2]) for r in drift} == {("heartbeat-drift", "warning")}
+    assert sum(int(r[3]) for r in drift) == 3
+    assert seen["chargers"][0] == ["CP-BAD", "3", "0", "0", "3"]
+    assert set(seen["bars"]) == {"error", "warning"}
+    # The example frame is folded away until its summary is clicked.
+    assert seen["frameShown"] is False
+    browser.evaluate("document.querySelector('tr[data-rule=\"unanswered-call\"] summary').click()")
+    opened = browser.evaluate(FINDINGS)
+    assert opened["frameShown"] is True
+    assert opened["frame"] == '[2, "h1", "Heartbeat", {}]'
+    # A legend entry hides its severity's bars, as on the other charts.
+    browser.evaluate(
+        'document.querySelector(\'svg[data-chart="findings"] .key[data-key="warning"]\')'
+        '.dispatchEvent(new Event("click"))'
+    )
+    assert set(browser.evaluate(FINDINGS)["bars"]) == {"error"}
+    assert browser.problems() == []

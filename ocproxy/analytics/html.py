@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ocproxy import __version__
+from ocproxy.analytics.html_findings import CSS as FINDINGS_CSS
+from ocproxy.analytics.html_findings import findings_html, findings_note
 from ocproxy.analytics.report_data import DIRECTION_NAMES as DIRECTION_NAMES
 from ocproxy.analytics.report_data import (
     Report,
@@ -43,13 +45,19 @@ def render_html(report: Report) -> str:
         _section("status", "Status timeline", status_chart(report), _status_note(report)),
         _section("latency", "Latency by action", latency_chart(report), _latency_note(report)),
         _section("errors", "Errors by code", errors_chart(report), ""),
+        _section(
+            "findings",
+            "Audit findings",
+            findings_html(report.findings),
+            findings_note(report.findings),
+        ),
         _section("chargers", "Chargers", _chargers_table(report), ""),
         _section("latency-table", "Latency percentiles", _latency_table(report), ""),
     ]
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>"
+        f"<title>{esc(title)}</title><style>{CSS}{FINDINGS_CSS}</style></head><body><main>"
         f'<header><h1>{esc(title)}</h1><p class="sub">{_subtitle(report)}</p></header>'
         f"{_cards(report)}{_notes(report)}{''.join(sections)}"
         f"<footer>generated {esc(fmt_stamp(report.generated_at))} by ocproxy {esc(__version__)}"

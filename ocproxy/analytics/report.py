@@ -46,6 +46,7 @@ from ocproxy.analytics.report_data import fmt_stamp as fmt_stamp
 from ocproxy.analytics.report_data import fmt_step as fmt_step
 from ocproxy.analytics.report_data import fmt_time as fmt_time
 from ocproxy.analytics.report_data import fmt_wh as fmt_wh
+from ocproxy.analytics.report_findings import gather_findings
 from ocproxy.analytics.sources import open_sources
 from ocproxy.audit.offline import require_identities
 from ocproxy.errors import ConfigError
@@ -97,6 +98,7 @@ def gather(
         errors=_errors(db, top),
         chargers=_chargers(db, top),
         notes=tuple(said),
+        findings=gather_findings(db, _rows, identity=identity, top=top, bucket_width=bucket_width),
     )
 
 

@@ -172,12 +172,21 @@ def _overview(report: Report) -> Table:
         ("energy", fmt_kwh(o.energy_wh)),
         ("CALLERRORs", fmt_count(o.callerrors)),
         ("unanswered CALLs", fmt_count(o.unanswered)),
+        ("audit findings", _findings_line(report)),
     ]
     if report.identity:
         rows.insert(1, ("charger", report.identity))
     for name, value in rows:
         table.add_row(name, Text(value))
     return table
+
+
+def _findings_line(report: Report) -> str:
+    f = report.findings
+    if not f.total:
+        return "none recorded"
+    parts = ", ".join(f"{fmt_count(n)} {severity}" for severity, n in f.by_severity)
+    return f"{fmt_count(f.total)} ({parts}) in the HTML report; ocproxy audit lists them"
 
 
 def _numeric_table(title: str, columns: list[str], text_columns: int = 2) -> Table:

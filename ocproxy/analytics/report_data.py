@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from ocproxy.analytics.report_findings import Findings
+
 # Bucket widths in seconds: the report takes the smallest giving at most
 # report.MAX_BUCKETS buckets, and the charts' time axes tick at one of them.
 BUCKET_STEPS = (
@@ -141,6 +143,7 @@ class Report:
     errors: tuple[ErrorCode, ...]
     chargers: tuple[ChargerRow, ...]
     notes: tuple[str, ...] = ()
+    findings: Findings = field(default_factory=Findings)
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     elapsed_s: float = 0.0
 

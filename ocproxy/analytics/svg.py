@@ -37,12 +37,13 @@ from ocproxy.analytics.report_data import (
 W = 960  # every chart's viewBox width
 ROW = 24  # height of one bar or lane
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948")
-# Message types, directions, connector statuses (1.6 and 2.x) and error kinds.
+# Message types, directions, connector statuses (1.6 and 2.x), error kinds, severities.
 _COLOR_TABLE = """CALL=#4e79a7 CALLRESULT=#59a14f CALLERROR=#e15759 CALLRESULTERROR=#f28e2b
     SEND=#b07aa1 malformed=#333333 to_csms=#4e79a7 to_charger=#f28e2b Available=#59a14f
     Preparing=#9ecae9 Charging=#4e79a7 Occupied=#2f6db5 SuspendedEV=#edc948
     SuspendedEVSE=#f28e2b Finishing=#76b7b2 Reserved=#b07aa1 Unavailable=#9d9d9d
-    Faulted=#e15759 callerror=#e15759 callresulterror=#f28e2b unanswered=#9d9d9d"""
+    Faulted=#e15759 callerror=#e15759 callresulterror=#f28e2b unanswered=#9d9d9d
+    error=#e15759 warning=#f28e2b info=#76b7b2"""
 # Key -> colour; any other key gets a stable one from PALETTE (see color()).
 COLORS = {k: v for k, _, v in (pair.partition("=") for pair in _COLOR_TABLE.split())}
 
