@@ -432,6 +432,7 @@ FRAME_EVENT: dict[str, Any] = {
     "parse_status": "ok",
     "error_code": None,
     "latency_ms": 12.5,
+    "request_seq": 3,
     "pairing": "matched",
     "injected": False,
     "raw": '[3,"7",{"currentTime":"x"}]',

@@ -118,6 +118,7 @@ def frame_event(
         "parse_status": frame.parse_status,
         "error_code": frame.error_code,
         "latency_ms": frame.latency_ms,
+        "request_seq": frame.request_seq,
         "pairing": frame.pairing,
         "injected": frame.injected,
         "raw": None if frame.raw is None else frame.raw.decode("utf-8", "backslashreplace"),
