@@ -38,7 +38,7 @@ class ChargersTable(DataTable[Any]):
             cells = charger_cells(row)
             if row.identity in self.rows:
                 for name, cell in zip(self.COLUMNS, cells, strict=True):
-                    self.update_cell(row.identity, name, cell)
+                    self.update_cell(row.identity, name, cell, update_width=True)
             else:
                 self.add_row(*cells, key=row.identity)
 
