@@ -3,7 +3,8 @@
 ``python bench/_workload.py csms``
     A minimal OCPP 1.6 CSMS on 127.0.0.1 (a free port, printed as ``PORT <n>``): it
     answers every CALL ``[2, id, action, payload]`` with ``[3, id, {}]``, which is
-    what OCPP 1.6 says a MeterValues CALL gets.
+    what OCPP 1.6 says a MeterValues CALL gets, and a Heartbeat with its
+    ``currentTime``.
     It runs until SIGTERM or SIGINT.
 
 ``python bench/_workload.py load --url ws://127.0.0.1:PORT --chargers N --duration S``
@@ -38,6 +39,7 @@ from websockets.typing import Subprotocol
 
 SUBPROTOCOL = Subprotocol("ocpp1.6")
 COMPRESSIONS = ("deflate", "none")  # permessage-deflate (websockets' default), or none
+DEFAULT_BACKLOG = 100  # asyncio's; the fleet benchmark's storms ask for more
 
 # What the CSMS answers: OCPP 1.6's MeterValues.conf, an empty object. The benchmark's
 # traffic must be valid OCPP, or the live audit records a finding for every answer and
@@ -56,6 +58,9 @@ def _answer(message: str | bytes) -> str | None:
         return None
     if not isinstance(frame, list) or len(frame) != 4 or frame[0] != 2:
         return None
+    if frame[2] == "Heartbeat":  # the fleet benchmark's idle chargers
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return f'[3,{json.dumps(frame[1])},{{"currentTime":"{now}"}}]'
     return f"[3,{json.dumps(frame[1])},{_RESPONSE_PAYLOAD}]"
 
 
@@ -83,7 +88,9 @@ def _compression(name: str) -> str | None:
     return None if name == "none" else name
 
 
-async def run_csms(watch_stdin: bool, compression: str = "deflate") -> None:
+async def run_csms(
+    watch_stdin: bool, compression: str = "deflate", backlog: int = DEFAULT_BACKLOG
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,6 +103,7 @@ async def run_csms(watch_stdin: bool, compression: str = "deflate") -> None:
         0,
         subprotocols=[SUBPROTOCOL],
         compression=_compression(compression),
+        backlog=backlog,
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"PORT {port}", flush=True)
@@ -142,6 +150,11 @@ def meter_values_call(charger: int, n: int) -> tuple[str, str]:
     }
     frame = [2, message_id, "MeterValues", payload]
     return json.dumps(frame, separators=(",", ":")), message_id
+
+
+def heartbeat_call(message_id: str) -> str:
+    """An OCPP 1.6 Heartbeat CALL, what an idle charger sends every interval."""
+    return f'[2,"{message_id}","Heartbeat",{{}}]'
 
 
 def _check_result(answer: str | bytes, message_id: str) -> str | None:
@@ -251,6 +264,9 @@ def _parser() -> argparse.ArgumentParser:
         "--watch-stdin", action="store_true", help="also stop when stdin reaches end of file"
     )
     csms.add_argument("--compression", choices=COMPRESSIONS, default="deflate")
+    csms.add_argument(
+        "--backlog", type=int, default=DEFAULT_BACKLOG, help="listen backlog (default 100)"
+    )
     load = commands.add_parser("load", help="run the chargers once, print one JSON line")
     load.add_argument("--url", required=True, help="ws://127.0.0.1:PORT (CSMS or proxy)")
     load.add_argument("--chargers", type=int, default=1)
@@ -263,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "csms":
-        asyncio.run(run_csms(args.watch_stdin, args.compression))
+        asyncio.run(run_csms(args.watch_stdin, args.compression, args.backlog))
         return 0
     try:
         result = asyncio.run(

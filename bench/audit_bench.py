@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
+from _harness import fmt, positive, positive_int
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -876,7 +877,7 @@ class ProxyRun:
 
     def proxy_cpu(self, chargers: int) -> float | None:
         for case in self.document.get("cases", []):
-            if case["chargers"] == chargers and case["path"] == "proxy":
+            if case["chargers"] == chargers and case["path"] == "ocproxy":
                 value = case["cpu_us_per_round_trip"].get("proxy")
                 return None if value is None else float(value)
         return None
@@ -891,6 +892,8 @@ def run_proxy_bench(label: str, bench_args: str, duration: float, console: Conso
         out = Path(tmp) / "proxy.json"
         command = [sys.executable, str(PROXY_BENCH), "--duration", f"{duration:g}"]
         command += ["--json", str(out)]
+        # As proxy_bench.py ran before it measured nginx & co. in rounds with compression off.
+        command += ["--targets", "direct,ocproxy", "--rounds", "1", "--compression", "deflate"]
         env = {**os.environ, "OCPROXY_BENCH_ARGS": bench_args, "COLUMNS": "120"}
         console.print(
             f"proxy_bench.py with OCPROXY_BENCH_ARGS={bench_args} "
@@ -922,8 +925,8 @@ def run_proxy_bench(label: str, bench_args: str, duration: float, console: Conso
 def proxy_rows(off: ProxyRun, on: ProxyRun) -> list[dict[str, Any]]:
     rows = []
     for chargers in sorted(set(off.chargers()) | set(on.chargers())):
-        direct_off, proxy_off = off.row(chargers, "direct"), off.row(chargers, "proxy")
-        direct_on, proxy_on = on.row(chargers, "direct"), on.row(chargers, "proxy")
+        direct_off, proxy_off = off.row(chargers, "direct"), off.row(chargers, "ocproxy")
+        direct_on, proxy_on = on.row(chargers, "direct"), on.row(chargers, "ocproxy")
         rate_off, rate_on = proxy_off.get("round_trips_per_s"), proxy_on.get("round_trips_per_s")
         cpu_off, cpu_on = off.proxy_cpu(chargers), on.proxy_cpu(chargers)
         ratio_on = proxy_on.get("throughput_ratio")
@@ -952,14 +955,6 @@ def proxy_rows(off: ProxyRun, on: ProxyRun) -> list[dict[str, Any]]:
 
 
 # -- report ---------------------------------------------------------------------------------
-
-
-def fmt(value: Any, spec: str = "", suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"{value:{spec}}{suffix}"
 
 
 def verdict(met: bool | None) -> str:
@@ -1085,20 +1080,6 @@ def environment() -> dict[str, Any]:
 
 
 # -- command line ---------------------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:

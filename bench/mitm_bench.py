@@ -5,13 +5,15 @@ The same round-trip workload as ``proxy_bench.py`` (``_workload.py``: a minimal 
 measured three ways in one run, at 1 and at 100 chargers by default:
 
 - **direct**: chargers -> CSMS;
-- **proxy**: chargers -> ``python -m ocproxy proxy --quiet`` (recording) -> CSMS;
+- **ocproxy**: chargers -> ``python -m ocproxy proxy --quiet`` (recording) -> CSMS;
 - **mitmdump**: chargers -> ``mitmdump --mode reverse:http://127.0.0.1:CSMS@127.0.0.1:0
   -s $(ocproxy addon-path) --set ocproxy_db=FRESH.duckdb --set flow_detail=0`` -> CSMS.
 
 Both relays must exit 0 on SIGTERM and their recordings must hold every frame the
-chargers exchanged (the same check as ``proxy_bench.py``). ``--bare`` adds a fourth
-path, mitmdump without the addon, to separate mitmproxy's own cost from the addon's.
+chargers exchanged (the same check as ``proxy_bench.py``, whose machinery this uses:
+``proxy_bench.py --targets direct,ocproxy,mitmdump`` gives the same figures in its own
+table). ``--bare`` adds a fourth path, mitmdump without the addon, to separate
+mitmproxy's own cost from the addon's.
 
     .venv/bin/python bench/mitm_bench.py [--duration 5] [--chargers 1,100] [--bare]
         [--json results.json] [--markdown]
@@ -24,102 +26,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
-from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import proxy_bench as pb  # the sibling benchmark (this directory is on sys.path)
+from _harness import (
+    Column,
+    cancel_on_signals,
+    cells,
+    fmt,
+    markdown_table,
+    ratio,
+    run_to_exit_code,
+)
+from _peers import MITMDUMP, MITMDUMP_BARE
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ocproxy.mitm import addon_path
-
-MITMDUMP = Path(sys.executable).with_name("mitmdump")
-PATHS = ("direct", "proxy", "mitmdump")
-BARE = "mitmdump-bare"  # --bare: mitmdump without the addon, to show what mitmproxy costs
-
-
-class Case(pb.Case):
-    @property
-    def frames_ok(self) -> bool | None:
-        return None if self.path == BARE else super().frames_ok
-
-
-async def start_mitmdump(
-    started: list[pb.Child], csms_port: int, db: Path | None, confdir: Path
-) -> tuple[pb.Child, int]:
-    command = [
-        str(MITMDUMP),
-        "--mode",
-        f"reverse:http://127.0.0.1:{csms_port}@127.0.0.1:0",
-        "--set",
-        f"confdir={confdir}",
-        "--set",
-        "flow_detail=0",  # no line per flow or message, like ocproxy proxy --quiet
-    ]
-    if db is not None:
-        command += ["-s", str(addon_path()), "--set", f"ocproxy_db={db}"]
-    child = await pb.Child.start("mitmdump", *command)
-    started.append(child)
-    match = await child.wait_for(r"listening at 127\.0\.0\.1:(\d+)", pb.STARTUP_TIMEOUT)
-    return child, int(match.group(1))
-
-
-async def measure_mitmdump(case: pb.Case, args: argparse.Namespace, workdir: Path) -> None:
-    db = None if case.path == BARE else workdir / f"mitmdump-{case.chargers}.duckdb"
-    started: list[pb.Child] = []
-    try:
-        async with pb.children() as started:
-            csms_port = await pb.start_csms(started, args.compression)
-            relay, port = await start_mitmdump(started, csms_port, db, workdir / "mitmproxy-conf")
-            url = f"ws://127.0.0.1:{port}"
-            watched = {"csms": started[0], "proxy": relay}
-            await pb.load_with_cpu(case, started, url, watched, args)
-            case.proxy_exit = await relay.terminate()
-            await started[0].terminate()
-    finally:
-        if len(started) > 1:
-            output = "".join(started[1].stdout)
-            # mitmdump logs to stdout: keep what is not routine (errors, ocproxy's lines).
-            case.proxy_stderr = "".join(started[1].stderr).strip()
-            case.proxy_stdout = output.strip()[-3000:]
-    if db is not None:
-        case.recording = pb.verify_recording(db, case.load, case.proxy_exit)
-
-
-async def run_case(
-    case: pb.Case, args: argparse.Namespace, workdir: Path, console: Console
-) -> None:
-    console.print(f"[bold]{case.name}[/]: {args.warmup:g} s warm-up + {args.duration:g} s ...")
-    try:
-        if case.path == "direct":
-            await pb.measure_direct(case, args)
-        elif case.path == "proxy":
-            await pb.measure_proxy(case, args, workdir)
-        else:
-            await measure_mitmdump(case, args, workdir)
-    except Exception as exc:
-        case.error = f"{type(exc).__name__}: {exc}"
-        console.print(f"[bold red]{case.name} failed:[/] {case.error}", highlight=False)
-    pb.report_problems(case, console)
-
-
-# -- results ------------------------------------------------------------------------------------
+PATHS = ("direct", "ocproxy", "mitmdump")
 
 
 def rows(cases: list[pb.Case]) -> list[dict[str, Any]]:
-    """One row per case; ratios to direct and to the proxy at the same charger count."""
-    by = {(c.path, c.chargers): c.load for c in cases if not c.error}
+    """One row per case; ratios to direct and to ocproxy at the same charger count and
+    compression."""
+    by = {(c.path, c.chargers, c.compression): c.load for c in cases if not c.error}
     out = []
     for case in cases:
         load = case.load
-        direct = by.get(("direct", case.chargers), {})
-        proxy = by.get(("proxy", case.chargers), {})
+        direct = by.get(("direct", case.chargers, case.compression), {})
+        proxy = by.get(("ocproxy", case.chargers, case.compression), {})
         rate = load.get("round_trips_per_s")
         row: dict[str, Any] = {
             "case": case.name,
@@ -132,49 +70,45 @@ def rows(cases: list[pb.Case]) -> list[dict[str, Any]]:
             "vs_proxy": None,
             "p50_vs_proxy": None,
             "every_frame_recorded": case.frames_ok,
-            "cpu_us_per_round_trip": case.cpu_us_per_round_trip.get("proxy"),
+            "cpu_us_per_round_trip": case.cpu_us_per_round_trip.get("proxy tree"),
             "error": case.error,
         }
         if case.path != "direct":
-            row["vs_direct"] = pb.ratio(rate, direct.get("round_trips_per_s"))
+            row["vs_direct"] = ratio(rate, direct.get("round_trips_per_s"))
         if case.path.startswith("mitmdump"):
-            row["vs_proxy"] = pb.ratio(rate, proxy.get("round_trips_per_s"))
-            row["p50_vs_proxy"] = pb.ratio(load.get("p50_ms"), proxy.get("p50_ms"))
+            row["vs_proxy"] = ratio(rate, proxy.get("round_trips_per_s"))
+            row["p50_vs_proxy"] = ratio(load.get("p50_ms"), proxy.get("p50_ms"))
         out.append(row)
     return out
 
 
 COLUMNS = [
-    pb.Column("Path", "Path", "path"),
-    pb.Column("Chargers", "Char-\ngers", "chargers", "d"),
-    pb.Column("Round trips/s", "Round\ntrips/s", "round_trips_per_s", ",.0f"),
-    pb.Column("p50 ms", "p50\nms", "p50_ms", ".2f"),
-    pb.Column("p99 ms", "p99\nms", "p99_ms", ".1f"),
-    pb.Column("vs direct", "vs\ndir.", "vs_direct", ".2f", "x"),
-    pb.Column("vs proxy", "vs\nproxy", "vs_proxy", ".2f", "x"),
-    pb.Column("Relay CPU µs/rt", "CPU\nµs/rt", "cpu_us_per_round_trip", ".0f"),
-    pb.Column("Every frame recorded", "All\nrec.", "every_frame_recorded"),
+    Column("Path", "Path", "path"),
+    Column("Chargers", "Char-\ngers", "chargers", "d"),
+    Column("Round trips/s", "Round\ntrips/s", "round_trips_per_s", ",.0f"),
+    Column("p50 ms", "p50\nms", "p50_ms", ".2f"),
+    Column("p99 ms", "p99\nms", "p99_ms", ".1f"),
+    Column("vs direct", "vs\ndir.", "vs_direct", ".2f", "x"),
+    Column("vs proxy", "vs\nproxy", "vs_proxy", ".2f", "x"),
+    Column("Relay CPU µs/rt", "CPU\nµs/rt", "cpu_us_per_round_trip", ".0f"),
+    Column("Every frame recorded", "All\nrec.", "every_frame_recorded"),
 ]
 NOTE = (
     "vs direct / vs proxy = round trips/s over that path's at the same charger count; "
-    "relay CPU = CPU time of the proxy or mitmdump process per round trip"
+    "relay CPU = CPU time of the ocproxy or mitmdump process tree per round trip"
 )
 
 
 def cpu_table(cases: list[pb.Case]) -> Table:
     """CPU time each process spent per round trip, over the whole load run."""
     table = Table(title="CPU per round trip (µs)", box=box.SIMPLE_HEAD)
-    for header in ("Path", "Chargers", "chargers", "CSMS", "relay"):
+    for header in ("Path", "Chargers", "chargers", "CSMS", "relay", "its children"):
         table.add_column(header, justify="left" if header == "Path" else "right")
     for case in cases:
         cpu = case.cpu_us_per_round_trip
-        values = [pb.fmt(cpu.get(k), ".0f") for k in ("chargers", "csms", "proxy")]
-        table.add_row(case.path, str(case.chargers), *values)
+        keys = ("chargers", "csms", "proxy", "proxy children")
+        table.add_row(case.path, str(case.chargers), *[fmt(cpu.get(k), ".0f") for k in keys])
     return table
-
-
-def cells(row: dict[str, Any]) -> list[str]:
-    return [pb.fmt(row[c.key], c.spec, c.suffix) for c in COLUMNS]
 
 
 def rich_table(table_rows: list[dict[str, Any]], title: str) -> Table:
@@ -183,15 +117,8 @@ def rich_table(table_rows: list[dict[str, Any]], title: str) -> Table:
         justify: Literal["left", "right"] = "left" if column.key == "path" else "right"
         table.add_column(column.header, justify=justify, no_wrap=True)
     for row in table_rows:
-        table.add_row(*cells(row))
+        table.add_row(*cells(row, COLUMNS))
     return table
-
-
-def markdown_table(table_rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(c.title for c in COLUMNS) + " |"]
-    lines.append("|" + "|".join(":---" if c.key == "path" else "---:" for c in COLUMNS) + "|")
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in table_rows]
-    return "\n".join(lines)
 
 
 def report(
@@ -204,38 +131,30 @@ def report(
     console.print(rich_table(table_rows, title))
     console.print(cpu_table(cases))
     if args.markdown:
-        print("\n" + markdown_table(table_rows) + "\n")
+        print("\n" + markdown_table(table_rows, COLUMNS) + "\n")
         print(f"{NOTE}.")
     if args.json:
         document: dict[str, Any] = {"environment": meta, "rows": table_rows}
-        document["cases"] = [asdict(c) for c in cases]
+        document["cases"] = [c.document() for c in cases]
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         console.print(f"results written to {args.json}")
     return all(c.error is None for c in cases) and all(c.frames_ok is not False for c in cases)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = pb.parser()
-    p.description = "Throughput and latency of OCPP round trips: direct, ocproxy proxy, mitmdump."
-    p.epilog = None
+    p = argparse.ArgumentParser(
+        description="Throughput and latency of OCPP round trips: direct, ocproxy proxy, mitmdump."
+    )
+    pb.add_run_options(p, "deflate", rounds_default=1)
     p.add_argument("--bare", action="store_true", help="also measure mitmdump without the addon")
     return p
 
 
 async def run(args: argparse.Namespace, console: Console) -> bool:
-    pb.cancel_on_signals()
-    meta = pb.environment(args)
-    workdir = Path(tempfile.mkdtemp(prefix="ocproxy-mitm-bench-"))
-    paths = (*PATHS[:2], BARE, PATHS[2]) if args.bare else PATHS
-    cases: list[pb.Case] = [Case(path, n) for n in args.chargers for path in paths]
-    try:
-        for case in cases:
-            await run_case(case, args, workdir, console)
-    finally:
-        if args.keep:
-            console.print(f"recordings kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    cancel_on_signals()
+    meta = pb.settings(args)
+    cases = pb.plan(args, (*PATHS[:2], MITMDUMP_BARE, PATHS[2]) if args.bare else PATHS)
+    meta["wall_s"] = await pb.measure_all(cases, args, console)
     return report(cases, args, meta, console)
 
 
@@ -245,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if not MITMDUMP.exists():
         console.print(f"no mitmdump next to this Python ({MITMDUMP}); pip install mitmproxy")
         return 1
-    return pb.run_to_exit_code(run, args, console)
+    return run_to_exit_code(run, args, console)
 
 
 if __name__ == "__main__":

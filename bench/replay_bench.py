@@ -35,7 +35,7 @@ from typing import Any
 
 import _workload
 import duckdb
-from proxy_bench import (
+from _harness import (
     STOP_TIMEOUT,
     Child,
     cancel_on_signals,
@@ -43,10 +43,9 @@ from proxy_bench import (
     cpu_seconds,
     environment,
     positive,
-    run_load,
     run_to_exit_code,
-    start_csms,
 )
+from _peers import run_load, start_csms
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -165,21 +164,21 @@ async def measure(args: argparse.Namespace, workdir: Path, console: Console) -> 
     console.print(f"  done in {generate_s:.1f} s ({2 * args.exchanges / generate_s:,.0f} rows/s)")
     out: dict[str, Any] = {"generate_s": generate_s, "exchanges": args.exchanges}
     async with children() as started:
-        port = await start_csms(started)
+        csms, port = await start_csms(started)
         url = f"ws://127.0.0.1:{port}"
         console.print(f"direct client, {args.warmup:g} s warm-up + {args.duration:g} s ...")
         out["direct_before"] = await run_load(started, url, 1, args.duration, args.warmup)
         console.print(f"ocproxy replay --speed max of {args.exchanges:,} exchanges ...")
-        csms_cpu = cpu_seconds(started[0].process.pid)
+        csms_cpu = cpu_seconds(csms.pid)
         out["replay"] = await run_replay(started, source, connection_id, port, workdir)
-        csms_after = cpu_seconds(started[0].process.pid)
+        csms_after = cpu_seconds(csms.pid)
         if csms_cpu is not None and csms_after is not None:
             out["replay"]["csms_cpu_us_per_exchange"] = (
                 (csms_after - csms_cpu) / args.exchanges * 1e6
             )
         console.print("direct client again ...")
         out["direct_after"] = await run_load(started, url, 1, args.duration, args.warmup)
-        await started[0].terminate()
+        await csms.terminate()
     return out
 
 
@@ -249,9 +248,7 @@ def parser() -> argparse.ArgumentParser:
 async def run(args: argparse.Namespace, console: Console) -> bool:
     cancel_on_signals()
     meta = environment(
-        argparse.Namespace(
-            duration=args.duration, warmup=args.warmup, chargers=[1], compression="deflate"
-        )
+        duration_s=args.duration, warmup_s=args.warmup, chargers=[1], compression="deflate"
     )
     console.print(TARGET_TEXT, highlight=False)
     workdir = Path(tempfile.mkdtemp(prefix="ocproxy-replay-bench-"))

@@ -46,3 +46,17 @@ def test_an_answer_the_schema_refuses_would_be_found() -> None:
         feed.send(connection_id, CP, call, at=n)
         feed.send(connection_id, CS, f'[3,"{message_id}",{{"status":"Accepted"}}]', at=n + 0.5)
     assert [f.rule for f in feed.findings] == ["schema-additional-property"] * 5
+
+
+def test_the_fleet_chargers_heartbeats_are_valid_ocpp_16() -> None:
+    """fleet_bench.py's idle chargers send Heartbeats; the CSMS answers with currentTime."""
+    workload = bench_module("_workload")
+    feed = Feed()
+    connection_id, _ = feed.open("ocpp1.6")
+    for n in range(3):
+        call = workload.heartbeat_call(f"hb-{n}")
+        answer = workload._answer(call)
+        assert answer is not None
+        feed.send(connection_id, CP, call, at=n * 60)
+        feed.send(connection_id, CS, answer, at=n * 60 + 0.001)
+    assert feed.findings == []

@@ -1,0 +1,406 @@
+"""What every benchmark here shares: child processes, their CPU and memory, the run's frame.
+
+- ``Child`` / ``children()``: subprocesses whose output is drained into memory, killed
+  whatever happens (and, on Linux, when the benchmark is killed outright);
+- ``/proc`` readings: CPU seconds and memory (RSS, PSS) of a process or its whole tree;
+- the open-files limit, free ports, argparse types, table cells, and the run's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
+import platform
+import re
+import resource
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- child processes --------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM it if the benchmark is killed outright."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Child:
+    """A subprocess whose stdout and stderr are drained into memory as they come."""
+
+    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.process = process
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._new_line = asyncio.Event()
+        assert process.stdout is not None
+        assert process.stderr is not None
+        self._drains = [
+            asyncio.create_task(self._drain(process.stdout, self.stdout)),
+            asyncio.create_task(self._drain(process.stderr, self.stderr)),
+        ]
+
+    @classmethod
+    async def start(
+        cls, name: str, *args: str, env: dict[str, str] | None = None, stdin_pipe: bool = False
+    ) -> Child:
+        """``stdin_pipe``: the child's stdin stays open (for ``send_line``) until this
+        process is gone."""
+        process = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.PIPE if stdin_pipe else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        return cls(name, process)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def _drain(self, stream: asyncio.StreamReader, into: list[str]) -> None:
+        async for line in stream:
+            into.append(line.decode("utf-8", "replace"))
+            self._new_line.set()
+        self._new_line.set()
+
+    async def wait_for(self, pattern: str, within: float, stream: str = "stdout") -> re.Match[str]:
+        """The first match of ``pattern`` in the child's output; fail if it exits or times out."""
+        lines, drain = (self.stdout, 0) if stream == "stdout" else (self.stderr, 1)
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    match = re.search(pattern, "".join(lines))
+                    if match:
+                        return match
+                    if self._drains[drain].done():  # output closed: the child is exiting
+                        await self.wait(STARTUP_TIMEOUT)
+                        raise RuntimeError(f"{self.name} exited early: {self.describe()}")
+                    self._new_line.clear()
+                    await self._new_line.wait()
+        except TimeoutError:
+            raise RuntimeError(f"{self.name} not ready after {within:g} s") from None
+
+    async def send_line(self, line: str) -> None:
+        assert self.process.stdin is not None, "started without stdin_pipe"
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def wait(self, within: float) -> int:
+        async with asyncio.timeout(within):
+            code = await self.process.wait()
+            await asyncio.gather(*self._drains)
+        return code
+
+    async def terminate(self, within: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then wait for the exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        return await self.wait(within)
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+    def describe(self) -> str:
+        err = "".join(self.stderr).strip()
+        return f"exit {self.process.returncode}; stderr: {err[-2000:] or '(empty)'}"
+
+
+@contextlib.asynccontextmanager
+async def children() -> AsyncIterator[list[Child]]:
+    """Every child started in the block is killed on the way out, whatever happened."""
+    started: list[Child] = []
+    try:
+        yield started
+    finally:
+        for child in started:
+            child.kill()
+        for child in started:
+            with contextlib.suppress(Exception):
+                await child.wait(10.0)
+
+
+def cancel_on_signals() -> None:
+    """SIGINT/SIGTERM cancel the run, so that every ``children()`` block kills its processes."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+
+
+def run_to_exit_code(
+    bench: Callable[[argparse.Namespace, Console], Coroutine[Any, Any, bool]],
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
+    """Run a benchmark's coroutine; 0 when it ran clean, 1 when not, 130 if interrupted."""
+    try:
+        ok = asyncio.run(bench(args, console))
+    except asyncio.CancelledError:
+        console.print("interrupted; every subprocess was stopped")
+        return 130
+    return 0 if ok else 1
+
+
+# -- /proc: CPU and memory ------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 onwards), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (Linux /proc), None where unavailable."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc): e.g. the proxy's recorder and forkserver."""
+    below: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+            below.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in below.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU time of ``pid`` itself, and of the rest of its tree: every live descendant plus
+    what each member has reaped. None when ``pid`` is gone.
+
+    Counting reaped children (``cutime`` + ``cstime``) keeps the figure whole when a
+    process of the tree ends during a measurement: its time moves from the live sum into
+    its parent's reaped sum. One pass, so that the two parts are read together.
+    """
+    root = _stat_fields(pid)
+    if root is None:
+        return None
+    own = (int(root[11]) + int(root[12])) / CLOCK_TICKS
+    rest = (int(root[13]) + int(root[14])) / CLOCK_TICKS
+    for member in descendant_pids(pid):
+        fields = _stat_fields(member)
+        if fields is not None:
+            rest += sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK_TICKS
+    return own, rest
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Resident memory of a process or a tree, in KiB. PSS shares each shared page among
+    the processes that map it, so a tree's PSS adds up without counting a page twice;
+    None where /proc/PID/smaps_rollup is missing."""
+
+    rss_kib: int
+    pss_kib: int | None
+    processes: int
+
+    def __add__(self, other: Memory) -> Memory:
+        pss = (
+            None if self.pss_kib is None or other.pss_kib is None else self.pss_kib + other.pss_kib
+        )
+        return Memory(self.rss_kib + other.rss_kib, pss, self.processes + other.processes)
+
+
+def _kib_field(path: Path, name: str) -> int | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{name}:\s+(\d+) kB", text, re.MULTILINE)
+    return None if match is None else int(match.group(1))
+
+
+def process_memory(pid: int) -> Memory | None:
+    rss = _kib_field(Path(f"/proc/{pid}/status"), "VmRSS")
+    if rss is None:
+        return None
+    return Memory(rss, _kib_field(Path(f"/proc/{pid}/smaps_rollup"), "Pss"), 1)
+
+
+def tree_memory(pid: int) -> Memory | None:
+    """RSS and PSS of ``pid`` and every live descendant, summed; None when ``pid`` is gone."""
+    root = process_memory(pid)
+    if root is None:
+        return None
+    for member in descendant_pids(pid):
+        found = process_memory(member)
+        if found is not None:
+            root += found
+    return root
+
+
+# -- the machine ------------------------------------------------------------------------
+
+
+def raise_open_files(needed: int) -> str:
+    """Raise this process's open-files soft limit (children inherit it) to the hard limit,
+    and the hard limit too when it is below ``needed`` and we may (root). Says what it did."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return f"open files: soft {soft}, hard {hard} raised to {needed} (privileged)"
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return (
+                f"open files: soft {soft} raised to the hard limit {hard}, which is TOO LOW: "
+                f"about {needed} are needed; expect failures (raise it: ulimit -Hn {needed})"
+            )
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return f"open files: soft limit {soft} raised to the hard limit {hard}"
+    return f"open files: soft = hard limit = {hard}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (for programs that cannot take port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def wait_listening(port: int, child: Child, within: float = STARTUP_TIMEOUT) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:``port``; fail if ``child`` exits."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if child.process.returncode is not None:
+            await child.wait(STARTUP_TIMEOUT)
+            raise RuntimeError(f"{child.name} exited early: {child.describe()}")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{child.name} not listening on port {port} after {within:g} s")
+
+
+def environment(**settings: Any) -> dict[str, Any]:
+    """The machine and versions a run's figures belong to, with the run's own settings."""
+    import duckdb
+
+    return {
+        "python": platform.python_version(),
+        "websockets": metadata.version("websockets"),
+        "duckdb": duckdb.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        **settings,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def charger_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 1,100") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: charger counts must be >= 1")
+    return counts
+
+
+def name_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names, each one of ``choices``, in the order given."""
+
+    def parse(text: str) -> list[str]:
+        names = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: choose from {','.join(choices)} (comma-separated)"
+            )
+        return list(dict.fromkeys(names))
+
+    return parse
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def fmt(value: Any, spec: str = "", suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:{spec}}{suffix}"
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str  # Markdown header
+    header: str  # rich header, on up to three short lines so the table fits 80 columns
+    key: str
+    spec: str = ""
+    suffix: str = ""
+
+
+def cells(row: dict[str, Any], columns: Sequence[Column]) -> list[str]:
+    return [fmt(row[c.key], c.spec, c.suffix) for c in columns]
+
+
+def markdown_table(
+    table_rows: Sequence[dict[str, Any]], columns: Sequence[Column], left: str = "path"
+) -> str:
+    lines = ["| " + " | ".join(c.title for c in columns) + " |"]
+    lines.append("|" + "|".join(":---" if c.key == left else "---:" for c in columns) + "|")
+    lines += ["| " + " | ".join(cells(row, columns)) + " |" for row in table_rows]
+    return "\n".join(lines)
