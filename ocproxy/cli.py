@@ -46,7 +46,7 @@ examples:
       a charger dialling ws://PROXY:9000/ocpp/CP-1 is relayed to
       wss://csms.example.net/ocpp/ocpp/CP-1 (upstream + the charger's path and query)
   ocproxy proxy --config site.toml
-      routes identity patterns to different CSMSs (see README, "Config file")
+      routes identity patterns to different CSMSs (see docs/config.md)
 
 Every frame both ways is recorded in the DuckDB file (tables connections, frames).
 SIGINT/SIGTERM close every connection with 1001, flush the recording and exit 0.
@@ -55,7 +55,7 @@ SIGINT/SIGTERM close every connection with 1001, flush the recording and exit 0.
 _DEMO_EPILOG = """\
 example:
   ocproxy demo --db demo.duckdb
-      then: duckdb demo.duckdb "SELECT action, count(*) FROM frames GROUP BY ALL"
+      then: ocproxy query demo.duckdb "SELECT action, count(*) FROM frames GROUP BY ALL"
 """
 
 

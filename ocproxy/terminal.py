@@ -11,14 +11,17 @@ nothing changes.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable
 from typing import Any
 
-from rich.console import Console, ConsoleOptions, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.live_render import LiveRender
 from rich.measure import Measurement
 from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
 
 # The width a log console claims: wider than any line ocproxy prints, so that nothing
 # is cut or wrapped at it. Renderables are drawn at their own width, never this one.
@@ -46,6 +49,7 @@ class NaturalWidthConsole(Console):
             yield from super().render(renderable, options)
             return
         options = options or self.options
+        renderable = _title_apart(renderable)
         # A Live view (ocproxy tail into a pipe) is printed through its LiveRender.
         measured = renderable.renderable if isinstance(renderable, LiveRender) else renderable
         natural = Measurement.get(self, options, measured).maximum
@@ -58,6 +62,16 @@ class NaturalWidthConsole(Console):
             )
         finally:
             self._rendering.active = False
+
+
+def _title_apart(renderable: RenderableType) -> RenderableType:
+    """A table's title on a line of its own: rich wraps it at the table's width."""
+    if not isinstance(renderable, Table) or renderable.title is None:
+        return renderable
+    table = copy.copy(renderable)
+    table.title = None
+    title = renderable.title
+    return Group(Text(title) if isinstance(title, str) else title, table)
 
 
 def make_console(**kwargs: Any) -> Console:

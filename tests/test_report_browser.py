@@ -30,6 +30,8 @@ from test_report import flawed_recording, record, record_fleet
 from ocproxy.analytics.html import render_html
 from ocproxy.analytics.report import build_report
 
+pytestmark = pytest.mark.browser  # make test-nobrowser deselects these
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHARTS = {"volume", "energy", "status", "latency", "errors", "findings"}
