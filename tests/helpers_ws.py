@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request
+from websockets.utils import accept_key
 
 Message = tuple[str, bytes]  # (opcode "text"/"binary", exact bytes)
 Handler = Callable[[ServerConnection], Awaitable[None]]
@@ -88,6 +89,7 @@ class Upstream:
     requests: list[Request] = field(default_factory=list)
     open: int = 0
     pings: int = 0
+    pongs: int = 0
     received: dict[int, list[Message]] = field(default_factory=dict)
 
     @property
@@ -117,6 +119,8 @@ async def upstream(
         def process_event(self, event: Any) -> None:
             if isinstance(event, Frame) and event.opcode is Opcode.PING:
                 box.pings += 1
+            if isinstance(event, Frame) and event.opcode is Opcode.PONG:
+                box.pongs += 1
             super().process_event(event)
 
     async def _process_request(connection: ServerConnection, request: Request) -> Any:
@@ -149,13 +153,16 @@ async def upstream(
 
 
 class PingCountingClient(ClientConnection):
-    """A charger connection that counts the Ping frames it receives."""
+    """A charger connection that counts the Ping (and Pong) frames it receives."""
 
     pings = 0
+    pongs = 0
 
     def process_event(self, event: Any) -> None:
         if isinstance(event, Frame) and event.opcode is Opcode.PING:
             self.pings += 1
+        if isinstance(event, Frame) and event.opcode is Opcode.PONG:
+            self.pongs += 1
         super().process_event(event)
 
 
@@ -225,3 +232,138 @@ async def silent_server() -> AsyncIterator[SilentServer]:
 
 def headers_json(value: str) -> list[tuple[str, str]]:
     return [(name, val) for name, val in json.loads(value)]
+
+
+# -- raw WebSocket frames and raw peers (framing and masking exactly as written) ------------
+
+
+def ws_frame(
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    key: bytes | None = None,
+    form: int | None = None,
+    length: int | None = None,
+) -> bytes:
+    """One frame written by hand: masked with ``key`` if given; ``form`` 7, 16 or 64 is
+    the length encoding (minimal by default); ``length`` a declared length other than the
+    payload's (for a header alone)."""
+    n = len(payload) if length is None else length
+    if form is None:
+        form = 7 if n < 126 else 16 if n < 1 << 16 else 64
+    bit = 0x80 if key is not None else 0
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    if form == 7:
+        head += bytes([bit | n])
+    elif form == 16:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if key is None:
+        return head + payload
+    return head + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    fin: bool
+    rsv: int
+    opcode: int
+    masked: bool
+    payload: bytes  # unmasked
+    wire: bytes  # exactly as read
+
+
+async def read_frame(reader: asyncio.StreamReader) -> RawFrame:
+    """The next frame from a raw peer's stream, parsed by hand."""
+    head = await reader.readexactly(2)
+    n = head[1] & 0x7F
+    extra = b""
+    if n == 126:
+        extra = await reader.readexactly(2)
+    elif n == 127:
+        extra = await reader.readexactly(8)
+    if extra:
+        n = int.from_bytes(extra, "big")
+    key = await reader.readexactly(4) if head[1] & 0x80 else b""
+    body = await reader.readexactly(n)
+    payload = bytes(b ^ key[i & 3] for i, b in enumerate(body)) if key else body
+    return RawFrame(
+        fin=bool(head[0] & 0x80),
+        rsv=head[0] & 0x70,
+        opcode=head[0] & 0x0F,
+        masked=bool(key),
+        payload=payload,
+        wire=head + extra + key + body,
+    )
+
+
+async def raw_charger(
+    port: int, path: str = "/ocpp/CP1", headers: Iterable[tuple[str, str]] = ()
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A TCP connection that did the opening handshake by hand; and the 101's head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw_upgrade_request(port, path, headers))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return reader, writer, head
+
+
+@dataclass
+class RawCsms:
+    """A CSMS that answers the opening handshake by hand, then leaves the stream to the
+    test: ``peers`` gets (reader, writer, request head) for each connection."""
+
+    port: int = 0
+    peers: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]] = field(
+        default_factory=asyncio.Queue
+    )
+
+
+@asynccontextmanager
+async def raw_csms(extensions: str | None = None) -> AsyncIterator[RawCsms]:
+    """``extensions``: the Sec-WebSocket-Extensions answer, if any (taken as given)."""
+    box = RawCsms()
+    writers: list[asyncio.StreamWriter] = []
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        lines = [
+            "HTTP/1.1 101 Switching Protocols",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Accept: {accept_key(key)}",
+        ]
+        if extensions is not None:
+            lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await box.peers.put((reader, writer, head))
+        await done.wait()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    box.port = server.sockets[0].getsockname()[1]
+    try:
+        yield box
+    finally:
+        done.set()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    """What is left on a raw stream until its peer ends it (or resets it)."""
+    try:
+        return await reader.read()
+    except ConnectionError:
+        return b""
