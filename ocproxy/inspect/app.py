@@ -44,7 +44,7 @@ class Source(Protocol):
         self, identity: str | None, flt: Filter, text: str, start: Key | None, *,
         forward: bool = True, responses: bool = False,
     ) -> FrameItem | None: ...  # fmt: skip
-    async def frame(self, connection_id: str, seq: int) -> FrameItem | None: ...
+    async def pair_of(self, item: FrameItem) -> FrameItem | None: ...
     async def detail(self, item: FrameItem) -> Detail: ...
 
 
@@ -227,7 +227,7 @@ class InspectApp(App[int]):
             return items
         self.frames.show(items, self._ends_at(), cursor=len(items) - 1 if last else cursor)
         self._status_page()
-        await self._show_detail()
+        self._detail_later()
         return items
 
     @on(FramesTable.Edge)
@@ -243,10 +243,16 @@ class InspectApp(App[int]):
                 self.frames.move_cursor(row=len(page) - 1, animate=False)
 
     @on(DataTable.RowHighlighted, "#frames")
-    async def _frame_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        await self._show_detail()
+    def _frame_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail_later()
+
+    def _detail_later(self) -> None:
+        # Off the paging path, the latest highlight only: scrolling never waits for it.
+        self.run_worker(self._show_detail, group="detail", exclusive=True)
 
     async def _show_detail(self) -> None:
+        if not self.query("#detail-body"):
+            return  # the app is closing
         item = self.frames.current
         body = self.query_one("#detail-body", Static)
         if item is None:
@@ -264,7 +270,8 @@ class InspectApp(App[int]):
         self._status(f"{self.identity or 'all'} · {len(items)} {what}{flt}{mode}", "")
 
     def _status(self, text: str, style: str) -> None:
-        self.query_one("#status", Static).update(Text(text, style))
+        for line in self.query("#status").results(Static):  # none once the app is closing
+            line.update(Text(text, style))
 
     # -- live ----------------------------------------------------------------------------
 
@@ -291,7 +298,7 @@ class InspectApp(App[int]):
             )  # fmt: skip
             if new:
                 self.frames.append(new, self._ends_at(), FOLLOW_KEEP)
-                await self._show_detail()
+                self._detail_later()
                 self._status_page()
 
     # -- the filter bar --------------------------------------------------------------------
@@ -358,17 +365,16 @@ class InspectApp(App[int]):
                                          responses=self.responses)  # fmt: skip
         index = next((n for n, i in enumerate(items) if i.key == target.key), 0)
         self.frames.show(items, self._ends_at(), cursor=index)
-        await self._show_detail()
+        self._detail_later()
 
     async def action_pair(self) -> None:
         item = self.frames.current
         if item is None:
             return
-        seq = item.request_seq if item.is_response else (item.answer.seq if item.answer else None)
-        if seq is None:
+        if item.request_seq is None and item.answer is None:
             self._status("this frame has no paired frame", "yellow")
             return
-        pair = await self._guard(self.source.frame(item.connection_id, seq))
+        pair = await self._guard(self.source.pair_of(item))
         if pair is None:
             return
         if item.is_call and not self.responses:

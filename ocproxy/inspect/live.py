@@ -231,12 +231,15 @@ class LiveSource:
         found = next((i for i in frames if i.connection_id == connection_id and i.seq == seq), None)
         return None if found is None else self._answered(found)
 
-    async def detail(self, item: FrameItem) -> Detail:
-        pair = None
+    async def pair_of(self, item: FrameItem) -> FrameItem | None:
         if item.request_seq is not None:
-            pair = await self.frame(item.connection_id, item.request_seq)
-        elif item.answer is not None:
-            pair = await self.frame(item.connection_id, item.answer.seq)
+            return await self.frame(item.connection_id, item.request_seq)
+        if item.answer is not None:
+            return await self.frame(item.connection_id, item.answer.seq)
+        return None
+
+    async def detail(self, item: FrameItem) -> Detail:
+        pair = await self.pair_of(item)
         handshake: dict[str, Any] = {}
         findings: tuple[Finding, ...] = ()
         try:

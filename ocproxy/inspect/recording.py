@@ -22,6 +22,7 @@ from ocproxy.inspect.filters import Filter, to_sql
 from ocproxy.inspect.model import Answer, ChargerRow, Detail, Finding, FrameItem, Key
 
 PAGE = 100
+_SLACK_US = 1_000_000  # latency is rounded; a pair is looked for within a second of it
 _LOCKED_HINT = "inspect it live instead: ocproxy inspect --control HOST:PORT"
 
 _FRAME_COLUMNS = """
@@ -80,7 +81,12 @@ class RecordingSource:
 
     async def _run(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         async with self._lock:
-            return await asyncio.to_thread(self._rows, sql, params or {})
+            work = asyncio.ensure_future(asyncio.to_thread(self._rows, sql, params or {}))
+            try:
+                return await asyncio.shield(work)
+            finally:
+                if not work.done():  # cancelled: the thread still uses the connection
+                    await asyncio.wait([work])
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         try:
@@ -230,19 +236,36 @@ class RecordingSource:
 
     # -- one frame --------------------------------------------------------------------------
 
-    async def frame(self, connection_id: str, seq: int) -> FrameItem | None:
-        items = await self._frames(
-            "f.connection_id = $fc AND f.seq = $fs", {"fc": connection_id, "fs": seq}, 1,
-            backwards=False,
-        )  # fmt: skip
+    async def frame(
+        self, connection_id: str, seq: int, *, low_us: int | None = None,
+        high_us: int | None = None,
+    ) -> FrameItem | None:  # fmt: skip
+        """One frame; a time span it lies in, when known, spares a scan of the rest."""
+        where = "f.connection_id = $fc AND f.seq = $fs"
+        params: dict[str, Any] = {"fc": connection_id, "fs": seq}
+        if low_us is not None:
+            where += " AND f.ts >= make_timestamptz($lo)"
+            params["lo"] = low_us
+        if high_us is not None:
+            where += " AND f.ts <= make_timestamptz($hi)"
+            params["hi"] = high_us
+        items = await self._frames(where, params, 1, backwards=False)
         return items[0] if items else None
 
     async def pair_of(self, item: FrameItem) -> FrameItem | None:
-        """A response's CALL, or a CALL's answer."""
+        """A response's CALL, or a CALL's answer: where the latency says it is (±1 s)."""
         if item.request_seq is not None:
-            return await self.frame(item.connection_id, item.request_seq)
+            if item.latency_ms is None:
+                return await self.frame(item.connection_id, item.request_seq, high_us=item.ts_us)
+            near = item.ts_us - round(item.latency_ms * 1000)
+            return await self.frame(item.connection_id, item.request_seq,
+                                    low_us=near - _SLACK_US, high_us=item.ts_us)  # fmt: skip
         if item.answer is not None:
-            return await self.frame(item.connection_id, item.answer.seq)
+            if item.answer.latency_ms is None:
+                return await self.frame(item.connection_id, item.answer.seq, low_us=item.ts_us)
+            near = item.ts_us + round(item.answer.latency_ms * 1000)
+            return await self.frame(item.connection_id, item.answer.seq,
+                                    low_us=item.ts_us, high_us=near + _SLACK_US)  # fmt: skip
         return None
 
     async def detail(self, item: FrameItem) -> Detail:

@@ -98,7 +98,7 @@ class InjectScreen(ModalScreen[None]):
         if event.button.id == "close":
             self.dismiss()
         else:
-            self.run_worker(self._send(), exclusive=True, exit_on_error=False)
+            self.run_worker(self._send, exclusive=True)
 
     def _say(self, text: str, style: str) -> None:
         self.query_one("#answer", Static).update(Text(text, style))
