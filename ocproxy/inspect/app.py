@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -246,9 +246,10 @@ class InspectApp(App[int]):
     def _frame_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._detail_later()
 
-    def _detail_later(self) -> None:
+    @work(group="detail", exclusive=True)
+    async def _detail_later(self) -> None:
         # Off the paging path, the latest highlight only: scrolling never waits for it.
-        self.run_worker(self._show_detail, group="detail", exclusive=True)
+        await self._show_detail()
 
     async def _show_detail(self) -> None:
         if not self.query("#detail-body"):

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.table import Table
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -98,11 +99,12 @@ class InjectScreen(ModalScreen[None]):
         if event.button.id == "close":
             self.dismiss()
         else:
-            self.run_worker(self._send, exclusive=True)
+            self._send()
 
     def _say(self, text: str, style: str) -> None:
         self.query_one("#answer", Static).update(Text(text, style))
 
+    @work(exclusive=True)
     async def _send(self) -> None:
         action = self.query_one("#action", Select).value
         if not isinstance(action, str):
