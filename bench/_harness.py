@@ -222,39 +222,55 @@ def tree_cpu_seconds(pid: int) -> tuple[float, float] | None:
 
 @dataclass(frozen=True)
 class Memory:
-    """Resident memory of a process or a tree, in KiB. PSS shares each shared page among
-    the processes that map it, so a tree's PSS adds up without counting a page twice;
-    None where /proc/PID/smaps_rollup is missing."""
+    """Resident memory of a process or a tree, in KiB.
+
+    RSS counts every page a process maps, so a tree's RSS counts shared pages (libraries,
+    pages a fork still shares with its parent) once per process. PSS divides each shared
+    page among the processes mapping it: a tree's PSS adds up to what it really holds,
+    but a process's PSS also drops when some other process starts mapping the same
+    library. USS is what only this process maps (private pages): what grows per
+    connection. PSS and USS are None where /proc/PID/smaps_rollup is missing.
+    """
 
     rss_kib: int
     pss_kib: int | None
+    uss_kib: int | None
     processes: int
 
     def __add__(self, other: Memory) -> Memory:
-        pss = (
-            None if self.pss_kib is None or other.pss_kib is None else self.pss_kib + other.pss_kib
+        return Memory(
+            self.rss_kib + other.rss_kib,
+            _add(self.pss_kib, other.pss_kib),
+            _add(self.uss_kib, other.uss_kib),
+            self.processes + other.processes,
         )
-        return Memory(self.rss_kib + other.rss_kib, pss, self.processes + other.processes)
 
 
-def _kib_field(path: Path, name: str) -> int | None:
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
+
+
+def _kib_fields(path: Path) -> dict[str, int]:
+    """The "Name:  123 kB" lines of a /proc file, or nothing if it cannot be read."""
     try:
         text = path.read_text()
     except OSError:
-        return None
-    match = re.search(rf"^{name}:\s+(\d+) kB", text, re.MULTILINE)
-    return None if match is None else int(match.group(1))
+        return {}
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.MULTILINE)}
 
 
 def process_memory(pid: int) -> Memory | None:
-    rss = _kib_field(Path(f"/proc/{pid}/status"), "VmRSS")
+    rss = _kib_fields(Path(f"/proc/{pid}/status")).get("VmRSS")
     if rss is None:
         return None
-    return Memory(rss, _kib_field(Path(f"/proc/{pid}/smaps_rollup"), "Pss"), 1)
+    rollup = _kib_fields(Path(f"/proc/{pid}/smaps_rollup"))
+    clean, dirty = rollup.get("Private_Clean"), rollup.get("Private_Dirty")
+    uss = None if clean is None or dirty is None else clean + dirty
+    return Memory(rss, rollup.get("Pss"), uss, 1)
 
 
 def tree_memory(pid: int) -> Memory | None:
-    """RSS and PSS of ``pid`` and every live descendant, summed; None when ``pid`` is gone."""
+    """RSS, PSS and USS of ``pid`` and every live descendant, summed; None when it is gone."""
     root = process_memory(pid)
     if root is None:
         return None
@@ -263,6 +279,21 @@ def tree_memory(pid: int) -> Memory | None:
         if found is not None:
             root += found
     return root
+
+
+def memory_by_process(pid: int) -> dict[str, Memory]:
+    """Memory of ``pid`` and each live descendant, by "PID COMMAND LINE" (cut short)."""
+    out: dict[str, Memory] = {}
+    for member in (pid, *descendant_pids(pid)):
+        found = process_memory(member)
+        if found is not None:
+            try:
+                raw = Path(f"/proc/{member}/cmdline").read_bytes()
+            except OSError:
+                raw = b"?"
+            command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+            out[f"{member} {command[:100]}"] = found
+    return out
 
 
 # -- the machine ------------------------------------------------------------------------
@@ -391,6 +422,14 @@ class Column:
     key: str
     spec: str = ""
     suffix: str = ""
+
+
+def print_table(console: Console, table: Any) -> None:
+    """A table on a terminal as wide as it is; into a file or a pipe at its natural width."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(width=max(console.width, 240)).print(table)
 
 
 def cells(row: dict[str, Any], columns: Sequence[Column]) -> list[str]:

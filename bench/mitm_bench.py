@@ -38,6 +38,7 @@ from _harness import (
     cells,
     fmt,
     markdown_table,
+    print_table,
     ratio,
     run_to_exit_code,
 )
@@ -128,8 +129,8 @@ def report(
     meta["load_average_at_end"] = os.getloadavg()
     meta["mitmproxy"] = metadata.version("mitmproxy")
     title = f"ocproxy proxy vs mitmdump + addon, {args.duration:g} s per case ({meta['cpus']} CPUs)"
-    console.print(rich_table(table_rows, title))
-    console.print(cpu_table(cases))
+    print_table(console, rich_table(table_rows, title))
+    print_table(console, cpu_table(cases))
     if args.markdown:
         print("\n" + markdown_table(table_rows, COLUMNS) + "\n")
         print(f"{NOTE}.")

@@ -54,6 +54,7 @@ from _harness import (
     name_list,
     positive,
     positive_int,
+    print_table,
     ratio,
     run_to_exit_code,
     tree_cpu_seconds,
@@ -351,8 +352,8 @@ def report(
         f"Relay cost, {args.rounds} round(s) x {args.duration:g} s per case "
         f"({meta['cpus']} CPUs, load average at start {meta['load_average_at_start'][0]:.1f})"
     )
-    console.print(main_table(table_rows, title))
-    console.print(cpu_table(cases))
+    print_table(console, main_table(table_rows, title))
+    print_table(console, cpu_table(cases))
     for line in goal_lines(table_rows):
         console.print(line, highlight=False)
     if args.markdown:

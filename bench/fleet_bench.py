@@ -1,0 +1,432 @@
+"""What does a relay cost per charger held, and does it survive a reconnect storm?
+
+Three measurements on loopback, chargers in ``--loaders`` processes (``_fleet_load.py``)
+against the benchmark CSMS (``_workload.py csms``, listen backlog 4096):
+
+(a) **memory before the first charger**: RSS and PSS of the relay's whole process tree
+    (ocproxy: relay, recorder, forkserver; nginx: master and worker) once it listens;
+(b) **idle memory per charger**: N chargers connected through the relay, each sending a
+    Heartbeat every 60 s that the CSMS answers; after a full interval, the tree's memory
+    minus (a), divided by N; for ocproxy, nginx and the splice anchor side by side;
+(c) **a reconnect storm**: N chargers dialling at once, direct and through ocproxy against
+    the same CSMS in the same run: connect time per charger (TCP + WebSocket handshake),
+    connected / failed with reasons, p50/p99/max; after each ocproxy storm its recording's
+    ``connections`` must hold one row per attempt.
+
+    .venv/bin/python bench/fleet_bench.py [--chargers 1000,10000] [--json FILE] [--markdown]
+
+Exit status: 0 when every measurement ran (goals missed and failed handshakes are
+reported, not errors), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fleet_report
+from _harness import (
+    Child,
+    Memory,
+    cancel_on_signals,
+    charger_counts,
+    children,
+    environment,
+    memory_by_process,
+    name_list,
+    positive,
+    positive_int,
+    raise_open_files,
+    run_to_exit_code,
+    tree_memory,
+)
+from _peers import (
+    DEFAULT_ANCHORS,
+    TARGETS,
+    Relay,
+    RelayOptions,
+    skip_reason,
+    start_csms,
+    start_relay,
+)
+from _workload import COMPRESSIONS
+from rich.console import Console
+
+FLEET_LOAD = Path(__file__).with_name("_fleet_load.py")
+CSMS_BACKLOG = 4096
+RELAYS = tuple(t for t in TARGETS if t != "direct")
+SYSCTLS = (
+    "net/core/somaxconn",
+    "net/ipv4/tcp_max_syn_backlog",
+    "net/ipv4/tcp_syncookies",
+    "net/ipv4/ip_local_port_range",
+)
+
+
+# -- the chargers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Dial:
+    """What a fleet of loaders reports after dialling: merged over the processes."""
+
+    attempts: int = 0
+    connected: int = 0
+    connect_s: list[float] = field(default_factory=list)
+    failed_after_s: list[float] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def add(self, part: dict[str, Any]) -> None:
+        self.attempts += part["count"]
+        self.connected += part["connected"]
+        self.connect_s += part["connect_s"]
+        self.failed_after_s += part["failed_after_s"]
+        self.failures.update(part["failures"])
+
+    def figures(self) -> dict[str, Any]:
+        """Counts and connect-time percentiles (seconds), without the per-charger lists."""
+        times = sorted(self.connect_s)
+        return {
+            "attempts": self.attempts,
+            "connected": self.connected,
+            "failed": self.attempts - self.connected,
+            "failures": dict(self.failures),
+            "p50_s": _percentile(times, 50),
+            "p99_s": _percentile(times, 99),
+            "max_s": times[-1] if times else None,
+            "mean_s": statistics.fmean(times) if times else None,
+            "over_10_s": sum(t > 10 for t in times),
+            "failed_after_max_s": max(self.failed_after_s, default=None),
+        }
+
+
+def _percentile(ordered: list[float], pct: int) -> float | None:
+    if len(ordered) < 2:
+        return ordered[0] if ordered else None
+    return statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1]
+
+
+async def start_fleet(
+    started: list[Child], url: str, chargers: int, mode: str, args: argparse.Namespace
+) -> list[Child]:
+    """``--loaders`` processes sharing ``chargers`` between them, each READY to dial."""
+    loaders = min(args.loaders, chargers)
+    fleet = []
+    for k in range(loaders):
+        first = chargers * k // loaders
+        count = chargers * (k + 1) // loaders - first
+        command = [sys.executable, str(FLEET_LOAD), "--url", url, "--mode", mode]
+        command += ["--first", str(first), "--count", str(count)]
+        command += [
+            "--heartbeat",
+            f"{args.heartbeat:g}",
+            "--open-timeout",
+            f"{args.open_timeout:g}",
+        ]
+        command += ["--compression", args.compression]
+        child = await Child.start(
+            f"chargers {first}-{first + count - 1}", *command, stdin_pipe=True
+        )
+        started.append(child)
+        fleet.append(child)
+    for child in fleet:
+        await child.wait_for(r"READY", 60.0)
+    return fleet
+
+
+async def dial(fleet: list[Child], args: argparse.Namespace, chargers: int) -> Dial:
+    """Say go to every loader at once; their merged report once every attempt has ended."""
+    await asyncio.gather(*(child.send_line("go") for child in fleet))
+    within = args.open_timeout + 60.0 + chargers / 50
+    out = Dial()
+    for child in fleet:
+        match = await child.wait_for(r'(?m)^(\{"count".*\})$', within)
+        out.add(json.loads(match.group(1)))
+    return out
+
+
+async def close_fleet(fleet: list[Child]) -> dict[str, Any]:
+    """Every charger closes with 1000; the heartbeats sent and answered, summed."""
+    for child in fleet:
+        await child.send_line("close")
+    total: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for child in fleet:
+        match = await child.wait_for(r'(?m)^(\{"heartbeats_sent".*\})$', 120.0)
+        part = json.loads(match.group(1))
+        errors.update(part.pop("heartbeat_errors"))
+        total.update(part)
+        await child.wait(30.0)
+    return {**total, "heartbeat_errors": dict(errors)}
+
+
+# -- (a) and (b): memory --------------------------------------------------------------------
+
+
+@dataclass
+class Idle:
+    target: str
+    chargers: int
+    skipped: str | None = None
+    error: str | None = None
+    listening: Memory | None = None  # right after the relay listens
+    before_first: Memory | None = None  # (a): --settle seconds later
+    # (b) subtracts this: the chargers' processes started, none dialled yet, so that the
+    # relay's PSS share of the libraries it has in common with them is the same as at idle
+    baseline: Memory | None = None
+    idle: Memory | None = None  # N chargers connected, after --hold seconds
+    idle_max_rss_kib: int | None = None
+    processes: dict[str, Memory] = field(default_factory=dict)  # at idle, one per process
+    dial: dict[str, Any] = field(default_factory=dict)
+    heartbeats: dict[str, Any] = field(default_factory=dict)
+    recording: dict[str, Any] | None = None
+    relay_exit: int | None = None
+
+    def per_charger_kib(self, kind: str) -> float | None:
+        if self.idle is None or self.baseline is None or not self.dial.get("connected"):
+            return None
+        now, then = getattr(self.idle, kind), getattr(self.baseline, kind)
+        return None if now is None or then is None else (now - then) / self.dial["connected"]
+
+
+async def measure_idle(
+    result: Idle, args: argparse.Namespace, options: RelayOptions, console: Console
+) -> None:
+    relay: Relay | None = None
+    tag = f"idle-{result.target}-{result.chargers}"
+    async with children() as started:
+        _, port = await start_csms(started, args.compression, CSMS_BACKLOG)
+        relay = await start_relay(result.target, started, port, options, tag)
+        assert relay.child is not None
+        pid = relay.child.pid
+        result.listening = tree_memory(pid)
+        await asyncio.sleep(args.settle)
+        result.before_first = tree_memory(pid)
+        fleet = await start_fleet(started, relay.url, result.chargers, "idle", args)
+        result.baseline = tree_memory(pid)
+        result.dial = (await dial(fleet, args, result.chargers)).figures()
+        console.print(f"  {result.dial['connected']:,} connected; holding {args.hold:g} s ...")
+        samples = await _hold(pid, args.hold)
+        result.idle = tree_memory(pid)
+        result.processes = memory_by_process(pid)
+        result.idle_max_rss_kib = max((m.rss_kib for m in samples), default=None)
+        result.heartbeats = await close_fleet(fleet)
+        result.relay_exit = await relay.stop()
+    if relay.db is not None:
+        result.recording = fleet_report.check_idle_recording(
+            relay.db, result.dial, result.heartbeats, result.relay_exit
+        )
+
+
+async def _hold(pid: int, seconds: float) -> list[Memory]:
+    samples = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(5.0, left))
+        if (sample := tree_memory(pid)) is not None:
+            samples.append(sample)
+    return samples
+
+
+# -- (c): the storm ---------------------------------------------------------------------------
+
+
+@dataclass
+class Storm:
+    target: str
+    chargers: int
+    round: int
+    skipped: str | None = None
+    error: str | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    memory_connected: Memory | None = None  # the relay's tree with every charger connected
+    recording: dict[str, Any] | None = None
+    relay_exit: int | None = None
+    relay_stderr: str = ""
+
+
+async def measure_storm(
+    result: Storm, csms_port: int, args: argparse.Namespace, options: RelayOptions
+) -> None:
+    """One storm: a fresh relay (none for direct) and fresh loaders, all gone afterwards."""
+    tag = f"storm-{result.target}-{result.chargers}-r{result.round}"
+    relay: Relay | None = None
+    try:
+        async with children() as started:
+            relay = await start_relay(result.target, started, csms_port, options, tag)
+            fleet = await start_fleet(started, relay.url, result.chargers, "storm", args)
+            result.figures = (await dial(fleet, args, result.chargers)).figures()
+            if relay.child is not None:
+                result.memory_connected = tree_memory(relay.child.pid)
+            await close_fleet(fleet)
+            result.relay_exit = await relay.stop()
+    finally:
+        if relay is not None:
+            result.relay_stderr = relay.output()[1][-3000:]
+    if relay.db is not None:
+        result.recording = fleet_report.check_storm_recording(
+            relay.db, result.figures["attempts"], result.relay_exit
+        )
+
+
+async def run_storms(
+    chargers: int, args: argparse.Namespace, options: RelayOptions, console: Console
+) -> list[Storm]:
+    """Every storm target ``--rounds`` times against one CSMS, the order reversed each round."""
+    results: list[Storm] = []
+    async with children() as started:
+        _, port = await start_csms(started, args.compression, CSMS_BACKLOG)
+        for number in range(1, args.rounds + 1):
+            order = args.storm_targets if number % 2 else args.storm_targets[::-1]
+            for target in order:
+                result = Storm(target, chargers, number, skip_reason(target, options))
+                results.append(result)
+                if result.skipped:
+                    continue
+                console.print(
+                    f"[bold]storm, round {number}: {chargers:,} chargers, {target}[/] ..."
+                )
+                try:
+                    await measure_storm(result, port, args, options)
+                except Exception as exc:
+                    result.error = f"{type(exc).__name__}: {exc}"
+                    console.print(f"[red]{result.error}[/]", highlight=False)
+                fleet_report.print_storm_line(result, console)
+                await asyncio.sleep(args.pause)
+    return results
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+async def run_idle(args: argparse.Namespace, options: RelayOptions, console: Console) -> list[Idle]:
+    results = []
+    for chargers in args.chargers:
+        for target in args.targets:
+            result = Idle(target, chargers, skip_reason(target, options))
+            results.append(result)
+            if result.skipped:
+                console.print(result.skipped, highlight=False)
+                continue
+            console.print(f"[bold]idle: {chargers:,} chargers through {target}[/] ...")
+            try:
+                await measure_idle(result, args, options, console)
+            except Exception as exc:
+                result.error = f"{type(exc).__name__}: {exc}"
+                console.print(f"[red]{result.error}[/]", highlight=False)
+    return results
+
+
+def machine() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in SYSCTLS:
+        try:
+            out[name.rsplit("/", 1)[1]] = Path("/proc/sys", name).read_text().strip()
+        except OSError:
+            out[name.rsplit("/", 1)[1]] = None
+    return out
+
+
+async def run(args: argparse.Namespace, console: Console) -> bool:
+    cancel_on_signals()
+    limits = raise_open_files(2 * max(args.chargers) + 512)
+    console.print(limits, highlight=False)
+    meta = environment(**{k: v for k, v in vars(args).items() if k not in ("json", "anchors")})
+    meta |= {"open_files": limits, "sysctl": machine(), "anchors": str(args.anchors)}
+    workdir = Path(tempfile.mkdtemp(prefix="ocproxy-fleet-bench-"))
+    options = RelayOptions(
+        workdir, args.anchors, tuple(shlex.split(args.proxy_args)), 2 * max(args.chargers) + 64
+    )
+    idle: list[Idle] = []
+    storms: list[Storm] = []
+    try:
+        if not args.skip_idle:
+            idle = await run_idle(args, options, console)
+        if not args.skip_storm:
+            for chargers in args.chargers:
+                storms += await run_storms(chargers, args, options, console)
+    finally:
+        if args.keep:
+            console.print(f"files kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    meta["load_average_at_end"] = os.getloadavg()
+    fleet_report.report(idle, storms, meta, args, console)
+    if args.json:
+        document = {"environment": meta, "idle": [asdict(r) for r in idle]}
+        document |= {"storms": [asdict(s) for s in storms]}
+        document |= fleet_report.summaries(idle, storms)
+        text = json.dumps(document, indent=2, default=str) + "\n"
+        await asyncio.to_thread(Path(args.json).write_text, text)
+        console.print(f"results written to {args.json}")
+    return all(r.error is None for r in idle) and all(s.error is None for s in storms)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Memory per idle charger and reconnect storms, through ocproxy and others.",
+        epilog="Goals (issue 13): <= 120 MB before the first charger and <= 12 KiB per idle "
+        "charger for ocproxy's whole tree (PSS); a storm of 10,000 through ocproxy: all "
+        "connect, p99 connect <= 2x direct.",
+    )
+    p.add_argument("--chargers", type=charger_counts, default=[1000], help="default 1000")
+    p.add_argument(
+        "--targets",
+        type=name_list(RELAYS),
+        default=["ocproxy", "nginx", "splice"],
+        help="relays for (a) and (b) (default ocproxy,nginx,splice)",
+    )
+    p.add_argument(
+        "--storm-targets",
+        type=name_list(TARGETS),
+        default=["direct", "ocproxy"],
+        help="what the storm dials (default direct,ocproxy)",
+    )
+    p.add_argument("--heartbeat", type=positive, default=60.0, help="seconds (default 60)")
+    p.add_argument(
+        "--hold", type=positive, default=65.0, help="idle seconds before measuring (default 65)"
+    )
+    p.add_argument(
+        "--settle", type=positive, default=2.0, help="seconds after listening (default 2)"
+    )
+    p.add_argument("--loaders", type=positive_int, default=2, help="charger processes (default 2)")
+    p.add_argument(
+        "--open-timeout", type=positive, default=60.0, help="per handshake (default 60 s)"
+    )
+    p.add_argument("--rounds", type=positive_int, default=1, help="storm rounds (default 1)")
+    p.add_argument("--pause", type=float, default=3.0, help="seconds between storms (default 3)")
+    p.add_argument("--compression", choices=COMPRESSIONS, default="none")
+    p.add_argument("--skip-idle", action="store_true", help="only the storm")
+    p.add_argument("--skip-storm", action="store_true", help="only (a) and (b)")
+    p.add_argument("--anchors", type=Path, default=DEFAULT_ANCHORS, help="where pysplice.py is")
+    p.add_argument(
+        "--proxy-args",
+        default="",
+        metavar="ARGS",
+        help="more options for ocproxy proxy, one string "
+        "(e.g. '--backlog 16384 --max-pending-dials 500')",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    p.add_argument("--keep", action="store_true", help="keep the recordings and nginx's files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_to_exit_code(run, parser().parse_args(argv), Console())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
