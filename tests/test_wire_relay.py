@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import random
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from ocproxy.core.frames import Direction
+from ocproxy.errors import InjectError
 
 TIMEOUT = 20
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -928,3 +930,35 @@ async def test_a_frame_length_with_its_high_bit_set_costs_only_its_connection(
     assert set(rows) == {"GOOD", "BAD"}
     assert len(rec.frames(rows["GOOD"]["connection_id"])) == 8
     assert rows["BAD"]["close_code"] in (1002, 1009)
+
+
+async def test_a_csms_keeping_its_compression_context(proxy_factory: Any) -> None:
+    """A CSMS may refuse to reset its window (it then breaks RFC 7692's rule for an offer
+    with server_no_context_takeover, but it happens): its messages, which refer back to
+    the ones before, are still recorded inflated; an injection towards it is refused,
+    since its answer could not be taken out."""
+    texts = [json.dumps([2, f"s{i}", "DataTransfer", {"data": "Energy" * 50}]) for i in range(3)]
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    payloads = [
+        (compressor.compress(t.encode()) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4] for t in texts
+    ]
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            raw_csms(extensions="permessage-deflate") as csms,
+            proxy_factory(upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None) as (
+                proxy,
+                box,
+            ),
+            connect(proxy.url + "/ocpp/CP1", compression="deflate") as charger,
+        ):
+            _, s_writer, request = await csms.peers.get()
+            assert b"server_no_context_takeover" in request
+            s_writer.write(b"".join(ws_frame(TEXT, p, rsv=0x40) for p in payloads))
+            assert [await charger.recv() for _ in texts] == texts
+            [session] = proxy.server.sessions
+            with pytest.raises(InjectError, match="keeps its compression context"):
+                await session.inject(Direction.TO_CSMS, "Heartbeat", {}, 1.0)
+            s_writer.write(ws_frame(CLOSE, b"\x03\xe8"))
+            await charger.wait_closed()
+            s_writer.close()
+    assert frames_of(box[0], "to_charger") == [("text", t.encode()) for t in texts]
