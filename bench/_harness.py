@@ -12,12 +12,14 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import importlib.util
 import os
 import platform
 import re
 import resource
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -60,7 +62,12 @@ class Child:
 
     @classmethod
     async def start(
-        cls, name: str, *args: str, env: dict[str, str] | None = None, stdin_pipe: bool = False
+        cls,
+        name: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        stdin_pipe: bool = False,
+        cwd: Path | None = None,
     ) -> Child:
         """``stdin_pipe``: the child's stdin stays open (for ``send_line``) until this
         process is gone."""
@@ -71,6 +78,7 @@ class Child:
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            cwd=cwd,
         )
         return cls(name, process)
 
@@ -299,24 +307,29 @@ def memory_by_process(pid: int) -> dict[str, Memory]:
 # -- the machine ------------------------------------------------------------------------
 
 
-def raise_open_files(needed: int) -> str:
-    """Raise this process's open-files soft limit (children inherit it) to the hard limit,
-    and the hard limit too when it is below ``needed`` and we may (root). Says what it did."""
+def raise_open_files(needed: int, raise_hard: bool = False) -> str:
+    """Raise this process's open-files soft limit (its children inherit it) to the hard
+    limit; with ``raise_hard``, the hard limit too when it is below ``needed`` and this
+    process may (root). Says what it did, and whether that is too low for ``needed``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < needed:
+    refused = ""
+    if raise_hard and hard != resource.RLIM_INFINITY and hard < needed:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
-            return f"open files: soft {soft}, hard {hard} raised to {needed} (privileged)"
-        except (ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            return (
-                f"open files: soft {soft} raised to the hard limit {hard}, which is TOO LOW: "
-                f"about {needed} are needed; expect failures (raise it: ulimit -Hn {needed})"
-            )
+            return f"open files: soft {soft}, hard {hard}: both raised to {needed} (privileged)"
+        except (ValueError, OSError) as exc:
+            refused = f" (raising the hard limit was refused: {exc})"
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        return f"open files: soft limit {soft} raised to the hard limit {hard}"
-    return f"open files: soft = hard limit = {hard}"
+    said = f"open files: soft limit {soft} raised to the hard limit {hard}"
+    if soft == hard:
+        said = f"open files: soft = hard limit = {hard}"
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        said += (
+            f", TOO LOW: about {needed} are needed (two per charger in a relay); expect "
+            f"failures (raise it: ulimit -Hn {needed}, or --raise-hard-limit as root){refused}"
+        )
+    return said
 
 
 def free_port() -> int:
@@ -342,11 +355,43 @@ async def wait_listening(port: int, child: Child, within: float = STARTUP_TIMEOU
     raise RuntimeError(f"{child.name} not listening on port {port} after {within:g} s")
 
 
+def ocproxy_source() -> dict[str, Any]:
+    """Which ocproxy the benchmark runs (``PYTHONPATH`` may point at another copy), and,
+    in a git checkout, its commit and how many of its files differ from it."""
+    spec = importlib.util.find_spec("ocproxy")
+    if spec is None or spec.origin is None:
+        return {"ocproxy_path": None}
+    path = Path(spec.origin).parent
+    out: dict[str, Any] = {"ocproxy_path": str(path)}
+    git = ["git", "-C", str(path)]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], **_QUIET)
+        if head.returncode == 0:
+            changed = subprocess.run([*git, "status", "--porcelain", "--", "."], **_QUIET)
+            out["ocproxy_commit"] = head.stdout.strip()
+            out["ocproxy_uncommitted_files"] = len(changed.stdout.splitlines())
+    return out
+
+
+def source_line(meta: dict[str, Any]) -> str:
+    """Which ocproxy was measured, for the report."""
+    line = f"ocproxy measured: {meta.get('ocproxy_path')}"
+    if "ocproxy_commit" in meta:
+        line += f" at {meta['ocproxy_commit']}"
+        if meta["ocproxy_uncommitted_files"]:
+            line += f" with {meta['ocproxy_uncommitted_files']} uncommitted file(s)"
+    return line
+
+
+_QUIET: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 20, "check": False}
+
+
 def environment(**settings: Any) -> dict[str, Any]:
     """The machine and versions a run's figures belong to, with the run's own settings."""
     import duckdb
 
     return {
+        **ocproxy_source(),
         "python": platform.python_version(),
         "websockets": metadata.version("websockets"),
         "duckdb": duckdb.__version__,

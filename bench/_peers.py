@@ -158,7 +158,9 @@ async def start_ocproxy(
     command = [sys.executable, "-m", "ocproxy", "proxy", *args, "--db", str(db), "--quiet"]
     command += shlex.split(os.environ.get("OCPROXY_BENCH_ARGS", "")) + extra
     # A wide console so rich never wraps the "listening on" line.
-    child = await Child.start("ocproxy proxy", *command, env={"COLUMNS": "250"})
+    # Its working directory is not on its sys.path, so that it runs the ocproxy this
+    # benchmark imports (PYTHONPATH may name another copy than the checkout's).
+    child = await Child.start("ocproxy proxy", *command, env={"COLUMNS": "250"}, cwd=db.parent)
     started.append(child)
     match = await child.wait_for(r"listening on ws://127\.0\.0\.1:(\d+)", STARTUP_TIMEOUT)
     return child, int(match.group(1))
@@ -181,7 +183,7 @@ async def start_mitmdump(
     ]
     if db is not None:
         command += ["-s", str(addon_path()), "--set", f"ocproxy_db={db}"]
-    child = await Child.start("mitmdump", *command)
+    child = await Child.start("mitmdump", *command, cwd=confdir.parent)
     started.append(child)
     match = await child.wait_for(r"listening at 127\.0\.0\.1:(\d+)", STARTUP_TIMEOUT)
     return child, int(match.group(1))

@@ -341,7 +341,7 @@ def machine() -> dict[str, Any]:
 
 async def run(args: argparse.Namespace, console: Console) -> bool:
     cancel_on_signals()
-    limits = raise_open_files(2 * max(args.chargers) + 512)
+    limits = raise_open_files(2 * max(args.chargers) + 512, args.raise_hard_limit)
     console.print(limits, highlight=False)
     meta = environment(**{k: v for k, v in vars(args).items() if k not in ("json", "anchors")})
     meta |= {"open_files": limits, "sysctl": machine(), "anchors": str(args.anchors)}
@@ -417,6 +417,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="ARGS",
         help="more options for ocproxy proxy, one string "
         "(e.g. '--backlog 16384 --max-pending-dials 500')",
+    )
+    p.add_argument(
+        "--raise-hard-limit",
+        action="store_true",
+        help="as root, also raise the open-files hard limit when it is below two per "
+        "charger (the soft limit is always raised to the hard one)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--markdown", action="store_true", help="also print Markdown tables")

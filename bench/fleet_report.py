@@ -7,7 +7,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-from _harness import Column, Memory, cells, fmt, markdown_table, print_table, ratio
+from _harness import (
+    Column,
+    Memory,
+    cells,
+    fmt,
+    markdown_table,
+    print_table,
+    ratio,
+    source_line,
+)
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -284,7 +293,7 @@ def report(
             if args.markdown:
                 print("\n" + markdown_table(rows, columns, left="target") + "\n")
                 print(f"{note}.\n")
-    for line in goal_lines(idle, storms):
+    for line in [source_line(meta), *goal_lines(idle, storms)]:
         console.print(line, highlight=False)
     for r in idle:
         if r.processes:

@@ -57,6 +57,7 @@ from _harness import (
     print_table,
     ratio,
     run_to_exit_code,
+    source_line,
     tree_cpu_seconds,
 )
 from _peers import (
@@ -354,7 +355,7 @@ def report(
     )
     print_table(console, main_table(table_rows, title))
     print_table(console, cpu_table(cases))
-    for line in goal_lines(table_rows):
+    for line in [source_line(meta), *goal_lines(table_rows)]:
         console.print(line, highlight=False)
     if args.markdown:
         print("\n" + markdown_table(table_rows, COLUMNS) + "\n")
