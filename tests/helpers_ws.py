@@ -323,8 +323,9 @@ class RawCsms:
 
 
 @asynccontextmanager
-async def raw_csms(extensions: str | None = None) -> AsyncIterator[RawCsms]:
-    """``extensions``: the Sec-WebSocket-Extensions answer, if any (taken as given)."""
+async def raw_csms(extensions: str | None = None, greeting: bytes = b"") -> AsyncIterator[RawCsms]:
+    """``extensions``: the Sec-WebSocket-Extensions answer, if any (taken as given);
+    ``greeting``: frames written in the same write as the 101 answer."""
     box = RawCsms()
     writers: list[asyncio.StreamWriter] = []
     done = asyncio.Event()
@@ -345,7 +346,7 @@ async def raw_csms(extensions: str | None = None) -> AsyncIterator[RawCsms]:
         ]
         if extensions is not None:
             lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + greeting)
         await box.peers.put((reader, writer, head))
         await done.wait()
 

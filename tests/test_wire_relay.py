@@ -27,6 +27,7 @@ from helpers_ws import (
     one_connection,
     raw_charger,
     raw_csms,
+    raw_upgrade_request,
     read_frame,
     read_to_eof,
     receive,
@@ -962,3 +963,37 @@ async def test_a_csms_keeping_its_compression_context(proxy_factory: Any) -> Non
             await charger.wait_closed()
             s_writer.close()
     assert frames_of(box[0], "to_charger") == [("text", t.encode()) for t in texts]
+
+
+# -- frames that come with the opening handshake ----------------------------------------------
+
+
+async def test_frames_that_come_with_the_handshakes_are_relayed(proxy_factory: Any) -> None:
+    """A charger that writes frames right behind its upgrade request, and a CSMS that
+    writes frames in the same segment as its 101: nothing is lost or parsed twice."""
+    from_csms = ws_frame(TEXT, b'[2,"s1","TriggerMessage",{}]') + ws_frame(PING, b"early")
+    from_charger = ws_frame(TEXT, b'[2,"c1","BootNotification",{}]', key=key(1)) + ws_frame(
+        BINARY, b"\x00\x01", key=key(2)
+    )
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            raw_csms(greeting=from_csms) as csms,
+            proxy_factory(upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None) as (
+                proxy,
+                box,
+            ),
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+            writer.write(raw_upgrade_request(proxy.server.port) + from_charger)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            s_reader, s_writer, _ = await csms.peers.get()
+            assert await reader.readexactly(len(from_csms)) == from_csms
+            assert await s_reader.readexactly(len(from_charger)) == from_charger
+            s_writer.close()
+            writer.close()
+    assert frames_of(box[0], "to_csms") == [
+        ("text", b'[2,"c1","BootNotification",{}]'),
+        ("binary", b"\x00\x01"),
+    ]
+    assert frames_of(box[0], "to_charger") == [("text", b'[2,"s1","TriggerMessage",{}]')]
