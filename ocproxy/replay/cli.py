@@ -146,6 +146,14 @@ def add_replay_command(commands: Any) -> None:
         default=DEFAULT_DB,
         help=f"record the replay into this DuckDB file (default ./{DEFAULT_DB})",
     )
+    cmd.add_argument(
+        "--keep-ids",
+        action="store_true",
+        help="record driver ids (idTag, idToken) in clear in --db; by default they are "
+        "pseudonymised with the proxy's key ($OCPROXY_ID_KEY or the per-user key file), as "
+        "ocproxy proxy records them. The replay sends what SOURCE holds: replay a recording "
+        "made with --keep-ids to send real ids",
+    )
     cmd.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
     cmd.add_argument("--id-map", metavar="FILE", help="write recorded -> replay message ids as CSV")
     cmd.add_argument(
@@ -211,6 +219,8 @@ def replay_options(args: argparse.Namespace) -> ReplayOptions:
 async def _replay(
     script: Script, options: ReplayOptions, args: argparse.Namespace, console: Console
 ) -> ReplayReport:
+    from ocproxy.core.redaction import Redactor
+    from ocproxy.idkey import resolve_id_key
     from ocproxy.recorder.process import ChildOptions, RecordingProcess
     from ocproxy.replay.output import ProgressBar
     from ocproxy.replay.runner import replay
@@ -221,8 +231,12 @@ async def _replay(
     }
     # At nice 19 the recording only takes the CPU the replay and its peer leave idle (at
     # nice 0 it preempted the ping-pong and cost --speed max ~20 % of its rate).
+    # Driver ids pseudonymised with the proxy's key (as the proxy records them), unless
+    # --keep-ids: a replay recording compares with the proxy's own.
+    redactor = Redactor(None if args.keep_ids else resolve_id_key(None))
     recorder = RecordingProcess(
-        args.db, ChildOptions(source="replay", settings=settings, niceness=19)
+        args.db,
+        ChildOptions(source="replay", settings=settings, niceness=19, redactor=redactor),
     )
     await asyncio.to_thread(recorder.start)  # RecorderError: exit 1, said in one line
     console.print(_banner(script, options), highlight=False)

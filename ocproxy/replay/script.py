@@ -14,9 +14,8 @@ bytes so that everything else in a frame stays byte-exact.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -24,6 +23,12 @@ import duckdb
 
 from ocproxy.core.frames import Call, Direction, MessageType, Opcode, ParseStatus, Send, parse_frame
 from ocproxy.errors import ConfigError, unknown_identity
+from ocproxy.replay.rewrite import after_message_id as after_message_id
+from ocproxy.replay.rewrite import json_frame as json_frame
+from ocproxy.replay.rewrite import learn_values as learn_values
+from ocproxy.replay.rewrite import map_values as map_values
+from ocproxy.replay.rewrite import shift_timestamps as shift_timestamps
+from ocproxy.replay.rewrite import with_message_id as with_message_id
 
 
 class Role(StrEnum):
@@ -55,6 +60,9 @@ class RecordedFrame:
     parse_status: str
     request_seq: int | None = None
     pairing: str | None = None
+    # Sent by ocproxy itself (ocproxy inject), or the answer to such a CALL: not the
+    # peer's, so neither replayed nor expected.
+    injected: bool = False
 
     @property
     def ok(self) -> bool:
@@ -136,7 +144,9 @@ def build_script(
             answers.setdefault(frame.request_seq, frame)
     builder = _Builder(script, answers, skip_malformed)
     for frame in frames:
-        if frame.direction is role.sends:
+        if frame.injected:
+            builder.injected(frame)
+        elif frame.direction is role.sends:
             builder.outgoing(frame)
         else:
             builder.incoming(frame)
@@ -190,6 +200,11 @@ class _Builder:
                 Step(self._next(), StepKind.RAW, _label(frame), frame, None, barrier)
             )
 
+    def injected(self, frame: RecordedFrame) -> None:
+        if frame.message_type in _REQUESTS:
+            self._skip(frame, "sent by ocproxy itself (ocproxy inject), not by the peer")
+        # its answer went to ocproxy, not to the other peer: nothing to replay or expect
+
     def _skip(self, frame: RecordedFrame, reason: str) -> None:
         self.script.skipped.append(Skipped(self._next(), _label(frame), reason))
 
@@ -220,82 +235,6 @@ def _label(frame: RecordedFrame) -> str:
     return frame.action or "(unpaired answer)"
 
 
-# -- byte-level rewrites ----------------------------------------------------------------
-
-# The head of an OCPP-J frame: '[', the message type, the message id as a JSON string.
-_HEAD = re.compile(rb'\A\s*\[\s*([2-6])\s*,\s*("(?:[^"\\]|\\.)*")')
-_TIMESTAMP = re.compile(rb'"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})?"')
-_TRANSACTION_ID = re.compile(rb'("transactionId"\s*:\s*)(-?\d+|"(?:[^"\\]|\\.)*")')
-
-
-def with_message_id(raw: bytes, message_id: str) -> bytes:
-    """The frame with its message id replaced; every other byte unchanged."""
-    head = _HEAD.match(raw)
-    if head is None:
-        return raw
-    start, end = head.span(2)
-    return raw[:start] + json.dumps(message_id).encode() + raw[end:]
-
-
-def json_frame(value: list[Any]) -> bytes:
-    """A frame of our own (the CALLERROR for a CALL the recording cannot answer)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def after_message_id(raw: bytes) -> bytes | None:
-    """Everything after the message id: equal for two answers that differ only by id."""
-    head = _HEAD.match(raw)
-    return None if head is None else raw[head.start(1) : head.end(1)] + raw[head.end(2) :]
-
-
-def map_values(raw: bytes, mapping: dict[bytes, bytes]) -> bytes:
-    """Carry a peer-assigned ``transactionId`` over: recorded value -> the replay's value."""
-    if not mapping or b'"transactionId"' not in raw:
-        return raw
-
-    def swap(match: re.Match[bytes]) -> bytes:
-        return match.group(1) + mapping.get(match.group(2), match.group(2))
-
-    return _TRANSACTION_ID.sub(swap, raw)
-
-
-def learn_values(recorded: Any, replayed: Any, into: dict[bytes, bytes]) -> None:
-    """Note every ``transactionId`` the peer now assigns differently from the recording."""
-    if isinstance(recorded, dict) and isinstance(replayed, dict):
-        for key, value in recorded.items():
-            if key not in replayed:
-                continue
-            new = replayed[key]
-            if key == "transactionId" and isinstance(value, int | str) and value != new:
-                into[json.dumps(value).encode()] = json.dumps(new).encode()
-            else:
-                learn_values(value, new, into)
-    elif isinstance(recorded, list) and isinstance(replayed, list):
-        for old, new in zip(recorded, replayed, strict=False):
-            learn_values(old, new, into)
-
-
-def shift_timestamps(raw: bytes, delta_s: float) -> bytes:
-    """Every ISO 8601 date-time string moved by ``delta_s``, in the same format."""
-    if not delta_s:
-        return raw
-
-    def shift(match: re.Match[bytes]) -> bytes:
-        base, fraction, zone = (g.decode() if g else "" for g in match.groups())
-        try:
-            moment = datetime.fromisoformat(base + (fraction[:7] if fraction else ""))
-        except ValueError:
-            return match.group(0)  # 2024-13-45T...: not a date, leave it alone
-        moment += timedelta(seconds=delta_s)
-        text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-        if fraction:
-            digits = len(fraction) - 1
-            text += "." + f"{moment.microsecond:06d}".ljust(digits, "0")[:digits]
-        return f'"{text}{zone}"'.encode()
-
-    return _TIMESTAMP.sub(shift, raw)
-
-
 # -- loading from a recording ----------------------------------------------------------
 
 
@@ -321,9 +260,12 @@ def load_script(
         where, params["since"] = where + " AND ts >= $since", selection.since
     if selection.until is not None:
         where, params["until"] = where + " AND ts <= $until", selection.until
+    # Recordings made before m003 have no injected column: nothing was injected then.
+    injected = "injected" if _has_column(db, "frames", "injected") else "false"
     cursor = db.execute(
         "SELECT seq, epoch_us(ts), direction, opcode, raw, message_type, message_id, action, "
-        f"parse_status, request_seq, pairing FROM frames WHERE {where} ORDER BY seq",
+        f"parse_status, request_seq, pairing, coalesce({injected}, false) FROM frames "
+        f"WHERE {where} ORDER BY seq",
         params,
     )
     frames: list[RecordedFrame] = []
@@ -346,7 +288,7 @@ def _find_connection(db: duckdb.DuckDBPyConnection, selection: Selection) -> Sou
         return _checked(rows[0])
     where = ["identity = $identity", "handshake_status = 101"]
     params: dict[str, Any] = {"identity": selection.identity}
-    if _has_replay_column(db):
+    if _has_column(db, "connection_opens", "replay_of"):
         where.append("replay_of IS NULL")  # a replay of the same charger is not a source
     if selection.since is not None:
         where.append("(closed_at IS NULL OR closed_at >= $since)")
@@ -371,10 +313,10 @@ def _find_connection(db: duckdb.DuckDBPyConnection, selection: Selection) -> Sou
     return _checked(rows[0])
 
 
-def _has_replay_column(db: duckdb.DuckDBPyConnection) -> bool:
+def _has_column(db: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
     row = db.execute(
-        "SELECT count(*) FROM information_schema.columns "
-        "WHERE table_name = 'connection_opens' AND column_name = 'replay_of'"
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+        [table, column],
     ).fetchone()
     return bool(row and row[0])
 
@@ -397,7 +339,7 @@ def _checked(row: tuple[Any, ...]) -> SourceConnection:
 
 
 def _frame(row: tuple[Any, ...]) -> RecordedFrame:
-    seq, us, direction, opcode, raw, message_type, message_id, action, status, req, pair = row
+    seq, us, direction, opcode, raw, message_type, message_id, action, status, req, pair, inj = row
     return RecordedFrame(
         seq,
         us / 1e6,
@@ -410,6 +352,7 @@ def _frame(row: tuple[Any, ...]) -> RecordedFrame:
         status,
         req,
         pair,
+        bool(inj),
     )
 
 
