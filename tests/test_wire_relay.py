@@ -997,3 +997,27 @@ async def test_frames_that_come_with_the_handshakes_are_relayed(proxy_factory: A
         ("binary", b"\x00\x01"),
     ]
     assert frames_of(box[0], "to_charger") == [("text", b'[2,"s1","TriggerMessage",{}]')]
+
+
+async def test_a_charger_not_answering_the_keepalive_is_closed_1011(proxy_factory: Any) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            upstream() as up,
+            proxy_factory(upstream=up.url, ping_interval=0.05, ping_timeout=0.3) as (proxy, box),
+        ):
+            reader, writer, _ = await raw_charger(proxy.server.port)
+            pings = 0
+            while (got := await read_frame(reader)).opcode == PING:  # never answered
+                assert not got.masked
+                pings += 1
+            assert pings >= 1
+            assert (got.opcode, got.payload) == (CLOSE, b"\x03\xf3keepalive ping timeout")
+            writer.write(ws_frame(CLOSE, got.payload, key=key(0)))
+            assert await read_to_eof(reader) == b""
+            writer.close()
+            await wait_until(lambda: up.open == 0, "the CSMS's connection closed")
+            close = close_rcvd(up.handled[0])
+            assert close is not None
+            assert (close.code, close.reason) == (1011, "keepalive ping timeout")
+            assert up.pongs == 0
+    assert close_of(box[0]) == ("proxy", 1011, "keepalive ping timeout")
