@@ -9,7 +9,6 @@ correlator reads no clock, so it is tested with literal timestamps.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -76,13 +75,16 @@ _NOTHING = Correlation()
 class Correlator:
     """Pairs the frames of one connection. Feed every frame in ``seq`` order."""
 
+    # One per live connection: slots and plain (insertion-ordered) dicts keep it small.
+    __slots__ = ("_answered", "_open", "_pending", "_sent", "_timed_out")
+
     def __init__(self) -> None:
         self._pending: dict[tuple[Direction, str], PendingCall] = {}
         self._open = {Direction.TO_CSMS: 0, Direction.TO_CHARGER: 0}
-        self._timed_out: OrderedDict[tuple[Direction, str], PendingCall] = OrderedDict()
+        self._timed_out: dict[tuple[Direction, str], PendingCall] = {}
         # (call direction, id) -> (call, seq of its first response)
-        self._answered: OrderedDict[tuple[Direction, str], tuple[PendingCall, int]] = OrderedDict()
-        self._sent: OrderedDict[tuple[Direction, str], PendingCall] = OrderedDict()
+        self._answered: dict[tuple[Direction, str], tuple[PendingCall, int]] = {}
+        self._sent: dict[tuple[Direction, str], PendingCall] = {}
 
     def observe(self, frame: Frame, direction: Direction, seq: int, ts: float) -> Correlation:
         """Account for one frame; ``ts`` is when the proxy received it, in seconds."""
@@ -191,8 +193,8 @@ def _paired(call: PendingCall, ts: float, pairing: Pairing) -> Correlation:
     )
 
 
-def _remember[K, V](memory: OrderedDict[K, V], key: K, value: V) -> None:
+def _remember[K, V](memory: dict[K, V], key: K, value: V) -> None:
+    memory.pop(key, None)  # a dict keeps insertion order: the key goes last
     memory[key] = value
-    memory.move_to_end(key)
     while len(memory) > _REMEMBERED:
-        memory.popitem(last=False)
+        del memory[next(iter(memory))]

@@ -185,6 +185,8 @@ class WireReader:
 
     def _check(self, b0: int, b1: int, length: int) -> tuple[int, str, int | None] | None:
         """Why this frame header breaks the protocol or the size limit, if it does."""
+        if length >= 1 << 63:
+            return 1002, "the most significant bit of a 64-bit length must be 0", None
         if bool(b1 & 0x80) is not self._masked:
             return 1002, "incorrect masking" if self._masked else "masked frame from server", None
         opcode = b0 & 0x0F
@@ -299,7 +301,10 @@ def close_payload(code: int | None, reason: str) -> bytes:
     """A close frame's payload; ``None`` for a close without a code (1005 reported)."""
     if code is None:
         return b""
-    return code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
+    # At most 123 bytes of reason, cut between characters: a close frame's reason must
+    # be valid UTF-8 (RFC 6455 5.5.1).
+    cut = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    return code.to_bytes(2, "big") + cut
 
 
 def parse_close(payload: bytes) -> tuple[int, str]:

@@ -69,41 +69,101 @@ _HELD_HIGH = 64 * 1024  # bytes held before a relay taps the leg: then stop read
 _HEAD_END = b"\r\n\r\n"
 
 
+class Wire(asyncio.Protocol):
+    """What a relayed leg's transport talks to once the handshake is done: a few slots.
+
+    websockets' connection object (its parser, assembler, futures, headers) is let go
+    after the handshake; each live leg holds only this, its transport and the relay's
+    reader: memory per charger is what a fleet multiplies."""
+
+    __slots__ = ("lost", "on_data", "on_lost", "on_resume", "paused", "received", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.on_data: Tap = _nothing
+        self.on_lost: Callable[[], None] = _nothing_more
+        self.on_resume: Callable[[], None] = _nothing_more
+        self.paused = False
+        self.lost = False
+        self.received = 0  # chunks received: was this leg silent since the last look?
+
+    def data_received(self, data: bytes) -> None:
+        self.received += 1
+        self.on_data(data)
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.on_lost()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.on_resume()
+
+
+def _nothing(data: bytes) -> None:
+    return None
+
+
+def _nothing_more() -> None:
+    return None
+
+
+class _Detached:
+    """Stands in for the transport in websockets' connection once the relay owns it, so
+    websockets' own end-of-connection handling (close, abort) cannot reach the peer."""
+
+    def abort(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
 class _Relayed(_RawMessages):
     """websockets does the opening handshake; after it, every byte goes to the relay.
 
     The bytes that follow the HTTP head are never fed to websockets' parser: until the
-    relay taps the leg they are held as they came, then handed over in order. So a
-    frame that arrives with the head (a CSMS that speaks at once) is not parsed by
+    relay takes the leg over they are held as they came, then handed over in order. So
+    a frame that arrives with the head (a CSMS that speaks at once) is not parsed by
     websockets, and the relay sees the whole stream from its first byte.
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._tap: Tap | None = None
         self._head: bytearray | None = bytearray()  # None once the head is complete
         self._held: list[bytes] = []
         self._held_size = 0
         self._held_paused = False
-        self.on_resume: Callable[[], None] | None = None
-        self.received = 0  # chunks received after the handshake: was this leg silent?
 
-    def tap(self, relay: Tap) -> None:
-        """From now on, give every byte received to ``relay``, starting with those held."""
+    def take_over(self) -> tuple[Wire, list[bytes]]:
+        """Hand the transport to a :class:`Wire`; the bytes held so far, to feed it first.
+
+        websockets is told the connection is gone (its handler may end and its objects
+        be freed) and keeps a stand-in transport, so it can no longer write or close."""
+        transport = self.transport
+        wire = Wire(transport)
+        transport.set_protocol(wire)
         held, self._held = self._held, []
-        self._tap = relay
-        for data in held:
-            relay(data)
         if self._held_paused:
             self._held_paused = False
-            self.transport.resume_reading()
+            transport.resume_reading()
+        self.transport = _Detached()  # type: ignore[assignment]
+        self.connection_lost(None)
+        return wire, held
 
     def data_received(self, data: bytes) -> None:
-        tap = self._tap
-        if tap is not None:
-            self.received += 1
-            tap(data)
-            return
         head = self._head
         if head is None:
             self._hold(data)
@@ -131,15 +191,11 @@ class _Relayed(_RawMessages):
             self._held_paused = True
             self.transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.on_resume is not None:
-            self.on_resume()
-
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Before the relay taps the leg (a handshake that failed): websockets' close."""
-        self._held_paused = False
-        self.transport.resume_reading()
+        """Before the relay takes the leg over (a handshake that failed): websockets' close."""
+        if self._held_paused:
+            self._held_paused = False
+            self.transport.resume_reading()
         await super().close(code, reason)
 
 

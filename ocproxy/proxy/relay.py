@@ -21,7 +21,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,11 +58,31 @@ class Timeouts:
 class _Side:
     """One leg as the relay drives it; the reader of what its peer sends."""
 
+    __slots__ = (
+        "_timer",
+        "client",
+        "direction",
+        "got_close",
+        "held",
+        "leg",
+        "lost",
+        "other",
+        "own_close",
+        "peer",
+        "pending",
+        "ping_token",
+        "pinged_at",
+        "reader",
+        "seen",
+        "sent_close",
+        "session",
+    )
+
     def __init__(
         self, session: Session, leg: RelayedLeg, peer: ClosedBy, deflate: Deflate | None
     ) -> None:
         self.session = session
-        self.leg = leg
+        self.leg, self.held = leg.take_over()
         self.peer = peer
         self.direction = Direction.TO_CSMS if peer is ClosedBy.CHARGER else Direction.TO_CHARGER
         self.client = peer is ClosedBy.CSMS  # the proxy is this leg's client: it masks
@@ -164,7 +184,33 @@ class _Side:
 
 
 class Session:
-    """Relays one charger connection to its CSMS connection until both legs are closed."""
+    """Relays one charger connection to its CSMS connection until both legs are closed.
+
+    Driven by the legs' callbacks from :meth:`start` on: no task per connection (only
+    while the secondary CSMS of a mirror is dialled or the recorder is waited for)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_charger",
+        "_csms",
+        "_decision",
+        "_ending",
+        "_injected",
+        "_on_end",
+        "_seq",
+        "_tasks",
+        "_waiting",
+        "clock",
+        "connection_id",
+        "deflate",
+        "finished",
+        "identity",
+        "mirror",
+        "opened_at",
+        "recorder",
+        "subprotocol",
+        "timeouts",
+    )
 
     def __init__(
         self,
@@ -181,8 +227,6 @@ class Session:
     ) -> None:
         self.connection_id = connection_id
         self.identity = identity
-        self.charger = charger
-        self.csms = csms
         self.recorder = recorder
         self.clock = clock
         self.mirror = mirror
@@ -192,35 +236,52 @@ class Session:
         self.subprotocol = charger.subprotocol
         self._seq = 0
         self._decision: CloseDecision | None = None
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting: asyncio.Task[None] | None = None
+        self.finished: asyncio.Future[CloseDecision] = asyncio.get_running_loop().create_future()
+        self._tasks: set[asyncio.Task[None]] = set()  # the mirror's, the recorder wait
+        self._waiting = False
+        self._ending = False
+        self._on_end: Callable[[Session], None] | None = None
         # Injected CALLs awaiting their answer, by the direction they were sent in. One per
         # direction: OCPP allows one outstanding CALL per direction.
         self._injected: dict[Direction, tuple[str, asyncio.Future[bytes]]] = {}
+        # From here on the relay owns both transports; websockets lets go of them.
         self._charger = _Side(self, charger, ClosedBy.CHARGER, deflate)
         self._csms = _Side(self, csms, ClosedBy.CSMS, deflate)
         self._charger.other, self._csms.other = self._csms, self._charger
 
-    async def run(self) -> CloseDecision:
-        """Relay both ways; return how the connection ended once both legs are closed."""
-        mirroring = None
+    def start(self, on_end: Callable[[Session], None] | None = None) -> None:
+        """Relay both ways from now on; ``on_end`` once both legs are closed."""
+        self._on_end = on_end
         if self.mirror is not None:
-            mirroring = asyncio.get_running_loop().create_task(self.mirror.run(self))
+            self._track(self.mirror.run(self))
         for side in (self._charger, self._csms):
-            side.leg.connection_lost_waiter.add_done_callback(functools.partial(self._lost, side))
+            side.leg.on_lost = functools.partial(self._lost, side)
             side.leg.on_resume = functools.partial(self._resume, side.other)
-        self._charger.leg.tap(self._charger.received)
-        self._csms.leg.tap(self._csms.received)
-        try:
-            await self._done
-        finally:
-            if self._waiting is not None:
-                self._waiting.cancel()
-            if self.mirror is not None and mirroring is not None:
-                await self.mirror.close()
-                if not self.mirror.connected:
-                    mirroring.cancel()  # still dialling the secondary: nothing to close
-                await asyncio.gather(mirroring, return_exceptions=True)
+            side.leg.on_data = side.received
+        for side in (self._charger, self._csms):
+            held, side.held = side.held, []
+            for data in held:
+                side.received(data)
+            if side.leg.lost:  # gone before the relay took it over
+                self._lost(side)
+
+    async def run(self) -> CloseDecision:
+        """:meth:`start`, then wait for the end: how the connection ended."""
+        self.start()
+        return await self.finished
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _end(self) -> None:
+        """Both legs are closed: the mirror's leg goes too, then the close is recorded."""
+        if self.mirror is not None:
+            await self.mirror.close()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()  # a mirror still dialling, a wait for the recorder
         for _message_id, answer in self._injected.values():
             if not answer.done():
                 answer.set_exception(InjectError(f"{self.identity} disconnected"))
@@ -231,7 +292,10 @@ class Session:
                 self.connection_id, self.clock(), decision.code, decision.reason, decision.closed_by
             )
         )
-        return decision
+        if self._on_end is not None:
+            self._on_end(self)
+        if not self.finished.done():
+            self.finished.set_result(decision)
 
     async def shutdown(self, code: int = 1001, reason: str = "proxy shutting down") -> None:
         """Close both legs on the proxy's own initiative (SIGTERM, control endpoint)."""
@@ -241,7 +305,7 @@ class Session:
         self.settle()
         for side in (self._charger, self._csms):
             side.deadline(self.timeouts.close)  # a peer that never answers the close
-        await asyncio.shield(self._done)
+        await asyncio.shield(self.finished)
 
     # -- messages -------------------------------------------------------------------
 
@@ -354,20 +418,21 @@ class Session:
         if src.reader.stopped or src.lost:
             return  # a closing leg is never paused: its peer's close must be read
         src.leg.transport.pause_reading()
-        if self.recorder.congested and self._waiting is None:
-            self._waiting = asyncio.get_running_loop().create_task(self._wait_for_room(src))
+        if self.recorder.congested and not self._waiting:
+            self._waiting = True
+            self._track(self._wait_for_room())
 
-    async def _wait_for_room(self, src: _Side) -> None:
+    async def _wait_for_room(self) -> None:
         try:
             await self.recorder.wait_for_room()
         finally:
-            self._waiting = None
-        self._resume(src)
-        self._resume(src.other)
+            self._waiting = False
+        self._resume(self._charger)
+        self._resume(self._csms)
 
     def _resume(self, src: _Side) -> None:
         """Read ``src`` again once neither the other leg nor the recorder is behind."""
-        if src.lost or src.other.leg.paused or self._waiting is not None:
+        if src.lost or src.other.leg.paused or self._waiting:
             return
         src.leg.transport.resume_reading()
 
@@ -404,7 +469,7 @@ class Session:
             if side.sent_close and side.got_close:
                 side.handshake_done(self.timeouts.close)
 
-    def _lost(self, side: _Side, _: object) -> None:
+    def _lost(self, side: _Side) -> None:
         side.gone()
         reason = f"{side.peer} connection lost"
         self._decide(CloseDecision(side.peer, 1006, ""))
@@ -413,8 +478,9 @@ class Session:
             if not other.sent_close:
                 other.send_close(_GOING_AWAY, reason)
             other.deadline(self.timeouts.close)
-        if self._charger.lost and self._csms.lost and not self._done.done():
-            self._done.set_result(None)
+        if self._charger.lost and self._csms.lost and not self._ending:
+            self._ending = True
+            self._track(self._end())
 
     def _record_too_large(self, direction: Direction, size: int) -> None:
         self.recorder.submit(

@@ -285,10 +285,9 @@ class ProxyServer:
             timeouts=Timeouts(self.config.close_timeout, self.config.max_message_size),
         )
         self.sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            self.sessions.discard(session)
+        # Callbacks drive the session from here; websockets' handler (this) ends now and
+        # its connection objects are freed: a live charger costs a few small objects.
+        session.start(self.sessions.discard)
 
     def _record_open(
         self, charger: ServerConnection, request: Request, shake: _Handshake, response: Response
