@@ -323,9 +323,12 @@ class RawCsms:
 
 
 @asynccontextmanager
-async def raw_csms(extensions: str | None = None, greeting: bytes = b"") -> AsyncIterator[RawCsms]:
+async def raw_csms(
+    extensions: str | None = None, greeting: bytes = b"", hangup: bool = False
+) -> AsyncIterator[RawCsms]:
     """``extensions``: the Sec-WebSocket-Extensions answer, if any (taken as given);
-    ``greeting``: frames written in the same write as the 101 answer."""
+    ``greeting``: frames written in the same write as the 101 answer; ``hangup``: end
+    the TCP connection right after them."""
     box = RawCsms()
     writers: list[asyncio.StreamWriter] = []
     done = asyncio.Event()
@@ -347,6 +350,8 @@ async def raw_csms(extensions: str | None = None, greeting: bytes = b"") -> Asyn
         if extensions is not None:
             lines.append(f"Sec-WebSocket-Extensions: {extensions}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + greeting)
+        if hangup:
+            writer.close()
         await box.peers.put((reader, writer, head))
         await done.wait()
 

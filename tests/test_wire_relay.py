@@ -1016,3 +1016,24 @@ async def test_a_charger_not_answering_the_keepalive_is_closed_1011(proxy_factor
             assert (close.code, close.reason) == (1011, "keepalive ping timeout")
             assert up.pongs == 0
     assert close_of(box[0]) == ("proxy", 1011, "keepalive ping timeout")
+
+
+@pytest.mark.parametrize("with_close", [False, True])
+async def test_a_csms_hanging_up_right_after_its_101(proxy_factory: Any, with_close: bool) -> None:
+    """The CSMS leg may end before the relay takes it over: the charger is still told."""
+    greeting = ws_frame(CLOSE, b"\x03\xe8bye") if with_close else b""
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            raw_csms(greeting=greeting, hangup=True) as csms,
+            proxy_factory(
+                upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None, close_timeout=2.0
+            ) as (proxy, box),
+            connect(proxy.url + "/ocpp/CP1") as charger,
+        ):
+            await charger.wait_closed()
+            close = close_rcvd(charger)
+            assert close is not None
+            expected = (1000, "bye") if with_close else (1001, "csms connection lost")
+            assert (close.code, close.reason) == expected
+            await wait_until(lambda: not proxy.server.sessions, "the session ended")
+    assert close_of(box[0]) == (("csms", 1000, "bye") if with_close else ("csms", 1006, ""))
