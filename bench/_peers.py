@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import shutil
 import sys
@@ -197,6 +198,11 @@ def nginx_config(port: int, upstream_port: int, directory: Path, max_connections
     """One master and one worker, no access log, WebSocket upgrade passed to the CSMS;
     every file it writes under ``directory``."""
     user = "user root;\n" if os.geteuid() == 0 else ""  # else the worker runs as nobody
+    # No more than the hard limit: nginx would log that raising it failed (then go on).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    files = (
+        max_connections + 64 if hard == resource.RLIM_INFINITY else min(max_connections + 64, hard)
+    )
     temp = "\n".join(
         f"    {kind}_temp_path {directory / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -206,7 +212,7 @@ daemon off;
 master_process on;
 pid {directory / "nginx.pid"};
 error_log {directory / "error.log"} warn;
-worker_rlimit_nofile {max_connections + 64};
+worker_rlimit_nofile {files};
 events {{ worker_connections {max_connections}; }}
 http {{
     access_log off;
