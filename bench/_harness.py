@@ -406,6 +406,12 @@ def environment(**settings: Any) -> dict[str, Any]:
 # -- command line ----------------------------------------------------------------------------
 
 
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    p.add_argument("--keep", action="store_true", help="keep the recordings and nginx's files")
+
+
 def positive(text: str) -> float:
     value = float(text)
     if value <= 0:

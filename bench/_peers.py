@@ -7,6 +7,7 @@ appended to the caller's ``children()`` list, so that it is killed whatever happ
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -74,6 +75,23 @@ async def run_load(
 
 
 # -- relays ---------------------------------------------------------------------------------
+
+
+def add_relay_options(p: argparse.ArgumentParser) -> None:
+    """--anchors and --proxy-args, for a benchmark that starts relays."""
+    p.add_argument(
+        "--anchors",
+        type=Path,
+        default=DEFAULT_ANCHORS,
+        help="directory holding pysplice.py (default ../shared/bench-anchors from the repo)",
+    )
+    p.add_argument(
+        "--proxy-args",
+        default="",
+        metavar="ARGS",
+        help="more options for every ocproxy proxy, one string (e.g. '--backlog 16384 "
+        "--max-pending-dials 500'); $OCPROXY_BENCH_ARGS is added too",
+    )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ import fleet_report
 from _harness import (
     Child,
     Memory,
+    add_output_options,
     cancel_on_signals,
     charger_counts,
     children,
@@ -53,10 +54,10 @@ from _harness import (
     tree_memory,
 )
 from _peers import (
-    DEFAULT_ANCHORS,
     TARGETS,
     Relay,
     RelayOptions,
+    add_relay_options,
     skip_reason,
     start_csms,
     start_relay,
@@ -410,23 +411,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=COMPRESSIONS, default="none")
     p.add_argument("--skip-idle", action="store_true", help="only the storm")
     p.add_argument("--skip-storm", action="store_true", help="only (a) and (b)")
-    p.add_argument("--anchors", type=Path, default=DEFAULT_ANCHORS, help="where pysplice.py is")
-    p.add_argument(
-        "--proxy-args",
-        default="",
-        metavar="ARGS",
-        help="more options for ocproxy proxy, one string "
-        "(e.g. '--backlog 16384 --max-pending-dials 500')",
-    )
+    add_relay_options(p)
     p.add_argument(
         "--raise-hard-limit",
         action="store_true",
         help="as root, also raise the open-files hard limit when it is below two per "
         "charger (the soft limit is always raised to the hard one)",
     )
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--markdown", action="store_true", help="also print Markdown tables")
-    p.add_argument("--keep", action="store_true", help="keep the recordings and nginx's files")
+    add_output_options(p)
     return p
 
 

@@ -43,6 +43,7 @@ from typing import Any
 from _harness import (
     Child,
     Column,
+    add_output_options,
     cancel_on_signals,
     cells,
     charger_counts,
@@ -67,6 +68,7 @@ from _peers import (
     TARGETS,
     Relay,
     RelayOptions,
+    add_relay_options,
     run_load,
     skip_reason,
     start_csms,
@@ -393,9 +395,7 @@ def add_run_options(
         help="what the chargers and the CSMS offer: none, or deflate (permessage-deflate, "
         f"websockets' default); none,deflate runs both (default {compression_default})",
     )
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
-    p.add_argument("--keep", action="store_true", help="keep the recordings and nginx's files")
+    add_output_options(p)
     p.add_argument(
         "--rounds",
         type=positive_int,
@@ -421,19 +421,7 @@ def parser() -> argparse.ArgumentParser:
         help=f"what to measure, in this order (default {','.join(TARGETS)}; "
         f"{MITMDUMP_BARE} = mitmdump without the addon)",
     )
-    p.add_argument(
-        "--anchors",
-        type=Path,
-        default=DEFAULT_ANCHORS,
-        help="directory holding pysplice.py (default ../shared/bench-anchors from the repo)",
-    )
-    p.add_argument(
-        "--proxy-args",
-        default="",
-        metavar="ARGS",
-        help="more options for every ocproxy proxy, one string (e.g. '--backlog 8192'); "
-        "$OCPROXY_BENCH_ARGS is added too",
-    )
+    add_relay_options(p)
     return p
 
 
