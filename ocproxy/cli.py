@@ -19,7 +19,7 @@ from ocproxy import __version__
 from ocproxy.analytics.cli import add_query_command
 from ocproxy.analytics.export_cli import add_export_command
 from ocproxy.analytics.report_cli import add_report_command
-from ocproxy.argtypes import non_negative_float, positive_float, positive_int
+from ocproxy.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from ocproxy.audit.cli import add_audit_command
 from ocproxy.control.cli import add_inject_command
 from ocproxy.control.disconnect import add_disconnect_command
@@ -194,6 +194,20 @@ def _add_proxy(commands: Any) -> None:
         help="recorder queue bound; when full, forwarding waits (counted) (default 10000)",
     )
     cmd.add_argument(
+        "--backlog",
+        type=positive_int,
+        metavar="N",
+        help="connections the kernel queues before they are accepted, so that a fleet "
+        "reconnecting at once is not refused (default 4096; capped by net.core.somaxconn)",
+    )
+    cmd.add_argument(
+        "--max-pending-dials",
+        type=non_negative_int,
+        metavar="N",
+        help="open at most N CSMS connections at once; other chargers wait in turn, "
+        "none is refused (default 0: no bound)",
+    )
+    cmd.add_argument(
         "--audit",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -310,6 +324,8 @@ _VALUE_OPTIONS = (
     "ping_timeout",
     "max_message_size",
     "queue_limit",
+    "backlog",
+    "max_pending_dials",
     "audit",
     "response_timeout",
     "client_ca",

@@ -59,6 +59,12 @@ class ProxyConfig:
     close_timeout: float = 10.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     queue_limit: int = 10_000
+    # Connections the kernel queues before the proxy accepts them (capped by
+    # net.core.somaxconn): a fleet reconnecting at once after an outage must not be refused.
+    backlog: int = 4096
+    # At most this many CSMS legs being opened at once (0: no bound); chargers beyond it
+    # wait their turn in the queue, they are not refused.
+    max_pending_dials: int = 0
     quiet: bool = False
     audit: bool = True
     response_timeout: float = 30.0
@@ -108,7 +114,13 @@ class ProxyConfig:
         for url in [self.upstream, *(r.upstream for r in self.routes), *mirrors]:
             if url is not None:
                 check_ws_url(url)
-        positive = ("connect_timeout", "close_timeout", "max_message_size", "queue_limit")
+        positive = (
+            "connect_timeout",
+            "close_timeout",
+            "max_message_size",
+            "queue_limit",
+            "backlog",
+        )
         for name in (*positive, "response_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
@@ -120,6 +132,8 @@ class ProxyConfig:
             if getattr(self, flag) and not self.client_ca:
                 option = "--" + flag.replace("_", "-")
                 raise ConfigError(f"{option} needs --client-ca (charger certificates to check)")
+        if self.max_pending_dials < 0:
+            raise ConfigError("max-pending-dials must be 0 (no bound) or positive")
         if self.control is not None:
             parse_control(self.control)
         if not 0 <= self.listen_port <= 65535:
@@ -166,6 +180,8 @@ _FILE_KEYS = {
     "close_timeout",
     "max_message_size",
     "queue_limit",
+    "backlog",
+    "max_pending_dials",
     "quiet",
     "audit",
     "response_timeout",

@@ -207,8 +207,41 @@ class CsmsLeg(_RawMessages, ClientConnection):
     """The leg between the proxy and the CSMS (the proxy is the client)."""
 
 
+Abandoned = Callable[["RelayedChargerLeg"], None]
+
+
 class RelayedChargerLeg(_Relayed, ChargerLeg):
-    """The proxy's charger leg: bytes go to the relay as they come."""
+    """The proxy's charger leg: bytes go to the relay as they come.
+
+    Every accepted TCP connection is accounted for: the server marks it ``settled`` once
+    it recorded the attempt; one that ends unsettled (a request never completed, too
+    long, malformed, given up) is reported to ``abandoned`` so that it is recorded too.
+    """
+
+    abandoned: Abandoned | None = None  # set by the server for each leg it creates
+    request_timeout: float | None = None  # the whole HTTP request must come by then
+    settled = False
+    timed_out = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.request_timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._request_timer = loop.call_later(self.request_timeout, self._request_late)
+
+    def _request_late(self) -> None:
+        if self.request is None and not self.settled:
+            self.timed_out = True
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        timer = getattr(self, "_request_timer", None)
+        if timer is not None:
+            timer.cancel()
+        super().connection_lost(exc)
+        if not self.settled and self.abandoned is not None:
+            self.settled = True
+            self.abandoned(self)
 
 
 class RelayedCsmsLeg(_Relayed, CsmsLeg):

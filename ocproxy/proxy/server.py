@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -91,6 +94,10 @@ class ProxyServer:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self.notes: list[str] = []  # start-up facts worth a line on the console
+        self._dials = (
+            asyncio.Semaphore(config.max_pending_dials) if config.max_pending_dials else None
+        )
 
     @property
     def port(self) -> int:
@@ -114,6 +121,14 @@ class ProxyServer:
         if tls is not None:
             # The leg terminates TLS itself (asyncio would drop failed handshakes unseen).
             leg = tls_charger_leg(tls, config.connect_timeout, self._tls_failed)
+        raise_open_files_limit(self.notes)
+
+        def new_leg(*args: Any, **kwargs: Any) -> RelayedChargerLeg:
+            charger = leg(*args, **kwargs)
+            charger.abandoned = self._abandoned
+            charger.request_timeout = config.connect_timeout + 5.0
+            return charger
+
         try:
             self._server = await serve(
                 self._handle,
@@ -123,9 +138,13 @@ class ProxyServer:
                 process_response=self._process_response,
                 select_subprotocol=self._select_subprotocol,
                 server_header=None,
-                create_connection=leg,
-                # The handshake includes opening the CSMS leg: give it room to answer 502.
-                open_timeout=config.connect_timeout + 5.0,
+                create_connection=new_leg,  # type: ignore[arg-type]  # a factory will do
+                # The request has its own deadline (RelayedChargerLeg.request_timeout);
+                # after it, opening the CSMS leg is bounded by --connect-timeout, and a
+                # charger waiting for its turn to dial (--max-pending-dials) must not be
+                # cut meanwhile.
+                open_timeout=None,
+                backlog=config.backlog,
                 # After the handshake the relay reads and writes both legs itself (its
                 # keepalive, close and size limit); compression is the CSMS's answer.
                 ping_interval=None,
@@ -191,9 +210,7 @@ class ProxyServer:
             self._record_open(charger, request, shake, response)
             self._record_refusal(shake, ClosedBy.PROXY, "no upstream for this identity")
             return response
-        outcome = await open_csms_leg(
-            url, request, offered, self.config, identity=identity, peer=shake.peer
-        )
+        outcome = await self._dial(url, request, shake)
         if isinstance(outcome, Refusal):
             self._record_open(charger, request, shake, outcome.response)
             self._record_refusal(shake, outcome.refused_by, outcome.detail)
@@ -202,6 +219,42 @@ class ProxyServer:
         self._handshakes[charger] = shake
         charger.connection_lost_waiter.add_done_callback(lambda _: self._abandon(charger))
         return None
+
+    async def _dial(
+        self, url: str, request: Request, shake: _Handshake
+    ) -> RelayedCsmsLeg | Refusal:
+        """Open the CSMS leg, in turn when --max-pending-dials bounds how many at once."""
+        dial = open_csms_leg(
+            url, request, shake.offered, self.config, identity=shake.identity, peer=shake.peer
+        )
+        if self._dials is None:
+            return await dial
+        async with self._dials:
+            return await dial
+
+    def _abandoned(self, charger: RelayedChargerLeg) -> None:
+        """An accepted connection ended before its handshake was answered: record why."""
+        status, reason = _abandon_reason(charger, self.config.connect_timeout + 5.0)
+        remote = charger.remote_address
+        now = self.clock()
+        connection_id = str(uuid.uuid4())
+        request = charger.request
+        self.recorder.submit(
+            ConnectionOpened(
+                connection_id=connection_id,
+                ts=now,
+                identity="" if request is None else identity_from_path(request.path),
+                path="" if request is None else request.path,
+                remote_addr=None if remote is None else f"{remote[0]}:{remote[1]}",
+                offered_subprotocols=(),
+                subprotocol=None,
+                upstream_url=None,
+                handshake_status=status,
+                run_id=self.recorder.run_id,
+            )
+        )
+        by = ClosedBy.PROXY if status in (400, 408, 414, 431) else ClosedBy.CHARGER
+        self.recorder.submit(ConnectionClosed(connection_id, now, None, reason, by))
 
     def _client_cert_refusal(self, shake: _Handshake) -> Response | None:
         """With --strict-client-cert, a certificate issued to another identity is refused."""
@@ -292,6 +345,8 @@ class ProxyServer:
     def _record_open(
         self, charger: ServerConnection, request: Request, shake: _Handshake, response: Response
     ) -> None:
+        if isinstance(charger, RelayedChargerLeg):
+            charger.settled = True
         remote = charger.remote_address
         peer = shake.peer
         self.recorder.submit(
@@ -344,6 +399,48 @@ class ProxyServer:
 
     def _record_refusal(self, shake: _Handshake, by: ClosedBy, detail: str) -> None:
         self.recorder.submit(ConnectionClosed(shake.connection_id, self.clock(), None, detail, by))
+
+
+def _abandon_reason(charger: RelayedChargerLeg, timeout: float) -> tuple[int, str]:
+    """The HTTP status recorded for an attempt given up before its handshake, and why."""
+    if charger.timed_out:
+        return 408, f"no complete HTTP request within {timeout:g} s"
+    exc = charger.protocol.handshake_exc
+    if isinstance(exc, RequestLineTooLong):
+        return 414, f"request line too long: {exc}"
+    if isinstance(exc, HeaderLineTooLong | TooManyHeaders):
+        return 431, f"request headers too large: {exc}"
+    if exc is not None and not isinstance(exc.__cause__, EOFError):
+        cause = exc.__cause__
+        detail = f"{exc}: {cause}" if cause is not None else str(exc)
+        return 400, f"malformed HTTP request: {detail}"
+    if charger.request is None:
+        return (
+            CLIENT_CLOSED_REQUEST,
+            "charger closed the connection before its request was complete",
+        )
+    return CLIENT_CLOSED_REQUEST, "charger disconnected during handshake"
+
+
+def raise_open_files_limit(notes: list[str]) -> None:
+    """Raise the soft open-files limit to the hard one: each charger takes two."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    except (ValueError, OSError):  # not allowed here: say what we have
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = max(soft - 64, 0) // 2
+    if room < _FLEET:
+        notes.append(
+            f"open-files limit {soft} leaves room for about {room} chargers "
+            "(two files each); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)"
+        )
+
+
+_FLEET = 10_000  # chargers a proxy should be able to hold without a word
 
 
 def _tls_version(charger: ServerConnection) -> str | None:

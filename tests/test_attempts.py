@@ -1,0 +1,123 @@
+"""Every TCP connection the proxy accepts leaves a row, and a fleet dialling at once waits
+its turn instead of being refused (issue 13 item 3, issue 14 item 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from typing import Any
+
+from helpers_ws import upstream, wait_until
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from ocproxy.proxy.server import raise_open_files_limit
+
+TIMEOUT = 20.0
+
+
+async def _raw(port: int, data: bytes, *, then_wait: float = 0.0) -> bytes:
+    """Send ``data`` on a plain TCP connection; whatever the proxy answers before closing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        if then_wait:
+            await asyncio.sleep(then_wait)
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+def _attempts(rec: Any) -> list[dict[str, Any]]:
+    return rec.rows(
+        "SELECT handshake_status, close_reason, closed_by, identity, path FROM connections "
+        "ORDER BY opened_at"
+    )
+
+
+async def test_attempts_given_up_before_the_handshake_are_recorded(proxy_factory: Any) -> None:
+    long_url = b"GET /ocpp/" + b"x" * 65_536 + b" HTTP/1.1\r\nHost: p\r\n\r\n"
+    many_headers = b"GET /ocpp/CP1 HTTP/1.1\r\n" + b"X-A: 1\r\n" * 300 + b"\r\n"
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            upstream() as up,
+            # The request must be whole within connect_timeout + 5 s.
+            proxy_factory(upstream=up.url, connect_timeout=0.2) as (proxy, box),
+        ):
+            port = proxy.server.port
+            too_long = await _raw(port, long_url)
+            too_many = await _raw(port, many_headers)
+            malformed = await _raw(port, b"NOT HTTP AT ALL\r\n\r\n")
+            slow = await _raw(port, b"GET /ocpp/CP-SLOW HTTP/1.1\r\n", then_wait=0.0)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()  # connects and leaves at once
+            await wait_until(lambda: proxy.recorder.stats.connections >= 5, "5 rows", 10.0)
+    assert too_long.startswith(b"HTTP/1.1 414")
+    assert too_many.startswith(b"HTTP/1.1 431")
+    assert malformed == b""
+    assert slow == b""
+    rows = _attempts(box[0])
+    statuses = sorted(r["handshake_status"] for r in rows)
+    assert statuses == [400, 408, 414, 431, 499], rows
+    by_status = {r["handshake_status"]: r for r in rows}
+    assert "too long" in by_status[414]["close_reason"]
+    assert "too large" in by_status[431]["close_reason"]
+    assert "malformed HTTP request" in by_status[400]["close_reason"]
+    assert "within 5.2 s" in by_status[408]["close_reason"]
+    assert by_status[499]["closed_by"] == "charger"
+    assert all(r["closed_by"] == "proxy" for s, r in by_status.items() if s != 499)
+
+
+async def test_chargers_beyond_max_pending_dials_wait_their_turn(proxy_factory: Any) -> None:
+    """With one dial at a time and a CSMS slow to answer, all chargers still connect."""
+    in_flight = 0
+    most = 0
+
+    async def slow_accept(ws: ServerConnection, request: Request) -> Response | None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.1)
+        in_flight -= 1
+        return None
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def charger(url: str, name: str) -> str | bytes:
+        async with connect(f"{url}/ocpp/{name}") as ws:
+            await ws.send(f'[2,"1","Heartbeat",{{}}] {name}')
+            return await ws.recv()
+
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            upstream(echo, process_request=slow_accept) as up,
+            proxy_factory(upstream=up.url, max_pending_dials=1) as (proxy, box),
+        ):
+            names = [f"CP-{i}" for i in range(6)]
+            answers = await asyncio.gather(*(charger(proxy.url, n) for n in names))
+    assert answers == [f'[2,"1","Heartbeat",{{}}] {n}' for n in names]
+    assert most == 1  # never two CSMS handshakes at once
+    rows = _attempts(box[0])
+    assert sorted(r["handshake_status"] for r in rows) == [101] * 6
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if hard != resource.RLIM_INFINITY and hard > 256:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        notes: list[str] = []
+        raise_open_files_limit(notes)
+        now, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert now == hard or hard == resource.RLIM_INFINITY
+        room = (now - 64) // 2
+        # A word only when the hard limit leaves less room than a fleet of 10,000 needs.
+        assert bool(notes) is (room < 10_000), notes
+        if notes:
+            assert "ulimit -Hn" in notes[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
