@@ -118,8 +118,8 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
             highlight=False,
             soft_wrap=True,  # one line, even into a pipe or a log file
         )
-        for note in proxy.notes:
-            console.print(f"[yellow]{note}[/]", highlight=False, soft_wrap=True)
+        for line in proxy.notes:
+            console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
         await stop.wait()
         console.print("stopping: closing connections with 1001 and flushing the recording")
     stats = outcome.stats
