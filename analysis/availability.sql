@@ -9,10 +9,12 @@
 --   Charging), reserved, unavailable and faulted. A status holds from its
 --   StatusNotification until the connector's next one; time offline is not counted.
 -- param identity: only this charger (default: every charger)
+-- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH conn AS (
     SELECT connection_id, identity, opened_at, closed_at
     FROM connections
     WHERE handshake_status = 101 AND ($identity IS NULL OR identity = $identity)
+        AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
 last_frames AS (
     SELECT connection_id, max(ts) AS last_ts

@@ -1,12 +1,15 @@
 -- title: Errors and unanswered CALLs
 -- description: CALLERRORs (and 2.1 CALLRESULTERRORs) counted by error code, action
 --   and charger, and CALLs that never got an answer in the recording, by action and
---   charger. direction is that of the CALL (to_csms: the charger asked).
+--   charger. direction is that of the CALL (to_csms: the charger asked); source is the
+--   connection's ('proxy', 'mirror', 'import', ...).
 -- param identity: only this charger (default: every charger)
+-- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH conn AS (
-    SELECT connection_id, identity
+    SELECT connection_id, identity, source
     FROM connections
-    WHERE $identity IS NULL OR identity = $identity
+    WHERE ($identity IS NULL OR identity = $identity)
+        AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
 answered AS (
     SELECT connection_id, request_seq
@@ -23,6 +26,7 @@ problems AS (
     SELECT
         CASE f.message_type WHEN 4 THEN 'callerror' ELSE 'callresulterror' END AS kind,
         c.identity,
+        c.source,
         f.action,
         -- A CALLERROR travels against its CALL; a CALLRESULTERROR with it.
         CASE
@@ -37,7 +41,7 @@ problems AS (
     JOIN conn AS c USING (connection_id)
     WHERE f.message_type IN (4, 5)
     UNION ALL
-    SELECT 'unanswered', c.identity, f.action, f.direction, NULL, NULL, f.ts
+    SELECT 'unanswered', c.identity, c.source, f.action, f.direction, NULL, NULL, f.ts
     FROM own AS f
     JOIN conn AS c USING (connection_id)
     ANTI JOIN answered AS a ON a.connection_id = f.connection_id AND a.request_seq = f.seq
@@ -52,7 +56,8 @@ SELECT
     count(*) AS count,
     min(ts) AS first_at,
     max(ts) AS last_at,
-    any_value(error_description) AS example_description
+    any_value(error_description) AS example_description,
+    source
 FROM problems
-GROUP BY kind, identity, action, direction, error_code
+GROUP BY kind, identity, action, direction, error_code, source
 ORDER BY kind, count DESC, identity, action, error_code

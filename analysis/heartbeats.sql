@@ -5,10 +5,12 @@
 --   answer (expected_s). Chargers that booted but never sent a heartbeat are listed
 --   with 0 heartbeats.
 -- param identity: only this charger (default: every charger)
+-- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH conn AS (
     SELECT connection_id, identity
     FROM connections
-    WHERE $identity IS NULL OR identity = $identity
+    WHERE ($identity IS NULL OR identity = $identity)
+        AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
 beats AS (
     SELECT

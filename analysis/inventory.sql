@@ -4,10 +4,12 @@
 --   2.0.1/2.1 chargingStation), the CSMS's answer to it, how many boots, when the
 --   charger was first and last seen, its connections and the OCPP versions it used.
 -- param identity: only this charger (default: every charger)
+-- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH conn AS (
     SELECT *
     FROM connections
-    WHERE $identity IS NULL OR identity = $identity
+    WHERE ($identity IS NULL OR identity = $identity)
+        AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
 last_frames AS (
     SELECT connection_id, max(ts) AS last_ts

@@ -8,10 +8,12 @@
 --   Unordered: it can be millions of rows, and sorting them would cost more than the
 --   query (add ORDER BY in your own SQL, or sort the export).
 -- param identity: only this charger (default: every charger)
+-- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH conn AS (
     SELECT connection_id, identity, ocpp_version
     FROM connections
-    WHERE $identity IS NULL OR identity = $identity
+    WHERE ($identity IS NULL OR identity = $identity)
+        AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
 carriers AS (
     -- Only the frames that carry meter values are parsed (filtered on action first),

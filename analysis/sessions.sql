@@ -3,8 +3,10 @@
 --   charger identity, OCPP version, when it opened and closed, how long it lasted
 --   (NULL when the recording has no close), frames each way, malformed and injected
 --   frames, bytes, the handshake status, the close code and reason, who closed it,
---   and, for a replayed session, the connection it replays.
+--   and, for a replayed session, the connection it replays; source says where the
+--   connection comes from ('proxy', 'mirror' for a leg to a secondary CSMS, 'import', ...).
 -- param identity: only this charger (default: every charger)
+-- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH counts AS (
     -- One pass over frames, derived columns only: no payload is parsed here.
     SELECT
@@ -38,8 +40,11 @@ SELECT
     c.closed_by,
     c.remote_addr,
     c.replay_of,
-    c.connection_id
+    c.connection_id,
+    c.source,
+    c.mirror_of
 FROM connections AS c
 LEFT JOIN counts AS n USING (connection_id)
-WHERE $identity IS NULL OR c.identity = $identity
+WHERE ($identity IS NULL OR c.identity = $identity)
+    AND ($legs = 'all' OR (c.mirror_of IS NULL) = ($legs = 'charger'))
 ORDER BY c.opened_at, c.connection_id

@@ -6,10 +6,12 @@
 --   duration in seconds, and how many notifications reported it. The current status
 --   has no end.
 -- param identity: only this charger (default: every charger)
+-- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH conn AS (
     SELECT connection_id, identity, ocpp_version
     FROM connections
-    WHERE $identity IS NULL OR identity = $identity
+    WHERE ($identity IS NULL OR identity = $identity)
+        AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
 notes AS (
     -- Only StatusNotification CALLs are parsed. 1.6 says status, 2.x connectorStatus.

@@ -7,10 +7,12 @@
 --   Energy.Active.Import.Register sample), the id token as recorded, and the stop
 --   reason (Local when omitted, as the spec says).
 -- param identity: only this charger (default: every charger)
+-- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH conn AS (
     SELECT connection_id, identity, ocpp_version
     FROM connections
-    WHERE $identity IS NULL OR identity = $identity
+    WHERE ($identity IS NULL OR identity = $identity)
+        AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
 tx_frames AS (
     -- Filter on the derived columns first; only these frames' payloads are parsed, each

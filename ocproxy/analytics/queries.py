@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from ocproxy.errors import ConfigError, OcproxyError
 
 ISSUES_COLUMN = "issues"
+LEGS = ("charger", "mirror", "all")  # values of the queries' legs parameter
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _PARAM_REF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _PARAM = re.compile(
@@ -188,6 +189,11 @@ def bind(query: NamedQuery, given: dict[str, str]) -> dict[str, str | None]:
     if unknown:
         takes = ", ".join(declared) or "no parameters"
         raise ConfigError(f"query {query.name} has no parameter {unknown[0]!r} (it takes {takes})")
+    if given.get("legs", "charger") not in LEGS:
+        raise ConfigError(
+            f"--param legs={given['legs']}: legs is one of {', '.join(LEGS)} (the chargers' "
+            "own connections, the mirror legs to a secondary CSMS, or both)"
+        )
     values: dict[str, str | None] = {}
     for param in query.params:
         if param.name in given:

@@ -61,14 +61,18 @@ NO_ANSWER = "(no answer)"
 
 
 def build_report(
-    sources: list[str], *, identity: str | None = None, top: int = DEFAULT_TOP
+    sources: list[str],
+    *,
+    identity: str | None = None,
+    top: int = DEFAULT_TOP,
+    legs: str = "charger",
 ) -> Report:
     """Open the sources (``ConfigError`` for what is not a recording) and gather the report."""
     started = time.perf_counter()
     with open_sources(sources) as opened:
         if identity is not None:  # a misspelt charger: exit 2, not an empty report
             require_identities(opened.db, [identity], " ".join(sources))
-        report = gather(opened.db, identity=identity, top=top, notes=opened.notes)
+        report = gather(opened.db, identity=identity, top=top, notes=opened.notes, legs=legs)
         paths = tuple(str(p) for p in opened.paths)
     return replace(report, sources=paths, elapsed_s=time.perf_counter() - started)
 
@@ -79,12 +83,18 @@ def gather(
     identity: str | None = None,
     top: int = DEFAULT_TOP,
     notes: list[str] | None = None,
+    legs: str = "charger",
 ) -> Report:
-    """Everything the report shows, from a connection that has the recording's views."""
+    """Everything the report shows, from a connection that has the recording's views.
+
+    ``legs``: the chargers' own connections (default), the mirror legs ocproxy opened
+    to a secondary CSMS, or all of them, as the named queries' ``legs`` parameter."""
+    if legs not in LEGS:
+        raise ConfigError(f"legs must be one of {', '.join(LEGS)}, not {legs!r}")
     said = list(notes or [])
     for name in ("sessions", "transactions", "status_timeline", "latency", "errors"):
-        _register(db, name, identity, said)
-    param = {"identity": identity}
+        _register(db, name, {"identity": identity, "legs": legs}, said)
+    param = {"identity": identity, "legs": legs}
     overview = _overview(db, param)
     return Report(
         sources=(),
@@ -98,16 +108,18 @@ def gather(
         errors=_errors(db, top),
         chargers=_chargers(db, top),
         notes=tuple(said),
-        findings=gather_findings(db, _rows, identity=identity, top=top, bucket_width=bucket_width),
+        findings=gather_findings(
+            db, _rows, identity=identity, legs=legs, top=top, bucket_width=bucket_width
+        ),
     )
 
 
 def _register(
-    db: duckdb.DuckDBPyConnection, name: str, identity: str | None, notes: list[str]
+    db: duckdb.DuckDBPyConnection, name: str, param: dict[str, Any], notes: list[str]
 ) -> None:
     """Run a named query and make its result the table ``q_NAME``."""
     query = get_query(name)
-    given = {"identity": identity} if identity else {}
+    given = {k: v for k, v in param.items() if v is not None}
     result = run(db, query.sql, bind(query, given), what=f"report query {name}")
     if result.lenient_rows:
         notes.append(
@@ -133,16 +145,22 @@ def _scalar(db: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(next(iter(row.values())) or 0)
 
 
-# Frames of the charger asked for (all of them when $identity is NULL).
-_MINE = """($identity IS NULL
-    OR connection_id IN (SELECT connection_id FROM connections WHERE identity = $identity))"""
+# The connections the report is about: the charger asked for (every one when $identity
+# is NULL), their own legs, a secondary CSMS's (mirror) or both ($legs, as in the queries).
+_CONNECTIONS = """SELECT connection_id, source FROM connections
+    WHERE ($identity IS NULL OR identity = $identity)
+        AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))"""
+# Their frames. Only filtered when something is left out: a semi-join over every frame
+# of a big recording costs a second.
+_MINE = f"connection_id IN (SELECT connection_id FROM ({_CONNECTIONS}))"
+LEGS = ("charger", "mirror", "all")
 
-_OVERVIEW = f"""
+_OVERVIEW = """
 WITH f AS (
     SELECT count(*) AS frames, min(ts) AS first_at, max(ts) AS last_at,
         coalesce(sum(size), 0)::BIGINT AS bytes,
         count(*) FILTER (WHERE parse_status IS DISTINCT FROM 'ok') AS malformed
-    FROM frames WHERE {_MINE}
+    FROM frames WHERE {mine}
 ), s AS (
     SELECT count(*) FILTER (WHERE handshake_status = 101) AS connections,
         count(*) FILTER (WHERE handshake_status IS DISTINCT FROM 101) AS refused,
@@ -164,7 +182,7 @@ FROM f, s, t, e
 
 
 def _overview(db: duckdb.DuckDBPyConnection, param: dict[str, Any]) -> Overview:
-    (row,) = _rows(db, _OVERVIEW, param)
+    (row,) = _rows(db, _OVERVIEW.replace("{mine}", _mine(db, param)), param)
     return Overview(**row)
 
 
@@ -184,7 +202,7 @@ def _volume(db: duckdb.DuckDBPyConnection, param: dict[str, Any], overview: Over
         f"""SELECT floor(epoch(ts) / $width)::BIGINT AS bucket, direction,
             CASE WHEN parse_status IS DISTINCT FROM 'ok' THEN 0 ELSE message_type END AS type,
             count(*) AS n
-        FROM frames WHERE {_MINE} GROUP BY ALL""",
+        FROM frames WHERE {_mine(db, param)} GROUP BY ALL""",
         {**param, "width": width},
     )
     if not rows:
@@ -313,15 +331,28 @@ def connector_label(evse_id: int | None, connector_id: int | None) -> str:
 
 
 _LATENCY_BINS = f"""
-SELECT action,
+SELECT action, c.source,
     CASE direction WHEN 'to_charger' THEN 'to_csms' ELSE 'to_charger' END AS direction,
     floor(log10(greatest(latency_ms, 0.01)) * {BINS_PER_DECADE})::INTEGER AS bin,
     count(*) AS n
-FROM frames
+FROM frames JOIN ({_CONNECTIONS}) AS c USING (connection_id)
 WHERE message_type IN (3, 4) AND latency_ms IS NOT NULL AND NOT coalesce(injected, false)
-    AND pairing IN ('matched', 'late') AND {_MINE}
+    AND pairing IN ('matched', 'late')
 GROUP BY ALL
 """
+
+
+def _mine(db: duckdb.DuckDBPyConnection, param: dict[str, Any]) -> str:
+    """The WHERE clause for the frames the report is about (TRUE: all of them)."""
+    if param["identity"] is None and (
+        param["legs"] == "all" or (param["legs"] == "charger" and not _has_mirror_legs(db))
+    ):
+        return "($identity IS NULL AND $legs IS NOT NULL)"  # every frame; binds both
+    return _MINE
+
+
+def _has_mirror_legs(db: duckdb.DuckDBPyConnection) -> bool:
+    return _scalar(db, "SELECT count(*) FROM connections WHERE mirror_of IS NOT NULL") > 0
 
 
 def _latency(
@@ -332,11 +363,14 @@ def _latency(
         "SELECT * FROM q_latency ORDER BY calls DESC, action, direction LIMIT $top",
         {"top": top},
     )
-    bins: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    bins: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
     for r in _rows(db, _LATENCY_BINS, param):
-        bins.setdefault((r["action"], r["direction"]), []).append((r["bin"], r["n"]))
+        key = (r["action"], r["direction"], r["source"])
+        bins.setdefault(key, []).append((r["bin"], r["n"]))
     return tuple(
-        LatencyRow(**r, bins=tuple(sorted(bins.get((r["action"], r["direction"]), []))))
+        LatencyRow(
+            **r, bins=tuple(sorted(bins.get((r["action"], r["direction"], r["source"]), [])))
+        )
         for r in busiest
     )
 

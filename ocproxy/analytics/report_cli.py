@@ -62,6 +62,14 @@ def add_report_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     cmd.add_argument("--html", metavar="FILE", help="also write the HTML report to FILE")
     cmd.add_argument("--identity", metavar="ID", help="only this charger (default: every one)")
     cmd.add_argument(
+        "--legs",
+        choices=("charger", "mirror", "all"),
+        default="charger",
+        help="whose connections: the chargers' own (default), mirror (the legs ocproxy "
+        "opened to a secondary CSMS, see --mirror in ocproxy proxy) or all (the latency "
+        "of the mirror legs is then shown apart)",
+    )
+    cmd.add_argument(
         "--top",
         type=positive_int,
         default=DEFAULT_TOP,
@@ -79,7 +87,7 @@ def run_report_command(
     err = stderr if stderr is not None else sys.stderr
     target = _HtmlTarget(args.html) if args.html else None
     try:
-        report = build_report(args.sources, identity=args.identity, top=args.top)
+        report = build_report(args.sources, identity=args.identity, top=args.top, legs=args.legs)
         if target is not None:
             target.write(render_html(report))
     finally:

@@ -107,6 +107,7 @@ class LatencyRow:
     p95_ms: float
     p99_ms: float
     max_ms: float
+    source: str  # the connections': 'proxy', 'mirror' (with --legs), 'import', ...
     bins: tuple[tuple[int, int], ...]  # (bin k, answers); see BINS_PER_DECADE
 
 

@@ -72,7 +72,8 @@ class Findings:
 _MINE = """
 SELECT f.connection_id, f.seq, f.ts, f.rule, f.severity, f.message, f.path, c.identity
 FROM findings f JOIN connections c USING (connection_id)
-WHERE $identity IS NULL OR c.identity = $identity
+WHERE ($identity IS NULL OR c.identity = $identity)
+    AND ($legs = 'all' OR (c.mirror_of IS NULL) = ($legs = 'charger'))
 """
 
 
@@ -81,11 +82,12 @@ def gather_findings(
     rows: Rows,
     *,
     identity: str | None,
+    legs: str = "charger",
     top: int,
     bucket_width: Callable[[datetime | None, datetime | None], float],
 ) -> Findings:
     """The findings section's data; ``rows`` runs SQL as the report does (one-line errors)."""
-    param: dict[str, Any] = {"identity": identity}
+    param: dict[str, Any] = {"identity": identity, "legs": legs}
     totals = rows(
         db,
         f"WITH f AS ({_MINE}) SELECT severity, count(*) AS n, min(ts) AS first_at, "

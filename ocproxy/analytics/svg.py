@@ -322,11 +322,11 @@ def latency_chart(report: Report) -> str:
 
 
 def _latency_row(row: LatencyRow, y: float, height: float, x_of: Callable[[float], float]) -> str:
-    name = f"{row.action} ({DIRECTION_NAMES.get(row.direction, row.direction)})"
+    leg = " (mirror)" if row.source == "mirror" else ""
+    name = f"{row.action} ({DIRECTION_NAMES.get(row.direction, row.direction)}){leg}"
+    label = f"{row.action} → {_to(row.direction)}{leg}"
     peak = max(n for _, n in row.bins)
-    parts = [
-        _text(250 - 8, y + height / 2 + 4, f"{row.action} → {_to(row.direction)}", "label", "end")
-    ]
+    parts = [_text(250 - 8, y + height / 2 + 4, label, "label", "end")]
     for k, n in row.bins:
         lo, hi = 10 ** (k / BINS_PER_DECADE), 10 ** ((k + 1) / BINS_PER_DECADE)
         h = max(n / peak * (height - 8), 1.5)

@@ -65,6 +65,13 @@ def add_audit_command(commands: Any) -> None:
         help="only connections open at or after this time (ISO 8601; UTC if no zone)",
     )
     cmd.add_argument(
+        "--legs",
+        choices=("charger", "mirror", "all"),
+        default="charger",
+        help="whose connections: the chargers' own (default), mirror (the legs ocproxy "
+        "opened to a secondary CSMS with --mirror) or all",
+    )
+    cmd.add_argument(
         "--format",
         choices=("table", "json", "junit"),
         default="table",
@@ -107,7 +114,7 @@ def run_audit(args: argparse.Namespace) -> int:
         raise ConfigError("audit needs a recording: ocproxy audit DB (or --explain RULE)")
     _check_output(args.output)
     settings = AuditSettings(response_timeout_s=args.response_timeout)
-    scope = AuditScope(tuple(args.identity), args.since)
+    scope = AuditScope(tuple(args.identity), args.since, args.legs)
     findings, evidence, identities = audit_file(args.db, scope, settings, args.jobs)
     groups = report.group(findings, evidence, identities)
     fail_on = Severity.parse(args.fail_on)

@@ -28,6 +28,9 @@ _DUCKDB_MAGIC = b"DUCK"  # at offset 8 of every DuckDB database file
 class AuditScope:
     identities: tuple[str, ...] = ()
     since: datetime | None = None
+    # The chargers' own connections, the legs ocproxy opened to a secondary CSMS
+    # (mirror_of set), or all: as the named queries' legs parameter.
+    legs: str = "charger"
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def _events(
     db: duckdb.DuckDBPyConnection, scope: AuditScope
 ) -> Iterator[ConnectionOpened | FrameReceived | ConnectionClosed]:
     """Opens, frames and closes in the order the live recorder saw them."""
-    where, params = scope_sql(scope)
+    where, params = scope_sql(scope, db)
     present = {row[0] for row in db.execute("DESCRIBE connections").fetchall()}
     # Recordings made before m005 have no TLS columns: read them as NULL.
     tls_columns = ", ".join(c if c in present else f"NULL AS {c}" for c in _TLS_COLUMNS)
@@ -192,9 +195,15 @@ def _events(
         yield event
 
 
-def scope_sql(scope: AuditScope) -> tuple[str, dict[str, Any]]:
+def scope_sql(scope: AuditScope, db: duckdb.DuckDBPyConnection) -> tuple[str, dict[str, Any]]:
     clauses = ["handshake_status IS NOT NULL"]
     params: dict[str, Any] = {}
+    if scope.legs != "all":
+        columns = {row[0] for row in db.execute("DESCRIBE connections").fetchall()}
+        if "mirror_of" in columns:
+            clauses.append(f"mirror_of IS {'NULL' if scope.legs == 'charger' else 'NOT NULL'}")
+        elif scope.legs == "mirror":  # made before mirroring existed: no mirror legs
+            clauses.append("false")
     if scope.identities:
         clauses.append("identity IN (SELECT unnest($identities::VARCHAR[]))")
         params["identities"] = list(scope.identities)

@@ -68,7 +68,7 @@ def identity_shares(
     """Identities in scope split into at most ``jobs`` shares of about equal frames."""
     if jobs <= 1:
         return []
-    where, params = scope_sql(scope)
+    where, params = scope_sql(scope, db)
     # Every identity in scope, those without frames too (their connections have findings).
     counts = db.execute(
         f"""
