@@ -127,10 +127,10 @@ async def run_load(url: str, rate: float, duration: float, chargers: int) -> Non
             k = 0
             while loop.time() - begin < duration:
                 k += 1
-                _, text = meter_values_call(n, k)
+                text, _ = meter_values_call(n, k)
                 await ws.send(text)
                 sent += 1
-                await ws.recv()
+                await asyncio.wait_for(ws.recv(), 10)
                 answered += 1
                 delay = begin + k / per_charger - loop.time()
                 if delay > 0:

@@ -26,6 +26,10 @@ ID_WIDTH = 13
 class ChargersTable(DataTable[Any]):
     COLUMNS = ("identity", "ver", "state", "frames", "open", "E/W/I", "last close", "since")
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._shown: dict[tuple[str, str], str] = {}  # (identity, column) -> text shown
+
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = True
@@ -33,14 +37,28 @@ class ChargersTable(DataTable[Any]):
             self.add_column(name, key=name)
 
     def show(self, rows: Iterable[ChargerRow]) -> None:
-        """Add new chargers and update the others in place (the cursor stays put)."""
+        """Add new chargers and update the others in place (the cursor stays put); only
+        cells whose text changed are touched (live, every charger changes every tick)."""
+        shown = self._shown
         for row in rows:
             cells = charger_cells(row)
-            if row.identity in self.rows:
-                for name, cell in zip(self.COLUMNS, cells, strict=True):
-                    self.update_cell(row.identity, name, cell, update_width=True)
-            else:
+            if row.identity not in self.rows:
                 self.add_row(*cells, key=row.identity)
+                for name, cell in zip(self.COLUMNS, cells, strict=True):
+                    shown[(row.identity, name)] = cell.plain
+                continue
+            for name, cell in zip(self.COLUMNS, cells, strict=True):
+                before = shown.get((row.identity, name))
+                if before == cell.plain:
+                    continue
+                wider = before is None or len(cell.plain) > len(before)
+                self.update_cell(row.identity, name, cell, update_width=wider)
+                shown[(row.identity, name)] = cell.plain
+
+    def clear(self, columns: bool = False) -> ChargersTable:
+        self._shown.clear()
+        super().clear(columns)
+        return self
 
 
 def charger_cells(row: ChargerRow) -> list[Text]:
