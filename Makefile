@@ -44,7 +44,7 @@ test-nobrowser: lint
 	@echo "make test-nobrowser: the browser tests (pytest -m browser) were NOT run"
 
 docs: $(TEST_STAMP)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/proxy_bench.py
