@@ -1,0 +1,207 @@
+"""Import one file into a recording: read it in shares, stage each, merge in one go.
+
+A log is read by ``jobs`` processes at once, each keeping the chargers whose identity
+hashes to its share (rules such as message-id uniqueness span a charger's
+connections, so a charger is never split); a capture by one (tshark is the slow part).
+Each share is recorded by the proxy's Recorder into a staging file; the staging files
+are then copied into the recording in one transaction: a file is imported whole or
+not at all.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ocproxy.core.events import RecorderEvent
+from ocproxy.errors import ConfigError
+from ocproxy.importer.logs import LogEvents, LogOptions, open_log, read_lines
+from ocproxy.importer.pcap import CaptureEvents, CaptureOptions, run_tshark
+from ocproxy.importer.staging import StagingOptions, merge, stage
+
+Progress = Callable[[float | None], None]  # fraction of the file done; None: unknown
+_CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz")
+_LOG_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    path: str
+    kind: str
+    run_id: str
+    connections: int
+    messages: int
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Share:
+    messages: int = 0
+    connections: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def file_kind(path: str, given: str | None) -> str:
+    if given is not None:
+        return given
+    name = path.lower()
+    if name.endswith(_CAPTURE_SUFFIXES):
+        return "pcap"
+    for suffix, kind in _LOG_SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    raise ConfigError(f"{path}: cannot tell its format from its name; give --format")
+
+
+def import_capture(
+    target: Path, options: CaptureOptions, staging: StagingOptions, progress: Progress
+) -> ImportResult:
+    started = time.time()
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ocproxy-import-") as tmp:
+        process = run_tshark(options)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        reader = CaptureEvents(options)
+        staged = Path(tmp) / "s0.duckdb"
+        stats = stage(staged, reader.read(process.stdout), staging, lambda _n: progress(None))
+        process.wait()
+        complaint = _tshark_complaint(process.stderr.read())
+        if complaint:
+            reader.notes.insert(0, f"tshark: {complaint}; imported what came before")
+        progress(1.0)
+        run_id = merge(target, [staged], _settings(options.path, "pcap"), staging.source, started)
+    return ImportResult(
+        options.path,
+        "pcap",
+        run_id,
+        stats.connections,
+        reader.messages,
+        time.time() - started,
+        tuple(reader.notes),
+    )
+
+
+def _tshark_complaint(stderr: bytes) -> str:
+    lines = [
+        line.strip()
+        for line in stderr.decode("utf-8", "replace").splitlines()
+        if line.strip() and "dangerous" not in line and not line.startswith("Running as user")
+    ]
+    return lines[0] if lines else ""
+
+
+def import_log(
+    target: Path, options: LogOptions, staging: StagingOptions, jobs: int, progress: Progress
+) -> ImportResult:
+    started = time.time()
+    lines = _count_lines(Path(options.path))
+    with open_log(Path(options.path)) as handle:  # the mapping is checked before any work
+        next(read_lines(replace(options, shares=1, share=0), handle), None)
+    jobs = max(1, min(jobs, lines // 20_000 or 1))
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ocproxy-import-") as tmp:
+        staged = [Path(tmp) / f"s{k}.duckdb" for k in range(jobs)]
+        if jobs == 1:
+            shares = [
+                _log_share(options, staged[0], staging, lambda n: progress(n / max(lines, 1)))
+            ]
+        else:
+            shares = _in_processes(options, staged, staging, lines, progress)
+        messages = sum(s.messages for s in shares)
+        run_id = merge(
+            target, staged, _settings(options.path, options.kind), staging.source, started
+        )
+    notes = [n for s in shares for n in s.notes]
+    if not messages:
+        notes.append(f"no messages in {options.path}")
+    return ImportResult(
+        options.path,
+        options.kind,
+        run_id,
+        sum(s.connections for s in shares),
+        messages,
+        time.time() - started,
+        tuple(notes),
+    )
+
+
+def _log_share(
+    options: LogOptions, staged: Path, staging: StagingOptions, report: Callable[[int], None]
+) -> _Share:
+    """Stage one share of a log; ``report`` gets the line reached now and then."""
+    converter = LogEvents(options)
+
+    def events() -> Iterator[RecorderEvent]:
+        reported = 0
+        with open_log(Path(options.path)) as handle:
+            for item in read_lines(options, handle):
+                yield from converter.feed(item)
+                if item.line - reported >= 10_000:
+                    reported = item.line
+                    report(reported)
+        yield from converter.finish()
+
+    stats = stage(staged, events(), staging)
+    return _Share(converter.messages, stats.connections, converter.notes)
+
+
+def _in_processes(
+    options: LogOptions,
+    staged: list[Path],
+    staging: StagingOptions,
+    lines: int,
+    progress: Progress,
+) -> list[_Share]:
+    context = multiprocessing.get_context("forkserver")
+    counters = [context.Value("q", 0, lock=False) for _ in staged]
+    jobs = len(staged)
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_keep, initargs=(counters,)
+    ) as pool:
+        futures: list[Future[_Share]] = [
+            pool.submit(_share_in_process, k, replace(options, share=k, shares=jobs), path, staging)
+            for k, path in enumerate(staged)
+        ]
+        while not all(f.done() for f in futures):
+            progress(sum(c.value for c in counters) / max(lines * jobs, 1))
+            time.sleep(0.1)
+        return [f.result() for f in futures]  # a share's ConfigError is raised here
+
+
+_COUNTERS: list[Any] = []
+
+
+def _keep(counters: list[Any]) -> None:
+    """Worker initializer: shared counters reach a worker only as it starts."""
+    _COUNTERS[:] = counters
+
+
+def _share_in_process(k: int, options: LogOptions, staged: Path, staging: StagingOptions) -> _Share:
+    counter = _COUNTERS[k]
+
+    def report(line: int) -> None:
+        counter.value = line
+
+    return _log_share(options, staged, staging, report)
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _settings(path: str, kind: str) -> dict[str, Any]:
+    return {"command": "import", "file": str(Path(path).resolve()), "format": kind}
