@@ -15,6 +15,8 @@ Talks with the benchmark over stdin and stdout, one line at a time:
    (the first at a random instant within the first interval) and waits for its answer;
 5. on a line ``close`` (or the end of stdin) closes every connection with 1000, prints a
    JSON line with the heartbeats sent and answered, and exits.
+
+``start_fleet`` / ``dial`` / ``close_fleet`` are the benchmark's side of that exchange.
 """
 
 from __future__ import annotations
@@ -23,16 +25,22 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import sys
 import threading
 import time
 from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from _harness import Child
 from _workload import COMPRESSIONS, SUBPROTOCOL, heartbeat_call
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidMessage, InvalidStatus, WebSocketException
+
+FLEET_LOAD = Path(__file__)
 
 
 @dataclass
@@ -161,6 +169,103 @@ async def run(args: argparse.Namespace) -> int:
     summary = {"heartbeats_sent": tally.sent, "heartbeats_answered": tally.answered}
     print(json.dumps(summary | {"heartbeat_errors": dict(tally.errors)}), flush=True)
     return 0
+
+
+# -- the benchmark's side: starting the loaders and hearing from them -------------------
+
+
+@dataclass
+class Dial:
+    """What a fleet of loaders reports after dialling: merged over the processes."""
+
+    attempts: int = 0
+    connected: int = 0
+    connect_s: list[float] = field(default_factory=list)
+    failed_after_s: list[float] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def add(self, part: dict[str, Any]) -> None:
+        self.attempts += part["count"]
+        self.connected += part["connected"]
+        self.connect_s += part["connect_s"]
+        self.failed_after_s += part["failed_after_s"]
+        self.failures.update(part["failures"])
+
+    def figures(self) -> dict[str, Any]:
+        """Counts and connect-time percentiles (seconds), without the per-charger lists."""
+        times = sorted(self.connect_s)
+        return {
+            "attempts": self.attempts,
+            "connected": self.connected,
+            "failed": self.attempts - self.connected,
+            "failures": dict(self.failures),
+            "p50_s": _percentile(times, 50),
+            "p99_s": _percentile(times, 99),
+            "max_s": times[-1] if times else None,
+            "mean_s": statistics.fmean(times) if times else None,
+            "over_10_s": sum(t > 10 for t in times),
+            "failed_after_max_s": max(self.failed_after_s, default=None),
+        }
+
+
+def _percentile(ordered: list[float], pct: int) -> float | None:
+    if len(ordered) < 2:
+        return ordered[0] if ordered else None
+    return statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1]
+
+
+async def start_fleet(
+    started: list[Child], url: str, chargers: int, mode: str, args: argparse.Namespace
+) -> list[Child]:
+    """``--loaders`` processes sharing ``chargers`` between them, each READY to dial."""
+    loaders = min(args.loaders, chargers)
+    fleet = []
+    for k in range(loaders):
+        first = chargers * k // loaders
+        count = chargers * (k + 1) // loaders - first
+        command = [sys.executable, str(FLEET_LOAD), "--url", url, "--mode", mode]
+        command += ["--first", str(first), "--count", str(count)]
+        command += [
+            "--heartbeat",
+            f"{args.heartbeat:g}",
+            "--open-timeout",
+            f"{args.open_timeout:g}",
+        ]
+        command += ["--compression", args.compression]
+        child = await Child.start(
+            f"chargers {first}-{first + count - 1}", *command, stdin_pipe=True
+        )
+        started.append(child)
+        fleet.append(child)
+    for child in fleet:
+        await child.wait_for(r"READY", 60.0)
+    return fleet
+
+
+async def dial(fleet: list[Child], args: argparse.Namespace, chargers: int) -> Dial:
+    """Say go to every loader at once; their merged report once every attempt has ended."""
+    await asyncio.gather(*(child.send_line("go") for child in fleet))
+    within = args.open_timeout + 60.0 + chargers / 50
+    out = Dial()
+    for child in fleet:
+        match = await child.wait_for(r'(?m)^(\{"count".*\})$', within)
+        out.add(json.loads(match.group(1)))
+    return out
+
+
+async def close_fleet(fleet: list[Child]) -> dict[str, Any]:
+    """Every charger closes with 1000; the heartbeats sent and answered, summed."""
+    for child in fleet:
+        await child.send_line("close")
+    total: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for child in fleet:
+        match = await child.wait_for(r'(?m)^(\{"heartbeats_sent".*\})$', 120.0)
+        part = json.loads(match.group(1))
+        errors.update(part.pop("heartbeat_errors"))
+        total.update(part)
+        await child.wait(30.0)
+    return {**total, "heartbeat_errors": dict(errors)}
 
 
 def parser() -> argparse.ArgumentParser:

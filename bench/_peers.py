@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from _harness import STARTUP_TIMEOUT, Child, free_port, wait_listening
+from _harness import (
+    STARTUP_TIMEOUT,
+    Child,
+    free_port,
+    wait_listening,
+)
 
 WORKLOAD = Path(__file__).with_name("_workload.py")
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
@@ -99,7 +104,10 @@ class RelayOptions:
     workdir: Path  # recordings, nginx's files, mitmproxy's confdir go below it
     anchors: Path = DEFAULT_ANCHORS  # where pysplice.py is
     proxy_args: tuple[str, ...] = ()  # added to every ocproxy command line
-    max_connections: int = 1024  # nginx's worker_connections (two per charger)
+    # Sockets a relay may need (two per charger): nginx's worker gets twice as many
+    # worker_connections (it warned "not enough, reusing connections" and dropped
+    # handshakes at 1,000 chargers with 2,064), and as many open files as allowed.
+    max_connections: int = 1024
 
 
 @dataclass
@@ -231,7 +239,7 @@ master_process on;
 pid {directory / "nginx.pid"};
 error_log {directory / "error.log"} warn;
 worker_rlimit_nofile {files};
-events {{ worker_connections {max_connections}; }}
+events {{ worker_connections {2 * max_connections}; }}
 http {{
     access_log off;
 {temp}

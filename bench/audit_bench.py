@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
-from _harness import fmt, positive, positive_int
+from _cli import fmt, positive, positive_int
 from rich import box
 from rich.console import Console
 from rich.table import Table

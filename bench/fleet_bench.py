@@ -27,28 +27,29 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fleet_report
-from _harness import (
-    Child,
-    Memory,
+from _cli import (
     add_output_options,
-    cancel_on_signals,
     charger_counts,
-    children,
     environment,
-    memory_by_process,
     name_list,
     positive,
     positive_int,
+)
+from _fleet_load import close_fleet, dial, start_fleet
+from _harness import (
+    Child,
+    Memory,
+    cancel_on_signals,
+    children,
+    memory_by_process,
     raise_open_files,
     run_to_exit_code,
     tree_memory,
@@ -65,7 +66,6 @@ from _peers import (
 from _workload import COMPRESSIONS
 from rich.console import Console
 
-FLEET_LOAD = Path(__file__).with_name("_fleet_load.py")
 CSMS_BACKLOG = 4096
 RELAYS = tuple(t for t in TARGETS if t != "direct")
 SYSCTLS = (
@@ -74,103 +74,6 @@ SYSCTLS = (
     "net/ipv4/tcp_syncookies",
     "net/ipv4/ip_local_port_range",
 )
-
-
-# -- the chargers ---------------------------------------------------------------------------
-
-
-@dataclass
-class Dial:
-    """What a fleet of loaders reports after dialling: merged over the processes."""
-
-    attempts: int = 0
-    connected: int = 0
-    connect_s: list[float] = field(default_factory=list)
-    failed_after_s: list[float] = field(default_factory=list)
-    failures: Counter[str] = field(default_factory=Counter)
-
-    def add(self, part: dict[str, Any]) -> None:
-        self.attempts += part["count"]
-        self.connected += part["connected"]
-        self.connect_s += part["connect_s"]
-        self.failed_after_s += part["failed_after_s"]
-        self.failures.update(part["failures"])
-
-    def figures(self) -> dict[str, Any]:
-        """Counts and connect-time percentiles (seconds), without the per-charger lists."""
-        times = sorted(self.connect_s)
-        return {
-            "attempts": self.attempts,
-            "connected": self.connected,
-            "failed": self.attempts - self.connected,
-            "failures": dict(self.failures),
-            "p50_s": _percentile(times, 50),
-            "p99_s": _percentile(times, 99),
-            "max_s": times[-1] if times else None,
-            "mean_s": statistics.fmean(times) if times else None,
-            "over_10_s": sum(t > 10 for t in times),
-            "failed_after_max_s": max(self.failed_after_s, default=None),
-        }
-
-
-def _percentile(ordered: list[float], pct: int) -> float | None:
-    if len(ordered) < 2:
-        return ordered[0] if ordered else None
-    return statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1]
-
-
-async def start_fleet(
-    started: list[Child], url: str, chargers: int, mode: str, args: argparse.Namespace
-) -> list[Child]:
-    """``--loaders`` processes sharing ``chargers`` between them, each READY to dial."""
-    loaders = min(args.loaders, chargers)
-    fleet = []
-    for k in range(loaders):
-        first = chargers * k // loaders
-        count = chargers * (k + 1) // loaders - first
-        command = [sys.executable, str(FLEET_LOAD), "--url", url, "--mode", mode]
-        command += ["--first", str(first), "--count", str(count)]
-        command += [
-            "--heartbeat",
-            f"{args.heartbeat:g}",
-            "--open-timeout",
-            f"{args.open_timeout:g}",
-        ]
-        command += ["--compression", args.compression]
-        child = await Child.start(
-            f"chargers {first}-{first + count - 1}", *command, stdin_pipe=True
-        )
-        started.append(child)
-        fleet.append(child)
-    for child in fleet:
-        await child.wait_for(r"READY", 60.0)
-    return fleet
-
-
-async def dial(fleet: list[Child], args: argparse.Namespace, chargers: int) -> Dial:
-    """Say go to every loader at once; their merged report once every attempt has ended."""
-    await asyncio.gather(*(child.send_line("go") for child in fleet))
-    within = args.open_timeout + 60.0 + chargers / 50
-    out = Dial()
-    for child in fleet:
-        match = await child.wait_for(r'(?m)^(\{"count".*\})$', within)
-        out.add(json.loads(match.group(1)))
-    return out
-
-
-async def close_fleet(fleet: list[Child]) -> dict[str, Any]:
-    """Every charger closes with 1000; the heartbeats sent and answered, summed."""
-    for child in fleet:
-        await child.send_line("close")
-    total: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    for child in fleet:
-        match = await child.wait_for(r'(?m)^(\{"heartbeats_sent".*\})$', 120.0)
-        part = json.loads(match.group(1))
-        errors.update(part.pop("heartbeat_errors"))
-        total.update(part)
-        await child.wait(30.0)
-    return {**total, "heartbeat_errors": dict(errors)}
 
 
 # -- (a) and (b): memory --------------------------------------------------------------------
@@ -194,6 +97,7 @@ class Idle:
     heartbeats: dict[str, Any] = field(default_factory=dict)
     recording: dict[str, Any] | None = None
     relay_exit: int | None = None
+    relay_stderr: str = ""
 
     def per_charger_kib(self, kind: str) -> float | None:
         if self.idle is None or self.baseline is None or not self.dial.get("connected"):
@@ -206,29 +110,44 @@ async def measure_idle(
     result: Idle, args: argparse.Namespace, options: RelayOptions, console: Console
 ) -> None:
     relay: Relay | None = None
-    tag = f"idle-{result.target}-{result.chargers}"
-    async with children() as started:
-        _, port = await start_csms(started, args.compression, CSMS_BACKLOG)
-        relay = await start_relay(result.target, started, port, options, tag)
-        assert relay.child is not None
-        pid = relay.child.pid
-        result.listening = tree_memory(pid)
-        await asyncio.sleep(args.settle)
-        result.before_first = tree_memory(pid)
-        fleet = await start_fleet(started, relay.url, result.chargers, "idle", args)
-        result.baseline = tree_memory(pid)
-        result.dial = (await dial(fleet, args, result.chargers)).figures()
-        console.print(f"  {result.dial['connected']:,} connected; holding {args.hold:g} s ...")
-        samples = await _hold(pid, args.hold)
-        result.idle = tree_memory(pid)
-        result.processes = memory_by_process(pid)
-        result.idle_max_rss_kib = max((m.rss_kib for m in samples), default=None)
-        result.heartbeats = await close_fleet(fleet)
-        result.relay_exit = await relay.stop()
+    try:
+        async with children() as started:
+            _, port = await start_csms(started, args.compression, CSMS_BACKLOG)
+            tag = f"idle-{result.target}-{result.chargers}"
+            relay = await start_relay(result.target, started, port, options, tag)
+            assert relay.child is not None
+            await _idle_fleet(result, started, relay.child.pid, relay.url, args, console)
+            result.relay_exit = await relay.stop()
+    finally:
+        if relay is not None:
+            result.relay_stderr = relay.output()[1][-3000:]
     if relay.db is not None:
         result.recording = fleet_report.check_idle_recording(
             relay.db, result.dial, result.heartbeats, result.relay_exit
         )
+
+
+async def _idle_fleet(
+    result: Idle,
+    started: list[Child],
+    pid: int,
+    url: str,
+    args: argparse.Namespace,
+    console: Console,
+) -> None:
+    """(a), then N idle chargers through the relay ``pid`` listening at ``url``: (b)."""
+    result.listening = tree_memory(pid)
+    await asyncio.sleep(args.settle)
+    result.before_first = tree_memory(pid)
+    fleet = await start_fleet(started, url, result.chargers, "idle", args)
+    result.baseline = tree_memory(pid)
+    result.dial = (await dial(fleet, args, result.chargers)).figures()
+    console.print(f"  {result.dial['connected']:,} connected; holding {args.hold:g} s ...")
+    samples = await _hold(pid, args.hold)
+    result.idle = tree_memory(pid)
+    result.processes = memory_by_process(pid)
+    result.idle_max_rss_kib = max((m.rss_kib for m in samples), default=None)
+    result.heartbeats = await close_fleet(fleet)
 
 
 async def _hold(pid: int, seconds: float) -> list[Memory]:
@@ -327,6 +246,8 @@ async def run_idle(args: argparse.Namespace, options: RelayOptions, console: Con
             except Exception as exc:
                 result.error = f"{type(exc).__name__}: {exc}"
                 console.print(f"[red]{result.error}[/]", highlight=False)
+            if result.relay_stderr:
+                console.print(f"[yellow]relay stderr:[/] {result.relay_stderr}", highlight=False)
     return results
 
 

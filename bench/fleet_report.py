@@ -7,15 +7,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-from _harness import (
+from _cli import (
     Column,
-    Memory,
     cells,
     fmt,
     markdown_table,
     print_table,
     ratio,
     source_line,
+)
+from _harness import (
+    Memory,
 )
 from rich import box
 from rich.console import Console

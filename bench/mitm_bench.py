@@ -32,14 +32,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import proxy_bench as pb  # the sibling benchmark (this directory is on sys.path)
-from _harness import (
+from _cli import (
     Column,
-    cancel_on_signals,
     cells,
     fmt,
     markdown_table,
     print_table,
     ratio,
+)
+from _harness import (
+    cancel_on_signals,
     run_to_exit_code,
 )
 from _peers import MITMDUMP, MITMDUMP_BARE

@@ -35,14 +35,16 @@ from typing import Any
 
 import _workload
 import duckdb
+from _cli import (
+    environment,
+    positive,
+)
 from _harness import (
     STOP_TIMEOUT,
     Child,
     cancel_on_signals,
     children,
     cpu_seconds,
-    environment,
-    positive,
     run_to_exit_code,
 )
 from _peers import run_load, start_csms
