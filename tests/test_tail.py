@@ -850,29 +850,21 @@ def test_tail_bad_db_is_config_error(tmp_path: Path, content: bytes | None) -> N
     assert "\n" not in str(error.value)
 
 
-def test_readme_section_examples_parse() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("### `ocproxy tail`", 1)[1].split("\n### ", 1)[0]
+def test_the_doc_pages_examples_parse() -> None:
+    """Every ``ocproxy tail`` line of docs/commands/tail.md (interactive ones included,
+    which the docs tests do not run) is a command line tail accepts. (That every option
+    is in the page's table, tests/test_docs.py checks.)"""
+    page = (Path(__file__).parent.parent / "docs" / "commands" / "tail.md").read_text()
     examples = [
         shlex.split(line.split("#")[0])[2:]
-        for line in section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
-        if line.startswith("ocproxy tail")
+        for line in page.splitlines()
+        if (line.startswith("ocproxy tail ") and " [" not in line)  # not the synopsis
+        or line.strip() == "ocproxy tail"
     ]
-    assert len(examples) == 5
+    assert len(examples) >= 6
     for argv in examples:
         args = _parse([a.replace("$TOKEN", "t") for a in argv])
         assert args.func is run_tail
-    parser_options = {
-        option
-        for action in _parse([])._get_kwargs()
-        for option in [f"--{action[0]}"]
-        if action[0] not in ("db", "func", "command")
-    }
-    # The reference moves from the README to docs/commands/tail.md: either may say it.
-    page = Path(__file__).parent.parent / "docs" / "commands" / "tail.md"
-    documented = section + (page.read_text() if page.exists() else "")
-    for option in parser_options:
-        assert f"`{option} " in documented or f"`{option}`" in documented, option
 
 
 def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -990,7 +982,8 @@ async def test_tail_exits_1_when_the_proxy_stops(db_path: Path) -> None:
     async with _live_proxy(db_path) as (proxy, _csms, _handler, port):
         args.control = f"127.0.0.1:{port}"
         tail = asyncio.create_task(asyncio.to_thread(run_tail, args, Console(file=out, width=120)))
-        await wait_until(lambda: _subscribed(proxy), "the tail subscribes")
+        # a thread starting a command (imports, a loop) can be slow on a busy machine
+        await wait_until(lambda: _subscribed(proxy), "the tail subscribes", 30)
     with pytest.raises(ControlError, match="control endpoint closed") as error:
         await asyncio.wait_for(tail, 10)
     assert error.value.exit_code == 1
