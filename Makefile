@@ -36,6 +36,7 @@ lint: $(TEST_STAMP)
 # pytest exits 5 when it collects no test: make fails then, it never passes silently.
 test: lint
 	bash scripts/install-browser.sh
+	bash scripts/install-capture-tools.sh
 	$(BIN)/python -m pytest
 
 # Everything but the tests marked `browser`: no apt-get, no chromium. Says so at the end.

@@ -14,8 +14,9 @@ TLS_HANDSHAKE_FAILED = 495
 
 
 def connection_findings(event: ConnectionOpened, version: OcppVersion | None) -> list[Finding]:
-    if event.handshake_status == TLS_HANDSHAKE_FAILED:
-        # Refused before any HTTP request was read: no path, identity, subprotocol offer,
+    if event.handshake_status == TLS_HANDSHAKE_FAILED or not event.path:
+        # Given up before any HTTP request was read (a failed TLS handshake, a request
+        # never completed: no path): no path, identity, subprotocol offer,
         # Authorization header or verified certificate to check. (A handshake the CSMS
         # refused, 401 or 404, did carry the charger's request: its rules still apply.)
         return []

@@ -196,7 +196,8 @@ RULES: dict[str, Rule] = {
             The charger offered no Sec-WebSocket-Protocol, or the CSMS chose none. Without
             one, neither side knows which OCPP version the other speaks; the audit cannot
             check schemas for the connection. A connection refused at the TLS handshake
-            (handshake_status 495) sent no HTTP request, so neither this nor any other
+            (handshake_status 495), or given up before its HTTP request was complete
+            (recorded without a path), sent no request, so neither this nor any other
             rule about the handshake applies to it.""",
         ),
         _rule(

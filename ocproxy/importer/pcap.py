@@ -50,16 +50,42 @@ class CaptureOptions:
     ports: tuple[int, ...] = ()  # also decode these TCP ports as HTTP (or TLS with keys)
 
 
-def tshark_command(options: CaptureOptions) -> list[str]:
+# An HTTP request that asks for a WebSocket upgrade, whatever port it went to.
+_UPGRADE = r'tcp.payload matches "^GET " && tcp.payload matches "(?i)\r\nupgrade:[ \t]*websocket"'
+
+
+def _tshark() -> str:
     binary = shutil.which("tshark")
     if binary is None:
         raise ConfigError(INSTALL_HINT)
-    command = [binary, "-r", options.path, "-n", "-Y", _FILTER, "-T", "pdml"]
+    return binary
+
+
+def tshark_command(options: CaptureOptions, found: tuple[int, ...] = ()) -> list[str]:
+    """The PDML pass; ``found``: ports upgrade requests went to (decoded as HTTP)."""
+    command = [_tshark(), "-r", options.path, "-n", "-Y", _FILTER, "-T", "pdml"]
     if options.tls_keylog:
         command += ["-o", f"tls.keylog_file:{options.tls_keylog}"]
     for port in options.ports:
         command += ["-d", f"tcp.port=={port},{'tls' if options.tls_keylog else 'http'}"]
+    for port in sorted(set(found) - set(options.ports)):
+        command += ["-d", f"tcp.port=={port},http"]
     return command
+
+
+def upgrade_ports(options: CaptureOptions) -> tuple[int, ...]:
+    """The TCP ports plain upgrade requests went to.
+
+    tshark takes traffic on a port it does not know for HTTP only by heuristics, and
+    traffic on a port registered to another protocol (a proxy on a random port may get
+    one) for that protocol: this quick first pass finds them, so that the second one
+    decodes each as HTTP and WebSocket.
+    """
+    command = [_tshark(), "-r", options.path, "-n", "-Y", _UPGRADE]
+    done = subprocess.run(
+        [*command, "-T", "fields", "-e", "tcp.dstport"], capture_output=True, check=False
+    )
+    return tuple(sorted({int(p) for p in done.stdout.split() if p.isdigit()}))
 
 
 @dataclass
@@ -293,4 +319,6 @@ def _closed(
 def run_tshark(options: CaptureOptions) -> subprocess.Popen[bytes]:
     if not Path(options.path).is_file():
         raise ConfigError(f"{options.path}: no such file or directory")
-    return subprocess.Popen(tshark_command(options), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    found = () if options.tls_keylog else upgrade_ports(options)
+    command = tshark_command(options, found)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
