@@ -24,6 +24,7 @@ from ocproxy.audit.cli import add_audit_command
 from ocproxy.control.cli import add_inject_command
 from ocproxy.control.disconnect import add_disconnect_command
 from ocproxy.errors import ConfigError, OcproxyError
+from ocproxy.importer.cli import add_import_command
 from ocproxy.inspect.cli import add_inspect_command
 from ocproxy.mitm.cli import add_addon_path_command
 from ocproxy.proxy.config import (
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_query_command(commands)
     add_report_command(commands)
     add_export_command(commands)
+    add_import_command(commands)
     _add_demo(commands)
     add_sim_command(commands)
     add_addon_path_command(commands)
