@@ -41,9 +41,9 @@ examples:
   ocproxy export site.duckdb --parquet lake/
   ocproxy export 'recordings/*.duckdb' --parquet /data/ocpp-lake --compression snappy
   ocproxy query lake/ transactions
-  duckdb -c "SELECT identity, count(*) FROM read_parquet('lake/frames/*/*/*.parquet',
-    hive_partitioning = true, hive_types = {'date': DATE, 'identity': VARCHAR})
-    GROUP BY ALL"
+  ocproxy query lake/ "SELECT identity, count(*) AS frames FROM frames GROUP BY ALL"
+      the lake is a SOURCE like a recording; other tools read its files directly
+      (docs/commands/export.md: DuckDB, Spark, Trino)
 """
 
 
