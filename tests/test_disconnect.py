@@ -126,7 +126,7 @@ def _closes(db: Path) -> list[tuple[str, int | None, str | None, str | None]]:
         ).fetchall()
 
 
-async def test_disconnect_one_charger_which_reconnects(tmp_path: Path) -> None:
+async def _disconnect_one_charger_which_reconnects(tmp_path: Path) -> None:
     db = tmp_path / "r.duckdb"
     async with _site(db, 2) as (port, said):
         control = f"127.0.0.1:{port}"
@@ -144,7 +144,12 @@ async def test_disconnect_one_charger_which_reconnects(tmp_path: Path) -> None:
     assert _closes(db) == [("SP-01", 4000, "maintenance", "proxy")]
 
 
-async def test_disconnect_a_pattern_spread_closes_each_once(tmp_path: Path) -> None:
+def test_disconnect_one_charger_which_reconnects(tmp_path: Path) -> None:
+    # One event loop is enough: the commands run as processes of their own.
+    asyncio.run(_disconnect_one_charger_which_reconnects(tmp_path))
+
+
+async def _disconnect_a_pattern_spread_closes_each_once(tmp_path: Path) -> None:
     db = tmp_path / "r.duckdb"
     async with _site(db, 3) as (port, said):
         control = f"127.0.0.1:{port}"
@@ -175,7 +180,12 @@ async def test_disconnect_a_pattern_spread_closes_each_once(tmp_path: Path) -> N
                            "chargers\n")  # fmt: skip
 
 
-async def test_disconnect_bad_command_lines_are_one_line() -> None:
+def test_disconnect_a_pattern_spread_closes_each_once(tmp_path: Path) -> None:
+    # One event loop is enough: the commands run as processes of their own.
+    asyncio.run(_disconnect_a_pattern_spread_closes_each_once(tmp_path))
+
+
+async def _disconnect_bad_command_lines_are_one_line() -> None:
     for argv in (
         ("disconnect",),
         ("disconnect", "CP-1", "--identity", "CP-*"),
@@ -190,3 +200,8 @@ async def test_disconnect_bad_command_lines_are_one_line() -> None:
     no_proxy = await _ocproxy("disconnect", "CP-1", "--control", "127.0.0.1:1", "--token", "t")
     assert no_proxy[0] == 1
     assert no_proxy[2].startswith("ocproxy: error: no control endpoint at ws://127.0.0.1:1/")
+
+
+def test_disconnect_bad_command_lines_are_one_line() -> None:
+    # One event loop is enough: the commands run as processes of their own.
+    asyncio.run(_disconnect_bad_command_lines_are_one_line())

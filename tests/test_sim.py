@@ -278,7 +278,7 @@ async def _ocproxy(*argv: str) -> tuple[int, str, str]:
     return await _finish(process)
 
 
-async def test_sim_commands_run_a_session_and_stop_on_sigterm() -> None:
+async def _sim_commands_run_a_session_and_stop_on_sigterm() -> None:
     csms, url = await _start_sim_csms("--version", "2.0.1")
     try:
         code, out, err = await _ocproxy(
@@ -301,7 +301,12 @@ async def test_sim_commands_run_a_session_and_stop_on_sigterm() -> None:
     assert csms_out.rstrip().endswith("stopped; 2 charger(s) were seen")
 
 
-async def test_sim_chargers_stay_until_their_duration() -> None:
+def test_sim_commands_run_a_session_and_stop_on_sigterm() -> None:
+    # One event loop is enough: the commands run as processes of their own.
+    asyncio.run(_sim_commands_run_a_session_and_stop_on_sigterm())
+
+
+async def _sim_chargers_stay_until_their_duration() -> None:
     csms, url = await _start_sim_csms("--quiet", "--duration", "30")
     try:
         code, out, err = await _ocproxy(
@@ -320,7 +325,12 @@ async def test_sim_chargers_stay_until_their_duration() -> None:
     assert "stopped; 1 charger(s) were seen" in csms_out
 
 
-async def test_sim_bad_input_is_one_line() -> None:
+def test_sim_chargers_stay_until_their_duration() -> None:
+    # One event loop is enough: the commands run as processes of their own.
+    asyncio.run(_sim_chargers_stay_until_their_duration())
+
+
+async def _sim_bad_input_is_one_line() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -351,3 +361,8 @@ async def test_sim_bad_input_is_one_line() -> None:
         assert (code, out) == (2, ""), what
         assert err.startswith("ocproxy"), (what, err)
         assert err.count("\n") == 1, (what, err)
+
+
+def test_sim_bad_input_is_one_line() -> None:
+    # One event loop is enough: the commands run as processes of their own.
+    asyncio.run(_sim_bad_input_is_one_line())
