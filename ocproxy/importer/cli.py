@@ -149,7 +149,7 @@ def _import_one(
         TaskProgressColumn(),
         TimeElapsedColumn(),
         console=console,
-        disable=args.quiet,
+        disable=args.quiet or not console.is_terminal,
         transient=True,
     ) as bar:
         task = bar.add_task(f"importing {path}", total=1.0 if kind != "pcap" else None)
