@@ -41,7 +41,7 @@ examples:
   ocproxy export site.duckdb --parquet lake/
   ocproxy export 'recordings/*.duckdb' --parquet /data/ocpp-lake --compression snappy
   ocproxy query lake/ transactions
-  ocproxy query lake/ "SELECT identity, count(*) AS frames FROM frames GROUP BY ALL"
+  ocproxy query lake/ "SELECT action, count(*) FROM frames GROUP BY ALL"
       the lake is a SOURCE like a recording; other tools read its files directly
       (docs/commands/export.md: DuckDB, Spark, Trino)
 """
