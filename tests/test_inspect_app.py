@@ -251,3 +251,20 @@ def test_a_recording_being_written_points_to_control(recording: Path, tmp_path: 
     no_proxy = _ocproxy("inspect", "--control", "127.0.0.1:1", "--token", "t")
     assert no_proxy.returncode == 1
     assert no_proxy.stderr.startswith("ocproxy: error: no control endpoint at ws://127.0.0.1:1/")
+
+
+async def _unreadable(path: Path) -> None:
+    source = RecordingSource([str(path)])
+    source.close()  # every query now fails, as on a file gone bad under the inspector
+    app = InspectApp(source)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: "could not be read" in status(app), "the failure is said")
+        assert status(app).startswith("the recording could not be read: ")
+        await pilot.press("g", "down", "s")  # keys still work: nothing crashed
+        assert app.is_running
+        await pilot.press("escape", "q")
+    assert app.failure is None
+
+
+def test_a_failing_recording_is_said_on_screen_not_thrown(recording: Path) -> None:
+    asyncio.run(_unreadable(recording))
