@@ -104,8 +104,8 @@ def _line(options: LogOptions, line: int, row: Any, identity: str) -> LogLine:
 
 
 def _csv_rows(options: LogOptions, handle: IO[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    reader = csv.DictReader(handle)
-    header = reader.fieldnames or []
+    reader = csv.reader(handle)
+    header = next(reader, [])
     wanted = [c for c in _mapped(options.columns) if c is not None]
     missing = [c for c in wanted if c not in header]
     if missing:
@@ -113,8 +113,12 @@ def _csv_rows(options: LogOptions, handle: IO[str]) -> Iterator[tuple[int, dict[
             f"{options.path}: no column {missing[0]!r} for --map (its columns: "
             f"{', '.join(header) or 'none'})"
         )
+    # Only the mapped columns, by position: a dict of every column costs more per line.
+    where = {name: header.index(name) for name in wanted}
     for row in reader:
-        yield reader.line_num, row
+        if len(row) < len(header):
+            row = row + [""] * (len(header) - len(row))
+        yield reader.line_num, {name: row[index] for name, index in where.items()}
 
 
 def _json_rows(options: LogOptions, handle: IO[str]) -> Iterator[tuple[int, Any]]:

@@ -39,6 +39,7 @@ class ImportResult:
     messages: int
     seconds: float
     notes: tuple[str, ...] = ()
+    cpu_s: float = 0.0  # CPU time of every process that worked on it (bench figures)
 
     @property
     def rate(self) -> float:
@@ -50,6 +51,7 @@ class _Share:
     messages: int = 0
     connections: int = 0
     notes: list[str] = field(default_factory=list)
+    cpu_s: float = 0.0
 
 
 def file_kind(path: str, given: str | None) -> str:
@@ -118,9 +120,11 @@ def import_log(
         else:
             shares = _in_processes(options, staged, staging, lines, progress)
         messages = sum(s.messages for s in shares)
+        cpu = time.process_time()
         run_id = merge(
             target, staged, _settings(options.path, options.kind), staging.source, started
         )
+        merge_cpu = time.process_time() - cpu
     notes = [n for s in shares for n in s.notes]
     if not messages:
         notes.append(f"no messages in {options.path}")
@@ -132,6 +136,7 @@ def import_log(
         messages,
         time.time() - started,
         tuple(notes),
+        sum(s.cpu_s for s in shares) + merge_cpu,
     )
 
 
@@ -139,6 +144,7 @@ def _log_share(
     options: LogOptions, staged: Path, staging: StagingOptions, report: Callable[[int], None]
 ) -> _Share:
     """Stage one share of a log; ``report`` gets the line reached now and then."""
+    cpu = time.process_time()
     converter = LogEvents(options)
 
     def events() -> Iterator[RecorderEvent]:
@@ -152,7 +158,8 @@ def _log_share(
         yield from converter.finish()
 
     stats = stage(staged, events(), staging)
-    return _Share(converter.messages, stats.connections, converter.notes)
+    spent = time.process_time() - cpu
+    return _Share(converter.messages, stats.connections, converter.notes, spent)
 
 
 def _in_processes(
