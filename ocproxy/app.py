@@ -11,19 +11,22 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.console import ConsoleSink, Summary, backpressure_note, console_sinks, summary_table
-from ocproxy.control.server import ControlServer, LiveFeed
 from ocproxy.control.token import new_token, publish_token, withdraw_token
 from ocproxy.core.redaction import Redactor
 from ocproxy.idkey import resolve_id_key
 from ocproxy.proxy.config import ProxyConfig, parse_control
 from ocproxy.proxy.server import ProxyServer
-from ocproxy.recorder import Recorder, RecorderStats
+from ocproxy.recorder import RecorderStats
 from ocproxy.recorder.process import ChildOptions, RecordingProcess
+
+if TYPE_CHECKING:  # in-process only with --control: the relay loads them only then
+    from ocproxy.control.server import ControlServer, LiveFeed
+    from ocproxy.recorder.writer import Recorder
 
 
 @dataclass
@@ -45,23 +48,28 @@ async def running_proxy(
     """
     outcome = RunOutcome()
     settings = asdict(config)
-    audit = AuditSettings(response_timeout_s=config.response_timeout) if config.audit else None
     redactor = Redactor(None if config.keep_ids else resolve_id_key(config.id_key))
-    feed = LiveFeed(asyncio.get_running_loop()) if config.control else None
     recorder: Recorder | RecordingProcess
-    if feed is None:
+    feed: LiveFeed | None = None
+    if not config.control:
         recorder = RecordingProcess(
             config.db,
             ChildOptions(
                 source=source,
                 settings=settings,
-                audit=audit,
+                audit_response_timeout=config.response_timeout if config.audit else None,
                 redactor=redactor,
                 queue_limit=config.queue_limit,
                 sinks=functools.partial(console_sinks, config.quiet),
             ),
         )
     else:
+        from ocproxy.audit.auditor import Auditor, AuditSettings
+        from ocproxy.control.server import LiveFeed
+        from ocproxy.recorder.writer import Recorder
+
+        feed = LiveFeed(asyncio.get_running_loop())
+        audit = AuditSettings(response_timeout_s=config.response_timeout)
         sink = ConsoleSink(console, quiet=config.quiet)
         outcome.summary = sink.summary
         recorder = Recorder(
@@ -70,7 +78,7 @@ async def running_proxy(
             settings=settings,
             queue_limit=config.queue_limit,
             sinks=[sink, feed],
-            auditor=None if audit is None else Auditor(audit),
+            auditor=Auditor(audit) if config.audit else None,
             redactor=redactor,
         )
     # Opening DuckDB can take a moment on a large file: keep the loop free meanwhile.
@@ -96,6 +104,8 @@ async def running_proxy(
 async def _start_control(
     proxy: ProxyServer, feed: LiveFeed, config: ProxyConfig, console: Console
 ) -> ControlServer:
+    from ocproxy.control.server import ControlServer
+
     assert config.control is not None
     host, port = parse_control(config.control)
     token = new_token(config.control_token)

@@ -13,17 +13,20 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ocproxy.audit.auditor import Finding
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened
 from ocproxy.core.frames import MessageType, ParseStatus
 from ocproxy.core.observe import ObservedFrame
-from ocproxy.recorder import RecorderStats, Sink
+from ocproxy.recorder.sink import RecorderStats, Sink
 from ocproxy.terminal import make_console
+
+if TYPE_CHECKING:
+    from ocproxy.audit.auditor import Finding
 
 _TYPE_NAMES = {int(t): t.name for t in MessageType}
 _DIRECTION_STYLE = {"to_csms": "cyan", "to_charger": "magenta"}

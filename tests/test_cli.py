@@ -358,13 +358,12 @@ def _children(ppid: int) -> list[int]:
 
 
 def _recorder_processes(proxy: int) -> list[int]:
-    """The recorder: a child of the multiprocessing forkserver the proxy started."""
-    servers = [
+    """The recorder: the ``python -m ocproxy.recorder.child`` process the proxy started."""
+    return [
         pid
         for pid in _children(proxy)
-        if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"ocproxy.recorder.child" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
-    return [child for server in servers for child in _children(server)]
 
 
 @pytest.mark.parametrize(

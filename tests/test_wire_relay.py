@@ -435,12 +435,6 @@ async def test_an_injected_call_to_the_csms_waits_for_the_charger_message(
     _same_rows(recorded, crossed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Session.inject records the CALL (takes its seq and ts) when it is queued, "
-    "not when it is written after the message it waits behind: the recording puts it "
-    "before that message, the peer got it after",
-)
 @pytest.mark.parametrize("towards", ["charger", "csms"])
 async def test_an_injected_call_is_recorded_in_the_order_it_crossed(
     proxy_factory: Any, towards: str
@@ -704,12 +698,6 @@ VIOLATIONS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a violation's close frame is written while the reader is still in feed(): "
-    "the good frames read with the bad one are written after it, so the other peer "
-    "ignores them (they are recorded as relayed)",
-)
 @pytest.mark.parametrize("case", list(VIOLATIONS))
 async def test_frames_read_with_a_violation_arrive_before_the_close(
     proxy_factory: Any, case: str

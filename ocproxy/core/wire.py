@@ -65,10 +65,12 @@ class WireReader:
     __slots__ = (
         "_buf",
         "_events",
+        "_have",
         "_held",
         "_inflater",
         "_masked",
         "_max_size",
+        "_need",
         "_part_compressed",
         "_part_opcode",
         "_part_size",
@@ -91,7 +93,9 @@ class WireReader:
         self._masked = masked
         self.deflate = deflate
         self._max_size = max_size
-        self._buf = b""
+        self._buf: list[bytes] = []  # the pieces of an unfinished frame
+        self._have = 0
+        self._need = 0
         self._parts: list[bytes] = []
         self._part_opcode = 0
         self._part_size = 0
@@ -115,11 +119,18 @@ class WireReader:
         if self._ended():
             return []
         if self._buf:
-            data = self._buf + data
-            self._buf = b""
+            # A frame begun earlier: gather the pieces, join them once it is whole (a big
+            # frame trickling in small reads is not copied again on every read).
+            self._buf.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._buf)
+            self._buf = []
         out: list[bytes] = []
         start = pos = 0
         n = len(data)
+        need = 0  # bytes the unfinished frame at ``pos`` needs in all, when known
         while n - pos >= 2:
             b0 = data[pos]
             b1 = data[pos + 1]
@@ -144,6 +155,7 @@ class WireReader:
                 return out
             end = head + length
             if end > n:
+                need = end - pos
                 break
             payload = data[head:end]
             if b1 & 0x80:
@@ -171,7 +183,8 @@ class WireReader:
                 break
         self._flush(out, data, start, pos)
         if pos < n and not self.stopped:
-            self._buf = data[pos:]
+            self._buf = [data[pos:]]
+            self._have, self._need = n - pos, need
         return out
 
     def _ended(self) -> bool:

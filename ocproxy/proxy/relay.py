@@ -62,6 +62,7 @@ class _Side:
         "_timer",
         "client",
         "direction",
+        "failure",
         "got_close",
         "held",
         "leg",
@@ -93,7 +94,10 @@ class _Side:
             max_size=session.timeouts.max_size,
         )
         self.other: _Side = self
-        self.pending: list[bytes] = []  # own data frames for this leg, waiting for a boundary
+        # Own data frames for this leg waiting for a message boundary, and what to do as
+        # each goes out.
+        self.pending: list[tuple[bytes, Callable[[], None] | None]] = []
+        self.failure: tuple[int, str, int | None] | None = None
         self.sent_close = False
         self.got_close = False
         self.own_close = False  # the close sent here was the proxy's: swallow the reply
@@ -116,6 +120,11 @@ class _Side:
                 transport.writelines(out)
         if other.pending and not self.reader.in_message:
             other.flush_pending()
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            # After the frames of the same read that came before the bad one.
+            self.session.violation(self, *failure)
+            return
         self.session.settle()
         if other.leg.paused or self.session.recorder.congested:
             self.session.stall(self)
@@ -136,22 +145,36 @@ class _Side:
         return self.session.close_frame(self, payload)
 
     def failed(self, code: int, reason: str, size: int | None) -> None:
-        self.session.violation(self, code, reason, size)
+        self.failure = (code, reason, size)  # acted on once the read is forwarded
 
     # -- frames of the proxy's own ---------------------------------------------------
 
-    def send_own(self, payload: bytes, opcode: int = WireOpcode.TEXT) -> None:
-        """A frame of the proxy's own to this leg, between the messages relayed to it."""
+    def send_own(
+        self,
+        payload: bytes,
+        opcode: int = WireOpcode.TEXT,
+        sent: Callable[[], None] | None = None,
+    ) -> None:
+        """A frame of the proxy's own to this leg, between the messages relayed to it.
+
+        ``sent`` is called as it goes out (an injected CALL is recorded then, in the
+        order it crossed, not when it was queued behind a fragmented message)."""
         data = frame(opcode, payload, mask=self.client)
         if opcode & 0x8 or not self.other.reader.in_message:
+            if sent is not None:
+                sent()
             self.leg.transport.write(data)
         else:
-            self.pending.append(data)
+            self.pending.append((data, sent))
 
     def flush_pending(self) -> None:
         pending, self.pending = self.pending, []
-        if not self.lost and not self.sent_close:
-            self.leg.transport.writelines(pending)
+        if self.lost or self.sent_close:
+            return  # never sent, so never recorded
+        for data, sent in pending:
+            if sent is not None:
+                sent()
+            self.leg.transport.write(data)
 
     def send_close(self, code: int | None, reason: str) -> None:
         if self.sent_close or self.lost:
@@ -375,8 +398,9 @@ class Session:
         self._injected[to] = (message_id, answer)
         side.reader.hold = True  # a fragmented answer must be whole before it is kept back
         try:
-            self._submit(to, data, FrameOpcode.TEXT, injected=True)
-            side.send_own(data)
+            side.send_own(
+                data, sent=lambda: self._submit(to, data, FrameOpcode.TEXT, injected=True)
+            )
             async with asyncio.timeout(answer_within):
                 return await answer
         finally:
@@ -387,8 +411,10 @@ class Session:
         """A CALL the secondary CSMS may send: to the charger, recorded as injected."""
         if self._charger.sent_close or self._charger.lost:
             return
-        self._submit(Direction.TO_CHARGER, data, FrameOpcode.TEXT, injected=True)
-        self._charger.send_own(data)
+        self._charger.send_own(
+            data,
+            sent=lambda: self._submit(Direction.TO_CHARGER, data, FrameOpcode.TEXT, injected=True),
+        )
 
     @property
     def frames(self) -> int:

@@ -18,22 +18,24 @@ import asyncio
 import atexit
 import contextlib
 import gc
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import duckdb
-
-from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.core.events import FrameReceived, RecorderEvent
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.redaction import Redactor
 from ocproxy.errors import RecorderError
-from ocproxy.recorder.writer import SECRETS_ONLY, Recorder, RecorderStats, Sink
+from ocproxy.recorder.sink import RecorderStats, Sink
+
+if TYPE_CHECKING:  # the child's; the relaying process never loads DuckDB or the audit
+    from ocproxy.recorder.writer import Recorder
 
 _BATCH = 256
 _MAX_AGE_S = 0.05
@@ -74,8 +76,9 @@ class ChildOptions:
 
     source: str = "proxy"
     settings: dict[str, Any] = field(default_factory=dict)
-    audit: AuditSettings | None = None
-    redactor: Redactor | None = SECRETS_ONLY
+    # Audit every frame, with this response timeout (seconds); None: no audit.
+    audit_response_timeout: float | None = None
+    redactor: Redactor | None = field(default_factory=Redactor)
     queue_limit: int = 10_000
     # A callable building sinks in the child (e.g. the console's), and returning an
     # object the parent gets back at close (e.g. the console's summary).
@@ -93,7 +96,7 @@ class RecordingProcess:
         self.options = options or ChildOptions()
         self.result: Any = None  # what the child's sinks factory returned, after close()
         self._conn: Connection | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._run_id = ""
         self._buffer: list[_Packed] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -108,34 +111,32 @@ class RecordingProcess:
         return self._run_id
 
     def start(self) -> RecordingProcess:
-        """Start the child and wait until its recording is open; RecorderError if not."""
-        # forkserver: each child is forked from a clean, thread-free server process (ours
-        # has threads), with duckdb & co. imported once, not per child.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        ours, theirs = context.Pipe()
-        self._process = context.Process(
-            target=_child,
-            args=(theirs, self.path, self.options),
-            name="ocproxy-recorder",
-            daemon=True,
+        """Start the child and wait until its recording is open; RecorderError if not.
+
+        A fresh interpreter (``python -m ocproxy.recorder.child``), not a fork: it loads
+        only what recording needs, and no third process (a forkserver) is kept around.
+        """
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "ocproxy.recorder.child", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
         )
-        self._process.start()
         theirs.close()
-        self._conn = ours
-        # The child ignores SIGTERM, so multiprocessing's own exit handler (terminate,
-        # then join) could wait on it forever if we exit without close(): closing our
-        # end first (atexit runs handlers in reverse order) lets it see EOF and stop.
-        atexit.register(ours.close)
+        conn = Connection(ours.detach())
+        self._conn = conn
+        # The child ignores SIGTERM; closing our end at exit lets it see EOF and stop.
+        atexit.register(conn.close)
         try:
-            kind, value = ours.recv()
-        except EOFError:
-            self._process.join()
+            conn.send((self.path, self.options))
+            kind, value = conn.recv()
+        except (EOFError, OSError):
+            self._process.wait()
             raise RecorderError(
                 f"cannot open recording {self.path}: recorder process died"
             ) from None
         if kind == "error":
-            self._process.join()
+            self._process.wait()
             raise RecorderError(str(value))
         self._run_id = str(value)
         return self
@@ -210,7 +211,7 @@ class RecordingProcess:
             except (OSError, EOFError) as exc:
                 self._error = f"recording to {self.path} failed: recorder process gone ({exc})"
         if self._process is not None:
-            self._process.join()
+            self._process.wait()
         if self._conn is not None:
             self._conn.close()
             atexit.unregister(self._conn.close)
@@ -232,6 +233,8 @@ class RecordingProcess:
 
 def _frames_in_file(path: str, run_id: str) -> int | None:
     """Frames of ``run_id`` in the recording, None if it cannot be read."""
+    import duckdb  # only when the recorder process died: the relay has no use for it
+
     try:
         with duckdb.connect(path, read_only=True) as db:
             row = db.execute(
@@ -287,6 +290,16 @@ def _unpack(item: _Packed) -> RecorderEvent:
     )
 
 
+def child_main(fd: int) -> None:
+    """The recorder process: ``python -m ocproxy.recorder.child FD`` (see ``start``)."""
+    conn = Connection(fd)
+    try:
+        path, options = conn.recv()
+    except EOFError:
+        return
+    _child(conn, path, options)
+
+
 def _child(conn: Connection, path: str, options: ChildOptions) -> None:
     # Ctrl-C, and a SIGTERM sent to the whole process group (timeout(1), systemd, kill
     # -- -PGID), reach us too: the parent decides when we stop, after its last frames.
@@ -296,6 +309,9 @@ def _child(conn: Connection, path: str, options: ChildOptions) -> None:
     if options.niceness:
         with contextlib.suppress(OSError):
             os.nice(options.niceness)
+    from ocproxy.audit.auditor import Auditor, AuditSettings
+    from ocproxy.recorder.writer import Recorder
+
     sinks: list[Sink] = []
     collect = None
     if options.sinks is not None:
@@ -307,7 +323,9 @@ def _child(conn: Connection, path: str, options: ChildOptions) -> None:
             settings=options.settings,
             queue_limit=options.queue_limit,
             sinks=sinks,
-            auditor=None if options.audit is None else Auditor(options.audit),
+            auditor=None
+            if options.audit_response_timeout is None
+            else Auditor(AuditSettings(response_timeout_s=options.audit_response_timeout)),
             redactor=options.redactor,
         ).open_here()
     except Exception as exc:  # reported to the parent's start(), which raises it

@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,45 +25,18 @@ from typing import Any
 import duckdb
 
 from ocproxy import __version__
-from ocproxy.audit.auditor import Auditor, Finding
+from ocproxy.audit.auditor import Auditor
 from ocproxy.core.correlation import Correlator
-from ocproxy.core.events import ConnectionClosed, ConnectionOpened, FrameReceived, RecorderEvent
+from ocproxy.core.events import ConnectionOpened, FrameReceived, RecorderEvent
 from ocproxy.core.frames import Direction, Opcode
-from ocproxy.core.observe import ObservedFrame, observe
+from ocproxy.core.observe import observe
 from ocproxy.core.redaction import Redactor
 from ocproxy.errors import WRITING, RecorderError, first_line, open_failure
 from ocproxy.recorder import batches
 from ocproxy.recorder.migrations import migrate
+from ocproxy.recorder.sink import DEFAULT_DB, RecorderStats, Sink
 
-DEFAULT_DB = "ocproxy.duckdb"
-
-
-class Sink:
-    """Receives what the recorder processed, on the writer thread. Override what you need."""
-
-    def on_open(self, event: ConnectionOpened) -> None:
-        """A connection was opened (or refused: see ``handshake_status``)."""
-
-    def on_frame(self, frame: ObservedFrame, findings: Sequence[Finding] = ()) -> None:
-        """A frame was parsed, correlated and audited (it is written with the next batch)."""
-
-    def on_close(self, event: ConnectionClosed) -> None:
-        """A connection was closed."""
-
-    def on_error(self, message: str) -> None:
-        """Recording failed; ``message`` says what and how many rows were lost."""
-
-
-@dataclass
-class RecorderStats:
-    run_id: str
-    connections: int = 0
-    frames_recorded: int = 0
-    frames_lost: int = 0
-    backpressure_waits: int = 0
-    backpressure_wait_s: float = 0.0
-    max_queue_depth: int = 0
-    errors: list[str] = field(default_factory=list)
+__all__ = ["DEFAULT_DB", "Recorder", "RecorderStats", "Sink"]
 
 
 @dataclass(frozen=True)
