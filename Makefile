@@ -31,16 +31,18 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Installs Debian's chromium (and a font) with apt-get, as root, for the HTML report's
-# browser tests; stops with a message when it cannot (make test-nobrowser skips them).
+# Installs, with apt-get as root, Debian's chromium (and a font) for the HTML report's
+# browser tests and tcpdump and tshark for the capture import's; each script stops with a
+# message when it cannot (make test-nobrowser skips the browser tests and chromium).
 # pytest exits 5 when it collects no test: make fails then, it never passes silently.
 test: lint
 	bash scripts/install-browser.sh
 	bash scripts/install-capture-tools.sh
 	$(BIN)/python -m pytest
 
-# Everything but the tests marked `browser`: no apt-get, no chromium. Says so at the end.
+# Everything but the tests marked `browser`: no chromium. Says so at the end.
 test-nobrowser: lint
+	bash scripts/install-capture-tools.sh
 	$(BIN)/python -m pytest -m 'not browser'
 	@echo "make test-nobrowser: the browser tests (pytest -m browser) were NOT run"
 
