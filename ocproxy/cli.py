@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import importlib
 import re
 import sys
 from collections.abc import Sequence
@@ -111,12 +112,34 @@ def _suggest_choice(message: str) -> str:
     return message.replace(f"'{given}' (", f"'{given}'; did you mean '{near[0]}'? (", 1)
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line; with ``only="proxy"``, that command alone.
+# Every command but proxy and demo, in the order --help lists them: the module that adds
+# it and the function. A command's module is imported only to parse a command line that
+# names it (or for the whole list): `ocproxy inject` starts without DuckDB's and the
+# audit's imports, and `ocproxy proxy` relays for weeks without any of them.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "audit": ("ocproxy.audit.cli", "add_audit_command"),
+    "replay": ("ocproxy.replay.cli", "add_replay_command"),
+    "inject": ("ocproxy.control.cli", "add_inject_command"),
+    "disconnect": ("ocproxy.control.disconnect", "add_disconnect_command"),
+    "tail": ("ocproxy.tail.cli", "add_tail_command"),
+    "inspect": ("ocproxy.inspect.cli", "add_inspect_command"),
+    "query": ("ocproxy.analytics.cli", "add_query_command"),
+    "report": ("ocproxy.analytics.report_cli", "add_report_command"),
+    "export": ("ocproxy.analytics.export_cli", "add_export_command"),
+    "import": ("ocproxy.importer.cli", "add_import_command"),
+    "demo": ("ocproxy.cli", "_add_demo"),
+    "sim": ("ocproxy.sim.cli", "add_sim_command"),
+    "addon-path": ("ocproxy.mitm.cli", "add_addon_path_command"),
+}
 
-    The other commands' modules are imported here, not at the top: ``ocproxy proxy``
-    relays for weeks in the process that parsed its command line, and should hold
-    neither DuckDB, Arrow, the audit nor Textual for it (measured: 108 -> ~45 MB)."""
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``only``, that command alone (and ``proxy``).
+
+    The commands' modules are imported here, not at the top: ``ocproxy proxy`` relays
+    for weeks in the process that parsed its command line, and should hold neither
+    DuckDB, Arrow, the audit nor Textual for it (measured: 108 -> ~45 MB); and a
+    command starts in the time its own imports take, not every command's."""
     parser: argparse.ArgumentParser = _OneLineErrors(
         prog="ocproxy",
         description="A transparent OCPP-J proxy between chargers and their CSMS that "
@@ -126,34 +149,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ocproxy {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_proxy(commands)
-    if only == "proxy":
-        return parser
-    from ocproxy.analytics.cli import add_query_command
-    from ocproxy.analytics.export_cli import add_export_command
-    from ocproxy.analytics.report_cli import add_report_command
-    from ocproxy.audit.cli import add_audit_command
-    from ocproxy.control.cli import add_inject_command
-    from ocproxy.control.disconnect import add_disconnect_command
-    from ocproxy.importer.cli import add_import_command
-    from ocproxy.inspect.cli import add_inspect_command
-    from ocproxy.mitm.cli import add_addon_path_command
-    from ocproxy.replay.cli import add_replay_command
-    from ocproxy.sim.cli import add_sim_command
-    from ocproxy.tail.cli import add_tail_command
-
-    add_audit_command(commands)
-    add_replay_command(commands)
-    add_inject_command(commands)
-    add_disconnect_command(commands)
-    add_tail_command(commands)
-    add_inspect_command(commands)
-    add_query_command(commands)
-    add_report_command(commands)
-    add_export_command(commands)
-    add_import_command(commands)
-    _add_demo(commands)
-    add_sim_command(commands)
-    add_addon_path_command(commands)
+    for name, (module, function) in _COMMANDS.items():
+        if only is None or only == name:
+            getattr(importlib.import_module(module), function)(commands)
     return parser
 
 
@@ -393,7 +391,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser("proxy" if words[:1] == ["proxy"] else None)
+    named = words[0] if words and (words[0] == "proxy" or words[0] in _COMMANDS) else None
+    parser = build_parser(named)
     args = parser.parse_args(argv)
     try:
         result: int = args.func(args)
