@@ -93,6 +93,7 @@ class Idle:
     idle: Memory | None = None  # N chargers connected, after --hold seconds
     idle_max_rss_kib: int | None = None
     processes: dict[str, Memory] = field(default_factory=dict)  # at idle, one per process
+    baseline_processes: dict[str, Memory] = field(default_factory=dict)
     dial: dict[str, Any] = field(default_factory=dict)
     heartbeats: dict[str, Any] = field(default_factory=dict)
     recording: dict[str, Any] | None = None
@@ -141,6 +142,7 @@ async def _idle_fleet(
     result.before_first = tree_memory(pid)
     fleet = await start_fleet(started, url, result.chargers, "idle", args)
     result.baseline = tree_memory(pid)
+    result.baseline_processes = memory_by_process(pid)
     result.dial = (await dial(fleet, args, result.chargers)).figures()
     console.print(f"  {result.dial['connected']:,} connected; holding {args.hold:g} s ...")
     samples = await _hold(pid, args.hold)

@@ -299,11 +299,29 @@ def report(
         console.print(line, highlight=False)
     for r in idle:
         if r.processes:
-            console.print(f"{r.target} at {r.chargers:,} idle chargers, by process (MiB):")
+            console.print(
+                f"{r.target} at {r.chargers:,} idle chargers, by process: MiB, and in "
+                "brackets KiB per charger (growth since the baseline / connected)"
+            )
             for name, m in r.processes.items():
                 pss, uss = fmt(_mib(m, "pss_kib"), ",.0f"), fmt(_mib(m, "uss_kib"), ",.0f")
+                growth = _growth(m, r.baseline_processes.get(name), r.dial.get("connected"))
                 console.print(
-                    f"  RSS {m.rss_kib / 1024:,.0f} PSS {pss} USS {uss}  {name[:90]}",
+                    f"  RSS {m.rss_kib / 1024:,.0f} PSS {pss} USS {uss} {growth} {name[:90]}",
                     highlight=False,
                     soft_wrap=True,
                 )
+
+
+def _growth(now: Memory, then: Memory | None, chargers: int | None) -> str:
+    if then is None or not chargers:
+        return "(new)"
+    per = [
+        None if a is None or b is None else (a - b) / chargers
+        for a, b in (
+            (now.rss_kib, then.rss_kib),
+            (now.pss_kib, then.pss_kib),
+            (now.uss_kib, then.uss_kib),
+        )
+    ]
+    return "(" + " / ".join(fmt(v, ".1f") for v in per) + ")"
