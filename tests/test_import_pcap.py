@@ -230,3 +230,56 @@ def _write_pcap(path: Path) -> None:
     body += packet(9000, 40000, s + len(response), c + len(request) + len(ws_call), ws_answer, 3)
     header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
     path.write_bytes(header + body)
+
+
+async def test_wss_reads_with_the_key_log_and_says_so_without(
+    capture_tools: None, tcpdump_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real TLS WebSocket (trustme certificates; the client writes its keys as
+    SSLKEYLOGFILE would): imported with --tls-keylog, one line without it."""
+    import ssl
+
+    import trustme
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.typing import Subprotocol
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    keylog = tmp_path / "keys.log"
+    client_context.keylog_filename = str(keylog)
+
+    async def csms(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send('[3,"1",{"currentTime":"2026-01-01T00:00:00Z"}]')
+            del message
+
+    ocpp16 = [Subprotocol("ocpp1.6")]
+    async with serve(csms, "127.0.0.1", 0, ssl=server_context, subprotocols=ocpp16) as server:
+        port = server.sockets[0].getsockname()[1]
+        dump = tcpdump_factory(port)
+        await asyncio.to_thread(dump.wait_listening, port)
+        url = f"wss://127.0.0.1:{port}/ocpp/CP-TLS"
+        async with connect(url, ssl=client_context, subprotocols=ocpp16) as ws:
+            await ws.send('[2,"1","Heartbeat",{}]')
+            await ws.recv()
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(dump.stop)
+    locked = tmp_path / "locked.duckdb"
+    code, out, _ = run_ocproxy(capsys, "import", dump.path, "--db", locked, "--quiet")
+    assert code == 0
+    assert "0 messages" in out
+    assert "1 TLS connection(s) skipped: no keys (or not theirs) to decrypt them" in out
+    opened = tmp_path / "opened.duckdb"
+    argv = ["import", dump.path, "--db", opened, "--tls-keylog", keylog, "--quiet"]
+    code, out, err = run_ocproxy(capsys, *argv)
+    assert (code, err) == (0, "")
+    rows = _rows(opened, "SELECT identity, subprotocol, direction, raw FROM frames "
+                 "JOIN connections USING (connection_id) ORDER BY seq")  # fmt: skip
+    assert [(r["identity"], r["subprotocol"], r["direction"], r["raw"]) for r in rows] == [
+        ("CP-TLS", "ocpp1.6", "to_csms", b'[2,"1","Heartbeat",{}]'),
+        ("CP-TLS", "ocpp1.6", "to_charger", b'[3,"1",{"currentTime":"2026-01-01T00:00:00Z"}]'),
+    ]

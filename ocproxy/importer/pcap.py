@@ -40,7 +40,7 @@ INSTALL_HINT = (
     "dnf install wireshark-cli (Fedora), brew install wireshark (macOS)"
 )
 SOURCE = "import:pcap"
-_FILTER = "http.request or http.response or websocket or tls.handshake.type == 1"
+_FILTER = "http.request or http.response or websocket"
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,19 @@ class CaptureOptions:
     ports: tuple[int, ...] = ()  # also decode these TCP ports as HTTP (or TLS with keys)
 
 
-# An HTTP request that asks for a WebSocket upgrade, whatever port it went to.
+# An HTTP request that asks for a WebSocket upgrade, whatever port it went to; a TLS
+# ClientHello (handshake record, type 1), whatever port.
 _UPGRADE = r'tcp.payload matches "^GET " && tcp.payload matches "(?i)\r\nupgrade:[ \t]*websocket"'
+_HELLO = "tcp.payload[0] == 0x16 && tcp.payload[5] == 0x01"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """What the first pass found: where upgrades and TLS connections went."""
+
+    http: tuple[int, ...] = ()
+    tls: tuple[int, ...] = ()
+    tls_streams: frozenset[str] = frozenset()
 
 
 def _tshark() -> str:
@@ -61,31 +72,46 @@ def _tshark() -> str:
     return binary
 
 
-def tshark_command(options: CaptureOptions, found: tuple[int, ...] = ()) -> list[str]:
-    """The PDML pass; ``found``: ports upgrade requests went to (decoded as HTTP)."""
+def tshark_command(options: CaptureOptions, found: Ports | None = None) -> list[str]:
+    """The PDML pass, each port found decoded as HTTP (or TLS, with keys)."""
+    found = found or Ports()
     command = [_tshark(), "-r", options.path, "-n", "-Y", _FILTER, "-T", "pdml"]
+    tls = set(found.tls) | (set(options.ports) if options.tls_keylog else set())
+    http = (set(found.http) | (set() if options.tls_keylog else set(options.ports))) - tls
     if options.tls_keylog:
         command += ["-o", f"tls.keylog_file:{options.tls_keylog}"]
-    for port in options.ports:
-        command += ["-d", f"tcp.port=={port},{'tls' if options.tls_keylog else 'http'}"]
-    for port in sorted(set(found) - set(options.ports)):
-        command += ["-d", f"tcp.port=={port},http"]
+        command += [arg for port in sorted(tls) for arg in ("-d", f"tcp.port=={port},tls")]
+    command += [arg for port in sorted(http) for arg in ("-d", f"tcp.port=={port},http")]
     return command
 
 
-def upgrade_ports(options: CaptureOptions) -> tuple[int, ...]:
-    """The TCP ports plain upgrade requests went to.
+def find_ports(options: CaptureOptions) -> Ports:
+    """Where plain upgrade requests and TLS ClientHellos went.
 
-    tshark takes traffic on a port it does not know for HTTP only by heuristics, and
-    traffic on a port registered to another protocol (a proxy on a random port may get
-    one) for that protocol: this quick first pass finds them, so that the second one
-    decodes each as HTTP and WebSocket.
+    tshark takes traffic on a port it does not know for HTTP (or TLS) only by
+    heuristics, and traffic on a port registered to another protocol (a proxy on a
+    random port may get one) for that protocol: this quick first pass finds them, so
+    that the second one decodes each as HTTP and WebSocket (TLS first, with keys).
     """
-    command = [_tshark(), "-r", options.path, "-n", "-Y", _UPGRADE]
+    fields = ["-T", "fields", "-e", "tcp.stream", "-e", "tcp.dstport", "-e", "tcp.payload"]
     done = subprocess.run(
-        [*command, "-T", "fields", "-e", "tcp.dstport"], capture_output=True, check=False
+        [_tshark(), "-r", options.path, "-n", "-Y", f"({_UPGRADE}) || ({_HELLO})", *fields],
+        capture_output=True,
+        check=False,
     )
-    return tuple(sorted({int(p) for p in done.stdout.split() if p.isdigit()}))
+    http: set[int] = set()
+    tls: set[int] = set()
+    streams: set[str] = set()
+    for line in done.stdout.decode("ascii", "replace").splitlines():
+        stream, port, payload = [*line.split("\t"), "", "", ""][:3]
+        if not port.isdigit():
+            continue
+        if payload.replace(":", "").startswith("16"):
+            tls.add(int(port))
+            streams.add(stream)
+        else:
+            http.add(int(port))
+    return Ports(tuple(sorted(http)), tuple(sorted(tls)), frozenset(streams))
 
 
 @dataclass
@@ -112,7 +138,7 @@ class CaptureEvents:
     notes: list[str] = field(default_factory=list)
     messages: int = 0
     packets: int = 0
-    tls_hellos: set[str] = field(default_factory=set)
+    tls_streams: frozenset[str] = frozenset()  # TCP streams that began a TLS handshake
     orphans: set[str] = field(default_factory=set)  # WebSocket without a captured upgrade
     uninflated: int = 0  # fragmented compressed messages tshark did not inflate
 
@@ -147,8 +173,6 @@ class CaptureEvents:
                 after = protos[index + 1] if index + 1 < len(protos) else None
                 wrapper = after if after is not None and after.get("name") != "websocket" else None
                 yield from self._websocket(proto, wrapper, number, source, ts)
-            elif name == "tls" and not self.options.tls_keylog:
-                self.tls_hellos.add(number)
 
     def _http(
         self, proto: ET.Element, number: str, source: tuple[str, str], ts: float
@@ -230,10 +254,10 @@ class CaptureEvents:
                 f"{self.uninflated} fragmented compressed message(s) skipped: tshark "
                 "reassembles them without inflating them"
             )
-        locked = self.tls_hellos - set(self.streams)
+        locked = self.tls_streams - set(self.streams)
         if locked:
             self.notes.append(
-                f"{len(locked)} TLS connection(s) skipped: no keys to decrypt them "
+                f"{len(locked)} TLS connection(s) skipped: no keys (or not theirs) to decrypt them "
                 "(--tls-keylog FILE, as written by SSLKEYLOGFILE)"
             )
         if not self.streams and not locked:
@@ -316,9 +340,10 @@ def _closed(
     return ConnectionClosed(stream.connection_id, ts, int(code) if code else None, reason, by)
 
 
-def run_tshark(options: CaptureOptions) -> subprocess.Popen[bytes]:
+def run_tshark(options: CaptureOptions) -> tuple[subprocess.Popen[bytes], Ports]:
+    """tshark writing the capture's PDML, and what the first pass found."""
     if not Path(options.path).is_file():
         raise ConfigError(f"{options.path}: no such file or directory")
-    found = () if options.tls_keylog else upgrade_ports(options)
-    command = tshark_command(options, found)
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ports = find_ports(options)
+    command = tshark_command(options, ports)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE), ports

@@ -71,10 +71,10 @@ def import_capture(
 ) -> ImportResult:
     started = time.time()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ocproxy-import-") as tmp:
-        process = run_tshark(options)
+        process, ports = run_tshark(options)
         assert process.stdout is not None
         assert process.stderr is not None
-        reader = CaptureEvents(options)
+        reader = CaptureEvents(options, tls_streams=ports.tls_streams)
         staged = Path(tmp) / "s0.duckdb"
         stats = stage(staged, reader.read(process.stdout), staging, lambda _n: progress(None))
         process.wait()
