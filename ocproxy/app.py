@@ -94,7 +94,10 @@ async def running_proxy(
             if control is not None:
                 await control.stop()
                 withdraw_token(control.port)
-            await proxy.stop(1001, "proxy shutting down")
+            if config.drain > 0:
+                await proxy.stop(1001, "proxy restarting", drain=config.drain)
+            else:
+                await proxy.stop(1001, "proxy shutting down")
     finally:
         outcome.stats = await asyncio.to_thread(recorder.close)
         if isinstance(recorder, RecordingProcess) and recorder.result is not None:
@@ -131,7 +134,11 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
         for line in proxy.notes:
             console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
         await stop.wait()
-        console.print("stopping: closing connections with 1001 and flushing the recording")
+        spread = f", spread over {config.drain:g} s" if config.drain > 0 else ""
+        console.print(
+            f"stopping: closing connections with 1001{spread} and flushing the recording",
+            highlight=False,
+        )
     stats = outcome.stats
     assert stats is not None
     console.print(summary_table(outcome.summary, stats))

@@ -216,6 +216,14 @@ def _add_proxy(commands: Any) -> None:
         "none is refused (default 0: no bound)",
     )
     cmd.add_argument(
+        "--drain",
+        type=non_negative_float,
+        metavar="SECONDS",
+        help="on SIGTERM, stop accepting and close live connections one by one, evenly "
+        "over SECONDS (1001 'proxy restarting'), so a restart is no reconnect storm "
+        "(default 0: all at once)",
+    )
+    cmd.add_argument(
         "--audit",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -334,6 +342,7 @@ _VALUE_OPTIONS = (
     "queue_limit",
     "backlog",
     "max_pending_dials",
+    "drain",
     "audit",
     "response_timeout",
     "client_ca",

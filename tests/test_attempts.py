@@ -121,3 +121,41 @@ def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
             assert "ulimit -Hn" in notes[0]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_drain_closes_connections_one_by_one_in_the_order_they_came(
+    proxy_factory: Any,
+) -> None:
+    """``stop(drain=...)``: no new charger is accepted, live ones are closed in turn."""
+
+    async def csms(ws: ServerConnection) -> None:
+        async for _message in ws:
+            pass
+
+    closed: list[str] = []
+
+    async def charger(url: str, name: str) -> None:
+        async with connect(f"{url}/ocpp/{name}") as ws:
+            await ws.send('[2,"1","Heartbeat",{}]')
+            await ws.wait_closed()
+            assert ws.close_code == 1001
+            assert ws.close_reason == "proxy restarting"
+            closed.append(name)
+
+    async with asyncio.timeout(TIMEOUT):
+        async with upstream(csms) as up, proxy_factory(upstream=up.url) as (proxy, box):
+            names = [f"CP-{i}" for i in range(4)]
+            tasks = []
+            for count, name in enumerate(names, 1):  # one at a time: the order is known
+                tasks.append(asyncio.ensure_future(charger(proxy.url, name)))
+                await wait_until(lambda c=count: len(proxy.server.sessions) == c, "open")
+            stopping = asyncio.ensure_future(proxy.server.stop(1001, "proxy restarting", drain=2.0))
+            await wait_until(lambda: len(closed) == 1, "the first charger closed")
+            assert len(proxy.server.sessions) >= 2  # the others are still being relayed
+            await stopping
+            await asyncio.gather(*tasks)
+    assert closed == names
+    rows = box[0].rows("SELECT close_code, close_reason, closed_by FROM connections")
+    assert {(r["close_code"], r["close_reason"], r["closed_by"]) for r in rows} == {
+        (1001, "proxy restarting", "proxy")
+    }

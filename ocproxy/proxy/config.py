@@ -65,6 +65,9 @@ class ProxyConfig:
     # At most this many CSMS legs being opened at once (0: no bound); chargers beyond it
     # wait their turn in the queue, they are not refused.
     max_pending_dials: int = 0
+    # On SIGTERM, close live connections spread evenly over this many seconds (1001,
+    # "proxy restarting") instead of all at once: a restart is not a reconnect storm.
+    drain: float = 0.0
     quiet: bool = False
     audit: bool = True
     response_timeout: float = 30.0
@@ -132,6 +135,8 @@ class ProxyConfig:
             if getattr(self, flag) and not self.client_ca:
                 option = "--" + flag.replace("_", "-")
                 raise ConfigError(f"{option} needs --client-ca (charger certificates to check)")
+        if self.drain < 0:
+            raise ConfigError("drain must be 0 or more seconds")
         if self.max_pending_dials < 0:
             raise ConfigError("max-pending-dials must be 0 (no bound) or positive")
         if self.control is not None:
@@ -182,6 +187,7 @@ _FILE_KEYS = {
     "queue_limit",
     "backlog",
     "max_pending_dials",
+    "drain",
     "quiet",
     "audit",
     "response_timeout",

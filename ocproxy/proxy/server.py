@@ -170,17 +170,32 @@ class ProxyServer:
             for session in list(self.sessions):
                 session.keepalive(now, timeout)
 
-    async def stop(self, code: int = 1001, reason: str = "proxy shutting down") -> None:
-        """Close every connection with ``code`` on both legs, then stop listening."""
+    async def stop(
+        self, code: int = 1001, reason: str = "proxy shutting down", *, drain: float = 0.0
+    ) -> None:
+        """Stop listening, then close every connection with ``code`` on both legs.
+
+        With ``drain`` seconds, the connections are closed one by one, evenly spread over
+        that time, so that the fleet reconnects to the CSMS at a pace instead of at once."""
         if self._server is None:
             return
         self._server.close(close_connections=False)
+        sessions = sorted(self.sessions, key=lambda session: session.opened_at)
+        step = drain / len(sessions) if sessions and drain > 0 else 0.0
+        await asyncio.gather(
+            *(self._close_later(s, i * step, code, reason) for i, s in enumerate(sessions))
+        )
         if self._keepalive is not None:
             self._keepalive.cancel()
-        await asyncio.gather(*(s.shutdown(code, reason) for s in list(self.sessions)))
         await self._server.wait_closed()
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
+
+    @staticmethod
+    async def _close_later(session: Session, delay: float, code: int, reason: str) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await session.shutdown(code, reason)
 
     async def __aenter__(self) -> ProxyServer:
         return await self.start()
