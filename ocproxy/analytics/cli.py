@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pyarrow as pa
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -39,6 +38,7 @@ from ocproxy.control.cli import add_control_option
 from ocproxy.control.client import ControlClient, RequestRefused
 from ocproxy.errors import ConfigError, no_such_file
 from ocproxy.proxy.config import parse_control
+from ocproxy.terminal import make_console
 
 # What the control endpoint answers when its recorder is not in-process (not a SQL error).
 _NOT_LIVE = "recording is not reachable live"
@@ -236,7 +236,8 @@ def _note(err: TextIO, message: str) -> None:
 def print_query_list(stream: TextIO) -> None:
     """The named queries: name, what each returns, and its parameters."""
     is_terminal = stream.isatty() if hasattr(stream, "isatty") else False
-    console = Console(file=stream, width=None if is_terminal else 160)
+    # Prose in cells: in a log, wrapped at a readable width rather than at its natural one.
+    console = make_console(file=stream, width=None if is_terminal else 160)
     table = Table(title="Named queries (ocproxy query SOURCE... NAME)", show_lines=True)
     table.add_column("name", style="bold", no_wrap=True)
     table.add_column("returns")
