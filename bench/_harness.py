@@ -31,6 +31,8 @@ from rich.console import Console
 
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 60.0
+# The longest line read from a child: the fleet loaders print every connect time on one.
+LINE_LIMIT = 64 * 1024 * 1024
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -78,6 +80,7 @@ class Child:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             cwd=cwd,
+            limit=LINE_LIMIT,
         )
         return cls(name, process)
 
@@ -86,10 +89,14 @@ class Child:
         return self.process.pid
 
     async def _drain(self, stream: asyncio.StreamReader, into: list[str]) -> None:
-        async for line in stream:
-            into.append(line.decode("utf-8", "replace"))
+        try:
+            async for line in stream:
+                into.append(line.decode("utf-8", "replace"))
+                self._new_line.set()
+        except ValueError as exc:  # a line longer than LINE_LIMIT: say so, do not hang
+            into.append(f"[benchmark: output not read past here: {exc}]\n")
+        finally:
             self._new_line.set()
-        self._new_line.set()
 
     async def wait_for(self, pattern: str, within: float, stream: str = "stdout") -> re.Match[str]:
         """The first match of ``pattern`` in the child's output; fail if it exits or times out."""

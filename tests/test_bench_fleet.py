@@ -8,6 +8,7 @@ read from every process in it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -135,3 +136,20 @@ def test_a_process_trees_memory_and_cpu_count_every_process() -> None:
         tree.kill()
         tree.wait(10)
     assert harness.tree_memory(tree.pid) is None
+
+
+def test_a_childs_long_output_line_is_read_whole() -> None:
+    """A fleet loader prints every connect time on one line: 10,000 of them are ~200 kB."""
+    harness = bench_module("_harness")
+
+    async def run() -> list[str]:
+        async with harness.children() as started:
+            child = await harness.Child.start(
+                "long line", sys.executable, "-c", "print('7' * 500_000); print('done')"
+            )
+            started.append(child)
+            await child.wait_for("done", 30.0)
+            return list(child.stdout)
+
+    lines = asyncio.run(run())
+    assert lines == ["7" * 500_000 + "\n", "done\n"]
