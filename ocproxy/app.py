@@ -18,6 +18,7 @@ from rich.console import Console
 from ocproxy.console import ConsoleSink, Summary, backpressure_note, console_sinks, summary_table
 from ocproxy.control.token import new_token, publish_token, withdraw_token
 from ocproxy.core.redaction import Redactor
+from ocproxy.errors import OcproxyError
 from ocproxy.idkey import resolve_id_key
 from ocproxy.proxy.config import ProxyConfig, parse_control
 from ocproxy.proxy.server import ProxyServer
@@ -118,13 +119,19 @@ async def _start_control(
     return control
 
 
-async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderStats:
-    """``ocproxy proxy``: relay until SIGINT or SIGTERM, then shut down cleanly."""
+async def serve_until_signal(
+    config: ProxyConfig, console: Console, reread: Callable[[], ProxyConfig] | None = None
+) -> RecorderStats:
+    """``ocproxy proxy``: relay until SIGINT or SIGTERM, then shut down cleanly.
+
+    SIGHUP calls ``reread`` for the configuration and reloads it (see ProxyServer.reload)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with running_proxy(config, console) as (proxy, outcome):
+        if reread is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload, proxy, reread, console)
         console.print(
             f"[bold]ocproxy[/] listening on {listen_url(config, proxy.port)}, "
             f"recording to [bold]{config.db}[/]; Ctrl-C to stop",
@@ -148,6 +155,23 @@ async def serve_until_signal(config: ProxyConfig, console: Console) -> RecorderS
     for error in stats.errors:
         console.print(f"[bold red]{error}[/]")
     return stats
+
+
+def _reload(proxy: ProxyServer, reread: Callable[[], ProxyConfig], console: Console) -> None:
+    """SIGHUP: one line saying what changed, or why the running config stays."""
+    try:
+        config = reread()
+    except OcproxyError as exc:
+        proxy.reload_refused(str(exc))
+        console.print(f"[bold red]config not reloaded:[/] {exc}", highlight=False, soft_wrap=True)
+        return
+    try:
+        changes = proxy.reload(config)
+    except OcproxyError as exc:
+        console.print(f"[bold red]config not reloaded:[/] {exc}", highlight=False, soft_wrap=True)
+        return
+    what = ", ".join(changes) if changes else "nothing changed"
+    console.print(f"config reloaded: {what}", highlight=False, soft_wrap=True)
 
 
 def listen_url(config: ProxyConfig, port: int) -> str:

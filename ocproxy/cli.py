@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import functools
 import importlib
 import re
 import sys
@@ -386,7 +387,11 @@ def _run_proxy(args: argparse.Namespace) -> int:
     from ocproxy.app import loop_factory, serve_until_signal
 
     config = proxy_config(args)
-    stats = asyncio.run(serve_until_signal(config, make_console()), loop_factory=loop_factory())
+    stats = asyncio.run(
+        # SIGHUP re-reads --config, with the command line's options still on top.
+        serve_until_signal(config, make_console(), functools.partial(proxy_config, args)),
+        loop_factory=loop_factory(),
+    )
     return 1 if stats.frames_lost or stats.errors else 0
 
 

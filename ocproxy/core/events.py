@@ -74,4 +74,14 @@ class ConnectionClosed:
     closed_by: ClosedBy
 
 
-RecorderEvent = ConnectionOpened | FrameReceived | ConnectionClosed
+@dataclass(frozen=True, slots=True)
+class ConfigReloaded:
+    """The proxy re-read its configuration (SIGHUP): what changed, or why nothing did."""
+
+    ts: float
+    ok: bool
+    changes: tuple[str, ...] = ()  # the settings that differ, by config key
+    error: str | None = None
+
+
+RecorderEvent = ConnectionOpened | FrameReceived | ConnectionClosed | ConfigReloaded

@@ -256,7 +256,7 @@ TlsFailure = Callable[[str | None, str], None]
 
 
 def tls_charger_leg(
-    context: ssl.SSLContext, timeout: float, failed: TlsFailure
+    context: Callable[[], ssl.SSLContext], timeout: float, failed: TlsFailure
 ) -> type[RelayedChargerLeg]:
     """A ChargerLeg class that terminates TLS itself, so a failed handshake is seen.
 
@@ -292,7 +292,7 @@ def tls_charger_leg(
             loop = asyncio.get_running_loop()
             try:
                 secure = await loop.start_tls(
-                    transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+                    transport, self, context(), server_side=True, ssl_handshake_timeout=timeout
                 )
             except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
                 transport.abort()

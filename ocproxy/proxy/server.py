@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -23,7 +24,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened
+from ocproxy.core.events import ClosedBy, ConfigReloaded, ConnectionClosed, ConnectionOpened
 from ocproxy.core.handshake import (
     headers_for_record,
     identity_from_path,
@@ -31,7 +32,7 @@ from ocproxy.core.handshake import (
     redact_url,
 )
 from ocproxy.core.handshake import upstream_url as build_upstream_url
-from ocproxy.errors import ProxyError
+from ocproxy.errors import ConfigError, ProxyError
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.deflate import accepted, charger_answer, deflate_of
 from ocproxy.proxy.legs import RelayedChargerLeg, RelayedCsmsLeg, tls_charger_leg
@@ -94,6 +95,7 @@ class ProxyServer:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._tls: ssl.SSLContext | None = None
         self.notes: list[str] = []  # start-up facts worth a line on the console
         self._dials = (
             asyncio.Semaphore(config.max_pending_dials) if config.max_pending_dials else None
@@ -106,21 +108,13 @@ class ProxyServer:
 
     async def start(self) -> ProxyServer:
         config = self.config
-        tls = (
-            server_context(
-                list(zip(config.tls_cert, config.tls_key, strict=True)), config.client_ca
-            )
-            if config.tls_cert
-            else None
-        )
-        client_certs = {(config.upstream_client_cert, config.upstream_client_key)} | {
-            (route.client_cert, route.client_key) for route in config.routes
-        }
-        check_upstream_tls(config.upstream_ca, config.insecure_upstream, client_certs)
+        self._tls = self._tls_context(config)
+        self._check_upstream_tls(config)
         leg: type[RelayedChargerLeg] = RelayedChargerLeg
-        if tls is not None:
-            # The leg terminates TLS itself (asyncio would drop failed handshakes unseen).
-            leg = tls_charger_leg(tls, config.connect_timeout, self._tls_failed)
+        if self._tls is not None:
+            # The leg terminates TLS itself (asyncio would drop failed handshakes unseen);
+            # it asks for the context at each handshake, so a reload takes effect.
+            leg = tls_charger_leg(self._current_tls, config.connect_timeout, self._tls_failed)
         raise_open_files_limit(self.notes)
 
         def new_leg(*args: Any, **kwargs: Any) -> RelayedChargerLeg:
@@ -169,6 +163,62 @@ class ProxyServer:
             now = loop.time()
             for session in list(self.sessions):
                 session.keepalive(now, timeout)
+
+    @staticmethod
+    def _tls_context(config: ProxyConfig) -> ssl.SSLContext | None:
+        if not config.tls_cert:
+            return None
+        pairs = list(zip(config.tls_cert, config.tls_key, strict=True))
+        return server_context(pairs, config.client_ca)
+
+    @staticmethod
+    def _check_upstream_tls(config: ProxyConfig) -> None:
+        client_certs = {(config.upstream_client_cert, config.upstream_client_key)} | {
+            (route.client_cert, route.client_key) for route in config.routes
+        }
+        check_upstream_tls(config.upstream_ca, config.insecure_upstream, client_certs)
+
+    def _current_tls(self) -> ssl.SSLContext:
+        assert self._tls is not None
+        return self._tls
+
+    def reload(self, config: ProxyConfig) -> tuple[str, ...]:
+        """Use ``config`` for the connections from now on; live ones keep their CSMS leg.
+
+        Routes, mirrors, timeouts and TLS files (certificates, keys, CAs, upstream client
+        certificates, all loaded now) may change; the listen address, the recording and
+        the charger-side TLS being on or off may not. Returns the settings that changed;
+        raises ConfigError (and changes nothing) for a config that cannot be used. Each
+        attempt is recorded in ``config_reloads``."""
+        try:
+            changes = self._reloadable(config)
+            tls = self._tls_context(config)
+            self._check_upstream_tls(config)
+        except ConfigError as exc:
+            self.reload_refused(str(exc))
+            raise
+        self.config = config
+        self._tls = tls
+        self.recorder.submit(ConfigReloaded(self.clock(), True, changes))
+        return changes
+
+    def reload_refused(self, why: str) -> None:
+        """Record a reload that changed nothing (e.g. a config file that did not parse)."""
+        self.recorder.submit(ConfigReloaded(self.clock(), False, (), why))
+
+    def _reloadable(self, config: ProxyConfig) -> tuple[str, ...]:
+        config.validate()
+        old = self.config
+        changes = tuple(
+            f.name for f in fields(ProxyConfig) if getattr(old, f.name) != getattr(config, f.name)
+        )
+        fixed = {"listen_host", "listen_port", "db", "control", "control_token", "backlog"}
+        if bool(config.tls_cert) != bool(old.tls_cert):
+            fixed.add("tls_cert")
+        refused = sorted(fixed.intersection(changes))
+        if refused:
+            raise ConfigError(f"{', '.join(refused)} cannot change without a restart")
+        return changes
 
     async def stop(
         self, code: int = 1001, reason: str = "proxy shutting down", *, drain: float = 0.0

@@ -12,7 +12,7 @@ import duckdb
 import pyarrow as pa
 
 from ocproxy.audit.auditor import Finding
-from ocproxy.core.events import ConnectionClosed, ConnectionOpened
+from ocproxy.core.events import ConfigReloaded, ConnectionClosed, ConnectionOpened
 from ocproxy.core.handshake import ocpp_version
 from ocproxy.core.observe import ObservedFrame
 
@@ -50,10 +50,17 @@ class Batch:
     frames: list[ObservedFrame] = field(default_factory=list)
     closes: list[ConnectionClosed] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    reloads: list[ConfigReloaded] = field(default_factory=list)
 
     @property
     def size(self) -> int:
-        return len(self.opens) + len(self.frames) + len(self.closes) + len(self.findings)
+        return (
+            len(self.opens)
+            + len(self.frames)
+            + len(self.closes)
+            + len(self.findings)
+            + len(self.reloads)
+        )
 
 
 def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: str) -> None:
@@ -69,6 +76,11 @@ def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: 
             db.unregister("_ocproxy_frames_batch")
         if batch.closes:
             _append_closes(db, batch.closes)
+        if batch.reloads:
+            db.executemany(
+                "INSERT INTO config_reloads VALUES (?, ?, ?, ?, ?)",
+                [[run_id, _utc(r.ts), r.ok, list(r.changes), r.error] for r in batch.reloads],
+            )
         if batch.findings:
             db.register("_ocproxy_findings_batch", _findings_table(batch.findings))
             db.execute("INSERT INTO findings BY NAME SELECT * FROM _ocproxy_findings_batch")

@@ -164,6 +164,22 @@ def m006_mirror(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+@migration
+def m007_config_reloads(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(
+        """
+        -- Each SIGHUP: the settings that changed, or why the new config was refused.
+        CREATE TABLE config_reloads (
+            run_id VARCHAR,
+            reloaded_at TIMESTAMPTZ,
+            ok BOOLEAN,
+            changes VARCHAR[],
+            error VARCHAR
+        );
+        """
+    )
+
+
 def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations this database lacks; return their names."""
     db.execute(

@@ -27,7 +27,7 @@ import duckdb
 from ocproxy import __version__
 from ocproxy.audit.auditor import Auditor
 from ocproxy.core.correlation import Correlator
-from ocproxy.core.events import ConnectionOpened, FrameReceived, RecorderEvent
+from ocproxy.core.events import ConfigReloaded, ConnectionOpened, FrameReceived, RecorderEvent
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.observe import observe
 from ocproxy.core.redaction import Redactor
@@ -381,6 +381,8 @@ class Recorder:
                 buffer.findings.extend(self.auditor.opened(event))
             for sink in self.sinks:
                 sink.on_open(event)
+        elif isinstance(event, ConfigReloaded):
+            buffer.reloads.append(event)
         else:
             correlators.pop(event.connection_id, None)
             buffer.closes.append(event)

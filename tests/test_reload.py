@@ -1,0 +1,118 @@
+"""Reloading the configuration without dropping a charger (issue 14 item 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from helpers_ws import upstream, wait_until
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection
+
+from ocproxy.errors import ConfigError
+from ocproxy.proxy.config import Route
+
+TIMEOUT = 20.0
+
+
+async def _echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def test_a_reload_moves_new_connections_and_keeps_live_ones(proxy_factory: Any) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            upstream(_echo) as old,
+            upstream(_echo) as new,
+            proxy_factory(upstream=old.url) as (proxy, box),
+            connect(proxy.url + "/ocpp/CP-LIVE") as live,
+        ):
+            # The live charger's connection stays open through the reloads.
+            server = proxy.server
+            moved = replace(server.config, routes=(Route("CP-NEW*", new.url),))
+            assert server.reload(moved) == ("routes",)
+            with pytest.raises(ConfigError, match="cannot change without a restart"):
+                server.reload(replace(moved, listen_port=1))
+            with pytest.raises(ConfigError):
+                server.reload(replace(moved, routes=(Route("X", "http://nope"),)))
+            assert server.config is moved  # the bad ones changed nothing
+            async with connect(proxy.url + "/ocpp/CP-NEW-1") as fresh:
+                await fresh.send("to the new CSMS")
+                assert await fresh.recv() == "to the new CSMS"
+            await live.send("still on the old one")
+            assert await live.recv() == "still on the old one"
+    assert [len(old.handled), len(new.handled)] == [1, 1]
+    assert old.requests[0].path == "/ocpp/CP-LIVE"
+    assert new.requests[0].path == "/ocpp/CP-NEW-1"
+    rows = box[0].rows("SELECT ok, changes, error FROM config_reloads ORDER BY reloaded_at")
+    assert [(r["ok"], list(r["changes"] or [])) for r in rows] == [
+        (True, ["routes"]),
+        (False, []),
+        (False, []),
+    ]
+    assert "listen_port cannot change" in rows[1]["error"]
+
+
+async def test_sighup_rereads_the_config_file(tmp_path: Path) -> None:
+    """A real ``ocproxy proxy --config``: SIGHUP with a new route, then a broken file."""
+    async with asyncio.timeout(60):
+        async with upstream(_echo) as old, upstream(_echo) as new:
+            config = tmp_path / "site.toml"
+            config.write_text(f'listen = "127.0.0.1:0"\nupstream = "{old.url}"\n')
+            db = tmp_path / "site.duckdb"
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ocproxy", "proxy", "--config", str(config),
+                "--db", str(db), "--quiet",
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "COLUMNS": "200"},
+            )  # fmt: skip
+            assert proc.stdout is not None
+            out = proc.stdout
+
+            async def line_with(text: bytes) -> bytes:
+                line = await out.readline()
+                while text not in line and line:
+                    line = await out.readline()
+                return line
+
+            try:
+                line = await line_with(b"listening on")
+                port = int(line.split(b"listening on ws://127.0.0.1:")[1].split(b",")[0])
+                url = f"ws://127.0.0.1:{port}"
+                async with connect(url + "/ocpp/CP-A") as live:
+                    config.write_text(
+                        f'listen = "127.0.0.1:0"\nupstream = "{old.url}"\n'
+                        f'[[route]]\nidentity = "CP-B"\nupstream = "{new.url}"\n'
+                    )
+                    proc.send_signal(signal.SIGHUP)
+                    assert b"config reloaded: routes" in await line_with(b"config ")
+                    async with connect(url + "/ocpp/CP-B") as moved:
+                        await moved.send("b")
+                        assert await moved.recv() == "b"
+                    config.write_text("this is not TOML [")
+                    proc.send_signal(signal.SIGHUP)
+                    assert b"config not reloaded:" in await line_with(b"config ")
+                    await live.send("a")
+                    assert await live.recv() == "a"
+                await wait_until(lambda: len(new.handled) == 1, "the new CSMS had CP-B")
+                proc.send_signal(signal.SIGTERM)
+                await proc.communicate()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    assert proc.returncode == 0
+    assert [r.path for r in old.requests] == ["/ocpp/CP-A"]
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT ok FROM config_reloads ORDER BY reloaded_at").fetchall() == [
+            (True,),
+            (False,),
+        ]
