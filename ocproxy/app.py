@@ -140,6 +140,12 @@ async def serve_until_signal(
         )
         for line in proxy.notes:
             console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
+        for line in proxy.recorder_recovered:
+            console.print(
+                f"[yellow]{line}; they are now closed as proxy-crash[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
         await stop.wait()
         spread = f", spread over {config.drain:g} s" if config.drain > 0 else ""
         console.print(

@@ -116,3 +116,73 @@ async def test_sighup_rereads_the_config_file(tmp_path: Path) -> None:
             (True,),
             (False,),
         ]
+
+
+async def _start_proxy(db: Path, upstream_url: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ocproxy", "proxy", "--listen", "127.0.0.1:0",
+        "--upstream", upstream_url, "--db", str(db), "--quiet",
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = await proc.stdout.readline()
+    while b"listening on" not in line:
+        assert line, "the proxy stopped before listening"
+        line = await proc.stdout.readline()
+    port = int(line.split(b"listening on ws://127.0.0.1:")[1].split(b",")[0])
+    return proc, f"ws://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["group", "relay-only"])
+async def test_a_crashed_run_is_accounted_for(tmp_path: Path, whole_group: bool) -> None:
+    """kill -9 of the proxy (its group, or its relaying process alone): the file says
+    the run crashed, its open connection is closed as proxy-crash, frames_lost unknown."""
+    db = tmp_path / "site.duckdb"
+    async with asyncio.timeout(60), upstream(_echo) as up:
+        proc, url = await _start_proxy(db, up.url)
+        try:
+            async with connect(url + "/ocpp/CP-CRASH") as charger:
+                for i in range(5):
+                    await charger.send(f'[2,"{i}","Heartbeat",{{}}]')
+                    await charger.recv()
+                await asyncio.sleep(0.6)  # past the flush interval: the frames are written
+                if whole_group:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if not whole_group:  # the orphaned recorder closes its run itself, then exits
+            await wait_until(lambda: _run_stats(db) is not None, "the orphan's stats", 20)
+        again, _url = await _start_proxy(db, up.url)
+        assert again.stdout is not None
+        again.send_signal(signal.SIGTERM)
+        said, _ = await again.communicate()
+    with duckdb.connect(str(db), read_only=True) as con:
+        runs = con.execute(
+            "SELECT r.run_id, s.frames_recorded, s.frames_lost FROM runs r "
+            "JOIN run_stats s USING (run_id) ORDER BY r.started_at"
+        ).fetchall()
+        closes = con.execute("SELECT identity, close_reason, closed_by FROM connections").fetchall()
+    assert len(runs) == 2
+    (_, recorded, lost), (_, _, lost_again) = runs
+    assert recorded == 10
+    assert lost is None  # unknown, never 0
+    assert lost_again == 0
+    assert closes == [("CP-CRASH", "proxy-crash", "proxy")]
+    if whole_group:  # found by the next run, and said in one line
+        assert b"ended without its stats, a crash" in said
+        assert b"1 connections were open" in said
+
+
+def _run_stats(db: Path) -> tuple[object, ...] | None:
+    try:
+        with duckdb.connect(str(db), read_only=True) as con:
+            return con.execute("SELECT * FROM run_stats").fetchone()
+    except duckdb.Error:  # still held by the orphaned recorder
+        return None

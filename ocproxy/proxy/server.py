@@ -102,6 +102,11 @@ class ProxyServer:
         )
 
     @property
+    def recorder_recovered(self) -> list[str]:
+        """Earlier runs the recorder found crashed when it opened the file."""
+        return list(getattr(self.recorder, "recovered", []))
+
+    @property
     def port(self) -> int:
         assert self._server is not None, "not started"
         return int(self._server.sockets[0].getsockname()[1])

@@ -95,6 +95,7 @@ class RecordingProcess:
         self.path = path
         self.options = options or ChildOptions()
         self.result: Any = None  # what the child's sinks factory returned, after close()
+        self.recovered: list[str] = []  # earlier runs found crashed (see Recorder.recovered)
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._run_id = ""
@@ -138,7 +139,7 @@ class RecordingProcess:
         if kind == "error":
             self._process.wait()
             raise RecorderError(str(value))
-        self._run_id = str(value)
+        self._run_id, self.recovered = value
         return self
 
     async def wait_for_room(self) -> None:
@@ -335,7 +336,7 @@ def _child(conn: Connection, path: str, options: ChildOptions) -> None:
     # default (a pass every 700 allocations) cost ~7 % of the recorder's time.
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    conn.send(("ready", recorder.run_id))
+    conn.send(("ready", (recorder.run_id, recorder.recovered)))
     _serve(conn, recorder, collect)
 
 
@@ -359,8 +360,9 @@ def _serve(conn: Connection, recorder: Recorder, collect: Any) -> None:
             for item in message:
                 recorder.process(_unpack(item))
     except EOFError:
-        pass  # the parent is gone: keep what arrived
-    finally:
-        stats = recorder.finish()
-        with contextlib.suppress(OSError):
-            conn.send((stats, None if collect is None else collect()))
+        # The relay is gone without a word: keep what arrived, and say the run crashed.
+        recorder.finish(orphaned=True)
+        return
+    stats = recorder.finish()
+    with contextlib.suppress(OSError):
+        conn.send((stats, None if collect is None else collect()))

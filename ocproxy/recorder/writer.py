@@ -33,6 +33,7 @@ from ocproxy.core.observe import observe
 from ocproxy.core.redaction import Redactor
 from ocproxy.errors import WRITING, RecorderError, first_line, open_failure
 from ocproxy.recorder import batches
+from ocproxy.recorder.crashes import close_crashed_run, crashed_runs
 from ocproxy.recorder.migrations import migrate
 from ocproxy.recorder.sink import DEFAULT_DB, RecorderStats, Sink
 
@@ -145,6 +146,8 @@ class Recorder:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._here: _Here | None = None
+        # One line per earlier run found to have crashed (its rows are closed at open).
+        self.recovered: list[str] = []
 
     @property
     def run_id(self) -> str:
@@ -275,14 +278,24 @@ class Recorder:
         here.buffer, here.deadline = self._flushed(here.db, here.buffer)
         return None
 
-    def finish(self) -> RecorderStats:
-        """Write what is left and the run's stats, and close the file."""
+    def finish(self, *, orphaned: bool = False) -> RecorderStats:
+        """Write what is left and the run's stats, and close the file.
+
+        ``orphaned``: the process feeding this one died without saying it was done, so
+        what it relayed but never sent here is unknown: this run is closed as a crash
+        (its open connections ``proxy-crash``, ``frames_lost`` NULL), never "0 lost"."""
         here = self._here
         assert here is not None, "open_here() first"
         try:
             self._flush(here.db, here.buffer)
         finally:
-            self._write_stats(here.db)
+            if orphaned:
+                try:
+                    close_crashed_run(here.db, self.run_id)
+                except duckdb.Error as exc:
+                    self.stats.errors.append(f"cannot close the run: {first_line(exc)}")
+            else:
+                self._write_stats(here.db)
             here.db.close()
         return self.stats
 
@@ -315,6 +328,9 @@ class Recorder:
                 "INSERT INTO runs VALUES (?, now(), ?, ?, ?)",
                 [self.run_id, __version__, self.source, json.dumps(self.settings, default=str)],
             )
+            for run in crashed_runs(db, self.run_id):
+                close_crashed_run(db, run.run_id)
+                self.recovered.append(run.line())
         except duckdb.Error as exc:
             db.close()
             raise RecorderError(open_failure(self.path, exc, WRITING)) from exc
