@@ -11,6 +11,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -61,6 +62,7 @@ async def running_proxy(
                 audit_response_timeout=config.response_timeout if config.audit else None,
                 redactor=redactor,
                 queue_limit=config.queue_limit,
+                rotate=config.rotate,
                 sinks=functools.partial(console_sinks, config.quiet),
             ),
         )
@@ -134,7 +136,7 @@ async def serve_until_signal(
             loop.add_signal_handler(signal.SIGHUP, _reload, proxy, reread, console)
         console.print(
             f"[bold]ocproxy[/] listening on {listen_url(config, proxy.port)}, "
-            f"recording to [bold]{config.db}[/]; Ctrl-C to stop",
+            f"recording to [bold]{_recording(config)}[/]; Ctrl-C to stop",
             highlight=False,
             soft_wrap=True,  # one line, even into a pipe or a log file
         )
@@ -178,6 +180,13 @@ def _reload(proxy: ProxyServer, reread: Callable[[], ProxyConfig], console: Cons
         return
     what = ", ".join(changes) if changes else "nothing changed"
     console.print(f"config reloaded: {what}", highlight=False, soft_wrap=True)
+
+
+def _recording(config: ProxyConfig) -> str:
+    if config.rotate is None:
+        return config.db
+    path = Path(config.db)
+    return f"{path.with_name(f'{path.stem}-*{path.suffix or ".duckdb"}')} ({config.rotate})"
 
 
 def listen_url(config: ProxyConfig, port: int) -> str:

@@ -217,6 +217,12 @@ def _add_proxy(commands: Any) -> None:
         "none is refused (default 0: no bound)",
     )
     cmd.add_argument(
+        "--rotate",
+        metavar="WHEN",
+        help="a new recording file hourly, daily or every SIZE (e.g. 500MB): --db site.duckdb "
+        "records into site-<UTC start>.duckdb files; readers take the glob 'site-*.duckdb'",
+    )
+    cmd.add_argument(
         "--drain",
         type=non_negative_float,
         metavar="SECONDS",
@@ -344,6 +350,7 @@ _VALUE_OPTIONS = (
     "backlog",
     "max_pending_dials",
     "drain",
+    "rotate",
     "audit",
     "response_timeout",
     "client_ca",

@@ -68,6 +68,8 @@ class ProxyConfig:
     # On SIGTERM, close live connections spread evenly over this many seconds (1001,
     # "proxy restarting") instead of all at once: a restart is not a reconnect storm.
     drain: float = 0.0
+    # A new recording file every hour, day or so many bytes (see recorder/rotation.py).
+    rotate: str | None = None
     quiet: bool = False
     audit: bool = True
     response_timeout: float = 30.0
@@ -135,6 +137,12 @@ class ProxyConfig:
             if getattr(self, flag) and not self.client_ca:
                 option = "--" + flag.replace("_", "-")
                 raise ConfigError(f"{option} needs --client-ca (charger certificates to check)")
+        if self.rotate is not None:
+            from ocproxy.recorder.rotation import Rotation
+
+            Rotation.parse(self.rotate)
+            if self.control is not None:
+                raise ConfigError("--rotate does not work with --control yet: use one of them")
         if self.drain < 0:
             raise ConfigError("drain must be 0 or more seconds")
         if self.max_pending_dials < 0:
@@ -188,6 +196,7 @@ _FILE_KEYS = {
     "backlog",
     "max_pending_dials",
     "drain",
+    "rotate",
     "quiet",
     "audit",
     "response_timeout",

@@ -80,6 +80,7 @@ class ChildOptions:
     audit_response_timeout: float | None = None
     redactor: Redactor | None = field(default_factory=Redactor)
     queue_limit: int = 10_000
+    rotate: str | None = None  # see ocproxy.recorder.rotation
     # A callable building sinks in the child (e.g. the console's), and returning an
     # object the parent gets back at close (e.g. the console's summary).
     sinks: Any = None
@@ -311,6 +312,7 @@ def _child(conn: Connection, path: str, options: ChildOptions) -> None:
         with contextlib.suppress(OSError):
             os.nice(options.niceness)
     from ocproxy.audit.auditor import Auditor, AuditSettings
+    from ocproxy.recorder.rotation import Rotation
     from ocproxy.recorder.writer import Recorder
 
     sinks: list[Sink] = []
@@ -328,6 +330,7 @@ def _child(conn: Connection, path: str, options: ChildOptions) -> None:
             if options.audit_response_timeout is None
             else Auditor(AuditSettings(response_timeout_s=options.audit_response_timeout)),
             redactor=options.redactor,
+            rotation=None if options.rotate is None else Rotation.parse(options.rotate),
         ).open_here()
     except Exception as exc:  # reported to the parent's start(), which raises it
         conn.send(("error", str(exc)))

@@ -12,6 +12,7 @@ the event loop, and appends batches through Arrow, flushed by size and by age.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -19,6 +20,7 @@ import uuid
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from ocproxy.errors import WRITING, RecorderError, first_line, open_failure
 from ocproxy.recorder import batches
 from ocproxy.recorder.crashes import close_crashed_run, crashed_runs
 from ocproxy.recorder.migrations import migrate
+from ocproxy.recorder.rotation import Rotation, file_size
 from ocproxy.recorder.sink import DEFAULT_DB, RecorderStats, Sink
 
 __all__ = ["DEFAULT_DB", "Recorder", "RecorderStats", "Sink"]
@@ -121,8 +124,11 @@ class Recorder:
         auditor: Auditor | None = None,
         redactor: Redactor | None = SECRETS_ONLY,
         yield_every: int = _YIELD_EVERY,
+        rotation: Rotation | None = None,
     ) -> None:
         self.path = Path(path)
+        self.base = self.path  # with a rotation, the files are named after it
+        self.rotation = rotation
         self.source = source
         self.settings = settings or {}
         self.queue_limit = queue_limit
@@ -148,6 +154,12 @@ class Recorder:
         self._here: _Here | None = None
         # One line per earlier run found to have crashed (its rows are closed at open).
         self.recovered: list[str] = []
+        # With a rotation: the live connections' opens (each new file gets them again),
+        # when the current file ends by time, and the stats when it began.
+        self._live: dict[str, ConnectionOpened] = {}
+        self._rotate_at: datetime | None = None
+        self._file_base = RecorderStats(run_id="")
+        self._empty_size = 0
 
     @property
     def run_id(self) -> str:
@@ -253,8 +265,41 @@ class Recorder:
 
         For a process with no event loop to share its thread with: no writer thread, no
         queue and no polling between receiving an event and recording it."""
+        if self.rotation is not None:
+            self._next_file(datetime.now(UTC))
         self._here = _Here(self._open())
+        self._empty_size = file_size(self.path)
         return self
+
+    def _next_file(self, start: datetime) -> None:
+        assert self.rotation is not None
+        first = path = self.rotation.path(self.base, start)
+        n = 1
+        while path.exists():  # two files begun in one second (size), or a second proxy
+            n += 1
+            path = first.with_name(f"{first.stem}-{n}{first.suffix}")
+        self.path = path
+        self._rotate_at = self.rotation.next_boundary(start)
+
+    def _rotate_if_due(self) -> None:
+        """Start the next file of the rotation, if it is time: the batch is written."""
+        here = self._here
+        rotation = self.rotation
+        if rotation is None or here is None:
+            return
+        now = datetime.now(UTC)
+        due = self._rotate_at is not None and now >= self._rotate_at
+        if not due and not rotation.full(self.path, self._empty_size):
+            return
+        self._write_stats(here.db)
+        here.db.close()
+        self._file_base = dataclasses.replace(self.stats, errors=[])
+        self._next_file(self._rotate_at if due and self._rotate_at is not None else now)
+        here.db = self._open()
+        self._empty_size = file_size(self.path)
+        # Each file reads alone: the connections still open are opened in it again.
+        reopened = batches.Batch(opens=list(self._live.values()))
+        self._flush(here.db, reopened)
 
     def process(self, event: RecorderEvent) -> None:
         """Record one event now (batched); :meth:`flush_due` writes the batch on time."""
@@ -265,6 +310,7 @@ class Recorder:
             here.deadline = time.monotonic() + self.flush_interval
         if here.buffer.size >= self.batch_rows:
             here.buffer, here.deadline = self._flushed(here.db, here.buffer)
+            self._rotate_if_due()
 
     def flush_due(self) -> float | None:
         """Write the batch if it is due; seconds until the next one is (None: empty)."""
@@ -276,6 +322,7 @@ class Recorder:
         if left > 0:
             return left
         here.buffer, here.deadline = self._flushed(here.db, here.buffer)
+        self._rotate_if_due()
         return None
 
     def finish(self, *, orphaned: bool = False) -> RecorderStats:
@@ -397,6 +444,8 @@ class Recorder:
                 sink.on_frame(frame, findings)
         elif isinstance(event, ConnectionOpened):
             correlators[event.connection_id] = Correlator()
+            if self.rotation is not None and event.handshake_status == 101:
+                self._live[event.connection_id] = event
             buffer.opens.append(event)
             self.stats.connections += 1
             if self.auditor is not None:
@@ -407,6 +456,7 @@ class Recorder:
             buffer.reloads.append(event)
         else:
             correlators.pop(event.connection_id, None)
+            self._live.pop(event.connection_id, None)
             buffer.closes.append(event)
             if self.auditor is not None:
                 buffer.findings.extend(self.auditor.closed(event))
@@ -431,17 +481,18 @@ class Recorder:
         self.stats.frames_recorded += len(buffer.frames)
 
     def _write_stats(self, db: duckdb.DuckDBPyConnection) -> None:
-        stats = self.stats
+        """The run's stats in this file: since the file began, with a rotation."""
+        stats, base = self.stats, self._file_base
         try:
             db.execute(
                 "INSERT INTO run_stats VALUES (?, now(), ?, ?, ?, ?, ?, ?)",
                 [
                     stats.run_id,
-                    stats.connections,
-                    stats.frames_recorded,
-                    stats.frames_lost,
-                    stats.backpressure_waits,
-                    stats.backpressure_wait_s * 1000.0,
+                    stats.connections - base.connections,
+                    stats.frames_recorded - base.frames_recorded,
+                    stats.frames_lost - base.frames_lost,
+                    stats.backpressure_waits - base.backpressure_waits,
+                    (stats.backpressure_wait_s - base.backpressure_wait_s) * 1000.0,
                     stats.max_queue_depth,
                 ],
             )

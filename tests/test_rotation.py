@@ -1,0 +1,110 @@
+"""Rotating recordings (issue 14 item 5): a new file at a boundary, nothing lost between."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
+from ocproxy.core.frames import Direction, Opcode
+from ocproxy.errors import ConfigError
+from ocproxy.recorder.rotation import Rotation
+from ocproxy.recorder.writer import Recorder
+
+
+def test_names_and_boundaries() -> None:
+    start = datetime(2026, 12, 5, 7, 23, 11, tzinfo=UTC)
+    hourly, daily = Rotation.parse("hourly"), Rotation.parse("Daily")
+    assert hourly.path(Path("/r/site.duckdb"), start) == Path("/r/site-2026-12-05T07-23-11.duckdb")
+    assert hourly.next_boundary(start) == datetime(2026, 12, 5, 8, tzinfo=UTC)
+    assert daily.next_boundary(start) == datetime(2026, 12, 6, tzinfo=UTC)
+    assert Rotation.parse("500MB").path(Path("site.duckdb"), start.replace(microsecond=42_000)) == (
+        Path("site-2026-12-05T07-23-11.042.duckdb")
+    )
+    assert Rotation.parse("500MB").size == 500 << 20
+    assert Rotation.parse("2g").size == 2 << 30
+    assert Rotation.parse("1.5GB").size == int(1.5 * (1 << 30))
+    assert Rotation.parse("500MB").next_boundary(start) is None
+
+
+@pytest.mark.parametrize("bad", ["weekly", "", "0MB", "-3GB", "12 parsecs", "10KB"])
+def test_a_malformed_rotation_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--rotate"):
+        Rotation.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--rotate", "fortnightly"], "give hourly, daily or a size"),
+        (["--rotate", "hourly", "--control", "127.0.0.1:0"], "--rotate does not work with"),
+    ],
+)
+def test_the_command_line_refuses_in_one_line(options: list[str], said: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ocproxy", "proxy", "--upstream", "ws://127.0.0.1:1", *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert said in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_connection_that_spans_files_has_its_rows_in_each(tmp_path: Path) -> None:
+    """Size rotation at 1 MB: every frame is in exactly one file, in order, and each file
+    that holds a connection's frames holds its open row too."""
+    base = tmp_path / "site.duckdb"
+    recorder = Recorder(base, rotation=Rotation.parse("1MB"), batch_rows=200).open_here()
+    cid = "c0000000-0000-0000-0000-000000000000"
+    recorder.process(
+        ConnectionOpened(
+            connection_id=cid,
+            ts=1.0,
+            identity="CP-1",
+            path="/ocpp/CP-1",
+            remote_addr=None,
+            offered_subprotocols=("ocpp1.6",),
+            subprotocol="ocpp1.6",
+            upstream_url="ws://csms",
+            handshake_status=101,
+            run_id=recorder.run_id,
+        )
+    )
+    payload = "x" * 800
+    total = 4000
+    for seq in range(total):
+        data = f'[2,"{seq}","DataTransfer",{{"vendorId":"v","data":"{payload}"}}]'.encode()
+        recorder.process(
+            FrameReceived(cid, seq, 2.0 + seq, Direction.TO_CSMS, Opcode.TEXT, data, len(data))
+        )
+    recorder.process(ConnectionClosed(cid, 9999.0, 1000, "", ClosedBy.CHARGER))
+    stats = recorder.finish()
+    files = sorted(tmp_path.glob("site-*.duckdb"))
+    assert len(files) >= 2, files
+    seqs: list[int] = []
+    for path in files:
+        with duckdb.connect(str(path), read_only=True) as db:
+            seqs += [row[0] for row in db.execute("SELECT seq FROM frames ORDER BY seq").fetchall()]
+            opens = db.execute("SELECT connection_id FROM connection_opens").fetchall()
+            assert opens == [(cid,)]
+            ((recorded,),) = db.execute("SELECT frames_recorded FROM run_stats").fetchall()
+            assert recorded == db.execute("SELECT count(*) FROM frames").fetchone()[0]  # type: ignore[index]
+    assert seqs == list(range(total))
+    assert stats.frames_recorded == total
+    with duckdb.connect(str(files[-1]), read_only=True) as db:
+        assert db.execute("SELECT close_code FROM connection_closes").fetchall() == [(1000,)]
+    # The readers take the glob: the set reads as one recording.
+    done = subprocess.run(
+        [sys.executable, "-m", "ocproxy", "query", str(tmp_path / "site-*.duckdb"),
+         "SELECT count(*) AS n, count(DISTINCT seq) AS seqs FROM frames", "--format", "csv"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["n,seqs", f"{total},{total}"]
