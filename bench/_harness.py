@@ -313,6 +313,36 @@ def memory_by_process(pid: int) -> dict[str, Memory]:
 # -- the machine ------------------------------------------------------------------------
 
 
+def time_wait_sockets(port: int) -> int | None:
+    """TCP sockets in TIME_WAIT with ``port`` at either end (Linux /proc/net/tcp and
+    tcp6); None where neither can be read."""
+    count, read = 0, False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        read = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "06":  # TCP_TIME_WAIT
+                ends = (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16))
+                count += port in ends
+    return count if read else None
+
+
+async def drain_time_wait(port: int, within: float = 75.0) -> tuple[int | None, float]:
+    """Wait until no socket to or from ``port`` is in TIME_WAIT (Linux keeps one 60 s);
+    (how many there were, seconds waited)."""
+    started = time.monotonic()
+    first = time_wait_sockets(port)
+    left = first
+    while left and time.monotonic() - started < within:
+        await asyncio.sleep(1.0)
+        left = time_wait_sockets(port)
+    return first, time.monotonic() - started
+
+
 def raise_open_files(needed: int, raise_hard: bool = False) -> str:
     """Raise this process's open-files soft limit (its children inherit it) to the hard
     limit; with ``raise_hard``, the hard limit too when it is below ``needed`` and this

@@ -49,6 +49,7 @@ from _harness import (
     Memory,
     cancel_on_signals,
     children,
+    drain_time_wait,
     memory_by_process,
     raise_open_files,
     run_to_exit_code,
@@ -177,6 +178,8 @@ class Storm:
     recording: dict[str, Any] | None = None
     relay_exit: int | None = None
     relay_stderr: str = ""
+    time_wait_before: int | None = None  # sockets of the CSMS's port in TIME_WAIT, drained
+    time_wait_waited_s: float = 0.0
 
 
 async def measure_storm(
@@ -217,8 +220,11 @@ async def run_storms(
                 results.append(result)
                 if result.skipped:
                     continue
+                result.time_wait_before, result.time_wait_waited_s = await drain_time_wait(port)
                 console.print(
                     f"[bold]storm, round {number}: {chargers:,} chargers, {target}[/] ..."
+                    f" (waited {result.time_wait_waited_s:.0f} s for "
+                    f"{result.time_wait_before or 0:,} TIME_WAIT sockets of the CSMS's port)"
                 )
                 try:
                     await measure_storm(result, port, args, options)
@@ -330,7 +336,13 @@ def parser() -> argparse.ArgumentParser:
         "--open-timeout", type=positive, default=60.0, help="per handshake (default 60 s)"
     )
     p.add_argument("--rounds", type=positive_int, default=1, help="storm rounds (default 1)")
-    p.add_argument("--pause", type=float, default=3.0, help="seconds between storms (default 3)")
+    p.add_argument(
+        "--pause",
+        type=float,
+        default=3.0,
+        help="seconds between storms (default 3), once no socket of the CSMS's port is left "
+        "in TIME_WAIT",
+    )
     p.add_argument("--compression", choices=COMPRESSIONS, default="none")
     p.add_argument("--skip-idle", action="store_true", help="only the storm")
     p.add_argument("--skip-storm", action="store_true", help="only (a) and (b)")
