@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from helpers_ws import wait_until
+from helpers_ws import raw_csms, upstream, wait_until
 from ocpp.v16 import call_result
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection
 
+import ocproxy.proxy.mirror as mirror_module
 from ocproxy.analytics.queries import bind, get_query, run
 from ocproxy.analytics.sources import open_sources
 from ocproxy.proxy.config import MirrorRoute
@@ -125,3 +128,46 @@ async def test_secondary_calls_refused_unless_allowed(proxy_factory: Any, db_pat
         else:
             assert not charger_got_ask
             assert answer == (4, "SecurityError", True)  # refused by the proxy
+
+
+async def test_a_secondary_that_falls_behind_is_counted_then_let_go(
+    proxy_factory: Any, monkeypatch: Any
+) -> None:
+    """Copies that find the backlog full are dropped and counted; after behind_limit the
+    secondary's leg is closed with the count, and the charger never notices."""
+    monkeypatch.setattr(mirror_module, "_BACKLOG", 5)
+    monkeypatch.setattr(mirror_module.Mirror, "behind_limit", 0.2)
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    big = json.dumps([2, "x", "DataTransfer", {"vendorId": "v", "data": "d" * 100_000}])
+    async with (
+        upstream(echo) as primary,
+        raw_csms() as secondary,  # answers the handshake, then never reads a byte
+        proxy_factory(
+            upstream=primary.url,
+            mirrors=(MirrorRoute("CP-*", f"ws://127.0.0.1:{secondary.port}"),),
+            close_timeout=1.0,
+        ) as (proxy, box),
+        connect(proxy.url + "/ocpp/CP-SLOW") as charger,
+    ):
+        await secondary.peers.get()
+        [session] = proxy.server.sessions
+        assert session.mirror is not None
+        for _ in range(150):  # ~15 MB: more than loopback's socket buffers hold
+            await charger.send(big)
+            assert await charger.recv() == big  # the primary leg never waits for it
+            await asyncio.sleep(0.002)
+        mirror = session.mirror
+        await wait_until(lambda: mirror.recorded_close, "the secondary's leg is closed", 30)
+    rows = box[0].rows(
+        "SELECT source, close_code, close_reason, closed_by FROM connections ORDER BY opened_at"
+    )
+    charger_row, mirror_row = rows
+    assert charger_row["source"] == "proxy"
+    assert (mirror_row["source"], mirror_row["closed_by"]) == ("mirror", "proxy")
+    assert "secondary fell behind" in mirror_row["close_reason"]
+    dropped = int(mirror_row["close_reason"].split(": ")[1].split(" copies")[0])
+    assert dropped > 0

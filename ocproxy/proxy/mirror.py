@@ -6,7 +6,10 @@ Its answers are recorded and never forwarded. Its own CALLs reach the charger on
 the actions the route allows (then recorded on the charger's connection as injected,
 and the charger's answer goes back to the secondary only); others are refused with a
 CALLERROR from the proxy. Nothing the secondary does, including dying, can disturb the
-primary leg: copies go through a bounded queue and a full queue drops the mirror.
+primary leg: copies go through a bounded queue. A copy that finds the queue full is
+dropped and counted; a secondary that stays that far behind for ``behind_limit``
+seconds has its leg closed, recorded with the count and the reason (the next connection
+of the charger is mirrored again).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ _BACKLOG = 1_000
 
 
 class Mirror:
+    behind_limit = 30.0  # seconds a secondary may stay a full backlog behind
+
     def __init__(
         self,
         route: MirrorRoute,
@@ -57,7 +62,10 @@ class Mirror:
         self.connection_id = str(uuid.uuid4())
         self.url = route.upstream.rstrip("/") + request.path
         self.identity = identity_from_path(request.path)
-        self.dropped = 0
+        self.dropped = 0  # copies the secondary never got: it was behind
+        self._behind_since: float | None = None
+        self._gave_up: str | None = None
+        self.recorded_close = False  # the secondary's leg is over and recorded so
         self._queue: asyncio.Queue[tuple[bytes, Opcode]] = asyncio.Queue(_BACKLOG)
         self._leg: CsmsLeg | None = None
         self._seq = 0
@@ -74,8 +82,26 @@ class Mirror:
         try:
             self._queue.put_nowait((data, opcode))
         except asyncio.QueueFull:
-            self._alive = False  # a secondary this slow is dropped, and counted
-            self.dropped += 1
+            self._behind(asyncio.get_running_loop().time())
+            return
+        self._behind_since = None
+
+    def _behind(self, now: float) -> None:
+        """The secondary is a whole backlog behind: drop this copy; give up after a while."""
+        self.dropped += 1
+        if self._behind_since is None:
+            self._behind_since = now
+            return
+        if now - self._behind_since < self.behind_limit or self._leg is None:
+            return
+        self._alive = False
+        self._gave_up = (
+            f"secondary fell behind: {self.dropped} copies dropped, "
+            f"{_BACKLOG} waiting for over {self.behind_limit:g} s"
+        )
+        # A close frame would wait behind everything it has not read: cut the TCP
+        # connection. That ends run(), which records the close with this reason.
+        self._leg.transport.abort()
 
     def answers_forwarded(self, data: bytes) -> bool:
         """Is this charger message the answer to a CALL the secondary sent it?"""
@@ -132,6 +158,7 @@ class Mirror:
                 additional_headers=csms_request_headers(self.request, None, False),
                 user_agent_header=None,
                 open_timeout=self.config.connect_timeout,
+                close_timeout=self.config.close_timeout,
                 create_connection=CsmsLeg,
                 proxy=None,
             )
@@ -226,7 +253,9 @@ class Mirror:
 
     def _closed_from(self, leg: CsmsLeg) -> None:
         rcvd, sent = leg.protocol.close_rcvd, leg.protocol.close_sent
-        if rcvd is not None and (sent is None or leg.protocol.close_rcvd_then_sent):
+        if self._gave_up is not None:
+            self._closed(ClosedBy.PROXY, 1006, self._gave_up)
+        elif rcvd is not None and (sent is None or leg.protocol.close_rcvd_then_sent):
             self._closed(ClosedBy.CSMS, int(rcvd.code), rcvd.reason)
         elif sent is not None:
             self._closed(ClosedBy.PROXY, int(sent.code), sent.reason)
@@ -234,4 +263,7 @@ class Mirror:
             self._closed(ClosedBy.CSMS, 1006, "secondary connection lost")
 
     def _closed(self, by: ClosedBy, code: int | None, reason: str) -> None:
+        self.recorded_close = True
+        if self.dropped and self._gave_up is None:
+            reason = f"{reason}; {self.dropped} copies dropped (secondary behind)".lstrip("; ")
         self.recorder.submit(ClosedEvent(self.connection_id, self.clock(), code, reason, by))
