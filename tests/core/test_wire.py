@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from helpers_ws import ws_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,32 +43,7 @@ def masked_with(payload: bytes, key: bytes) -> bytes:
     return bytes(b ^ key[i & 3] for i, b in enumerate(payload))
 
 
-def raw(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    rsv: int = 0,
-    key: bytes | None = None,
-    form: int | None = None,
-    length: int | None = None,
-) -> bytes:
-    """One frame. ``form``: 7, 16 or 64 (the length encoding, minimal by default);
-    ``length``: a declared length other than the payload's (a header alone)."""
-    n = len(payload) if length is None else length
-    if form is None:
-        form = 7 if n < 126 else 16 if n < 1 << 16 else 64
-    bit = 0x80 if key is not None else 0
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    if form == 7:
-        head += bytes([bit | n])
-    elif form == 16:
-        head += bytes([bit | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([bit | 127]) + n.to_bytes(8, "big")
-    if key is None:
-        return head + payload
-    return head + key + masked_with(payload, key)
+raw = ws_frame  # one frame written by hand (tests/helpers_ws.py)
 
 
 def up(opcode: int, payload: bytes = b"", **kwargs: Any) -> bytes:
