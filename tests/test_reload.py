@@ -159,6 +159,15 @@ async def test_a_crashed_run_is_accounted_for(tmp_path: Path, whole_group: bool)
                 await proc.wait()
         if not whole_group:  # the orphaned recorder closes its run itself, then exits
             await wait_until(lambda: _run_stats(db) is not None, "the orphan's stats", 20)
+        else:  # any reader says so before a proxy has closed the run
+            reader = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ocproxy", "query", str(db), "SELECT 1 AS one",
+                stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _out, noted = await reader.communicate()
+            assert reader.returncode == 0
+            assert b"ended without its stats, a crash" in noted
+            assert b"1 connections left open" in noted
         again, _url = await _start_proxy(db, up.url)
         assert again.stdout is not None
         again.send_signal(signal.SIGTERM)

@@ -103,8 +103,12 @@ def test_a_connection_that_spans_files_has_its_rows_in_each(tmp_path: Path) -> N
     # The readers take the glob: the set reads as one recording.
     done = subprocess.run(
         [sys.executable, "-m", "ocproxy", "query", str(tmp_path / "site-*.duckdb"),
-         "SELECT count(*) AS n, count(DISTINCT seq) AS seqs FROM frames", "--format", "csv"],
+         "SELECT (SELECT count(*) FROM frames) AS n, (SELECT count(DISTINCT seq) FROM frames) "
+         "AS seqs, (SELECT count(*) FROM connections) AS c, (SELECT max(close_code) FROM "
+         "connections) AS code, (SELECT count(*) FROM runs) AS runs", "--format", "csv"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["n,seqs", f"{total},{total}"]
+    # One connection (its open row is in every file), closed; one run; no "given twice".
+    assert done.stdout.split() == ["n,seqs,c,code,runs", f"{total},{total},1,1000,1"]
+    assert "given twice" not in done.stderr

@@ -104,6 +104,7 @@ def open_sources(args: list[str]) -> Sources:
         _create_views(db, schema, parts)
         if len(paths) > 1:
             notes.extend(_overlap_note(db))
+        notes.extend(_crash_notes(db))
     except BaseException:
         db.close()
         raise
@@ -255,9 +256,28 @@ def _create_views(
     # Tables first: the views' own SELECTs then bind to these temp views.
     for table in schema.tables:
         base = f"SELECT * FROM {_SCHEMA}.main.{table}"
-        db.execute(f"CREATE TEMP VIEW {table} AS {_union([base, *parts[table]])}")
+        db.execute(f"CREATE TEMP VIEW {table} AS {_once(table, _union([base, *parts[table]]))}")
     for view, select in schema.views.items():
-        db.execute(f"CREATE TEMP VIEW {view} AS {_union([select, *parts[view]])}")
+        db.execute(f"CREATE TEMP VIEW {view} AS {_once(view, _union([select, *parts[view]]))}")
+
+
+# A rotated recording (--rotate) repeats a connection's open row in each file it spans,
+# and the run's row in each file of the run: one row each when the files are read as one.
+_ONE_PER = {
+    "connection_opens": ("connection_id", "opened_at"),
+    "connections": ("connection_id", "closed_at DESC NULLS LAST, opened_at"),
+    "runs": ("run_id", "started_at"),
+}
+
+
+def _once(name: str, select: str) -> str:
+    if name not in _ONE_PER:
+        return select
+    key, order = _ONE_PER[name]
+    return (
+        f"SELECT * FROM ({select}) "
+        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}) = 1"
+    )
 
 
 def _union(selects: list[str]) -> str:
@@ -272,15 +292,37 @@ def _is_empty(db: duckdb.DuckDBPyConnection, source: dict[str, str]) -> bool:
 
 
 def _overlap_note(db: duckdb.DuckDBPyConnection) -> list[str]:
-    # Connection ids are UUIDs: seen in two sources, it is one recording given twice
-    # (a copy), and every count and join over it would double.
+    # A frame is one (connection, seq): seen in two sources, it is one recording given
+    # twice (a copy), and every count and join over it would double. (A connection's
+    # open row may be in several: the files of a rotation.)
     # fetchall, not fetchone: DuckDB 2 refuses new work while a result is unfinished.
     ((repeated,),) = db.execute(
-        "SELECT count(*) - count(DISTINCT connection_id) FROM connection_opens"
+        "SELECT count(*) - count(DISTINCT (connection_id, seq)) FROM frames"
     ).fetchall()
     if not repeated:
         return []
-    return [f"{repeated} connection ids are in more than one source: a recording given twice?"]
+    return [f"{repeated} frames are in more than one source: a recording given twice?"]
+
+
+def _crash_notes(db: duckdb.DuckDBPyConnection) -> list[str]:
+    """A run without its run_stats row ended in a crash (kill -9, power loss): say so."""
+    try:
+        rows = db.execute(
+            "SELECT r.run_id, r.source, r.started_at, "
+            "(SELECT max(f.ts) FROM frames f JOIN connection_opens o USING (connection_id) "
+            " WHERE o.run_id = r.run_id), "
+            "(SELECT count(*) FROM connections c WHERE c.run_id = r.run_id "
+            " AND c.closed_at IS NULL AND c.handshake_status = 101) "
+            "FROM runs r ANTI JOIN run_stats s USING (run_id) ORDER BY r.started_at"
+        ).fetchall()
+    except duckdb.Error:  # an export without those tables: nothing to say
+        return []
+    return [
+        f"run {run_id} ({source}, started {started:%Y-%m-%d %H:%M:%S}) ended without its "
+        f"stats, a crash: last frame {last or 'none'}, {left} connections left open "
+        "(the next ocproxy proxy on the file closes them as proxy-crash)"
+        for run_id, source, started, last, left in rows
+    ]
 
 
 def _literal(text: str) -> str:
