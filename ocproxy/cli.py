@@ -223,6 +223,12 @@ def _add_proxy(commands: Any) -> None:
         "records into site-<UTC start>.duckdb files; readers take the glob 'site-*.duckdb'",
     )
     cmd.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="listen with SO_REUSEPORT, so that a new proxy can start on the same --listen "
+        "while the old one drains (give them different --db files, or --rotate)",
+    )
+    cmd.add_argument(
         "--drain",
         type=non_negative_float,
         metavar="SECONDS",
@@ -361,6 +367,7 @@ _VALUE_OPTIONS = (
 )
 _FLAG_OPTIONS = (
     "quiet",
+    "reuse_port",
     "keep_ids",
     "strict_client_cert",
     "insecure_upstream",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from dataclasses import replace
 from typing import Any
 
 from helpers_ws import upstream, wait_until
@@ -12,7 +13,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from ocproxy.proxy.server import raise_open_files_limit
+from ocproxy.proxy.server import ProxyServer, raise_open_files_limit
+from ocproxy.recorder.writer import Recorder
 
 TIMEOUT = 20.0
 
@@ -159,3 +161,32 @@ async def test_drain_closes_connections_one_by_one_in_the_order_they_came(
     assert {(r["close_code"], r["close_reason"], r["closed_by"]) for r in rows} == {
         (1001, "proxy restarting", "proxy")
     }
+
+
+async def test_reuse_port_lets_a_second_proxy_listen_beside_a_draining_one(
+    proxy_factory: Any, tmp_path: Any
+) -> None:
+    """--reuse-port: a new proxy starts on the same address while the old one still
+    listens, and new chargers reach one of them (the kernel spreads them)."""
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            upstream(echo) as up,
+            proxy_factory(upstream=up.url, reuse_port=True) as (old, _box),
+        ):
+            recorder = Recorder(tmp_path / "next.duckdb").start()
+            config = replace(old.server.config, listen_port=old.server.port)
+            new = await ProxyServer(config, recorder).start()
+            try:
+                assert new.port == old.server.port
+                await old.server.stop(1001, "proxy restarting")  # the old one goes
+                async with connect(f"ws://127.0.0.1:{new.port}/ocpp/CP-AFTER") as ws:
+                    await ws.send("still here")
+                    assert await ws.recv() == "still here"
+            finally:
+                await new.stop()
+                recorder.close()

@@ -68,6 +68,8 @@ class ProxyConfig:
     # On SIGTERM, close live connections spread evenly over this many seconds (1001,
     # "proxy restarting") instead of all at once: a restart is not a reconnect storm.
     drain: float = 0.0
+    # SO_REUSEPORT: a second proxy may listen on the same address while this one drains.
+    reuse_port: bool = False
     # A new recording file every hour, day or so many bytes (see recorder/rotation.py).
     rotate: str | None = None
     quiet: bool = False
@@ -196,6 +198,7 @@ _FILE_KEYS = {
     "backlog",
     "max_pending_dials",
     "drain",
+    "reuse_port",
     "rotate",
     "quiet",
     "audit",

@@ -144,6 +144,7 @@ class ProxyServer:
                 # cut meanwhile.
                 open_timeout=None,
                 backlog=config.backlog,
+                reuse_port=config.reuse_port or None,
                 # After the handshake the relay reads and writes both legs itself (its
                 # keepalive, close and size limit); compression is the CSMS's answer.
                 ping_interval=None,
