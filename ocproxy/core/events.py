@@ -46,9 +46,13 @@ class ConnectionOpened:
     insecure_upstream: bool = False  # the CSMS's certificate was not verified (lab only)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FrameReceived:
-    """One whole WebSocket message as the proxy received it, before forwarding."""
+    """One whole WebSocket message as the proxy received it, before forwarding.
+
+    Never changed once made, but not ``frozen``: the recorder process builds one per
+    frame, and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost
+    ~1.2 us of the recorder's ~21 us a frame."""
 
     connection_id: str
     seq: int
