@@ -63,6 +63,7 @@ async def running_proxy(
                 redactor=redactor,
                 queue_limit=config.queue_limit,
                 rotate=config.rotate,
+                flush_interval=config.flush_interval,
                 sinks=functools.partial(console_sinks, config.quiet),
             ),
         )
@@ -80,6 +81,7 @@ async def running_proxy(
             source=source,
             settings=settings,
             queue_limit=config.queue_limit,
+            flush_interval=config.flush_interval,
             sinks=[sink, feed],
             auditor=Auditor(audit) if config.audit else None,
             redactor=redactor,

@@ -203,6 +203,14 @@ def _add_proxy(commands: Any) -> None:
         help="recorder queue bound; when full, forwarding waits (counted) (default 10000)",
     )
     cmd.add_argument(
+        "--flush-interval",
+        type=positive_float,
+        metavar="SECONDS",
+        help="commit what the recorder holds at least this often: at most this much "
+        "recording (plus what is in transit to the recorder) is lost to a kill -9 "
+        "(default 0.25)",
+    )
+    cmd.add_argument(
         "--backlog",
         type=positive_int,
         metavar="N",
@@ -353,6 +361,7 @@ _VALUE_OPTIONS = (
     "ping_timeout",
     "max_message_size",
     "queue_limit",
+    "flush_interval",
     "backlog",
     "max_pending_dials",
     "drain",

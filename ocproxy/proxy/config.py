@@ -59,6 +59,8 @@ class ProxyConfig:
     close_timeout: float = 10.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     queue_limit: int = 10_000
+    # How often the recorder commits what it has (seconds): what a kill -9 can lose.
+    flush_interval: float = 0.25
     # Connections the kernel queues before the proxy accepts them (capped by
     # net.core.somaxconn): a fleet reconnecting at once after an outage must not be refused.
     backlog: int = 4096
@@ -127,6 +129,7 @@ class ProxyConfig:
             "max_message_size",
             "queue_limit",
             "backlog",
+            "flush_interval",
         )
         for name in (*positive, "response_timeout"):
             if getattr(self, name) <= 0:
@@ -195,6 +198,7 @@ _FILE_KEYS = {
     "close_timeout",
     "max_message_size",
     "queue_limit",
+    "flush_interval",
     "backlog",
     "max_pending_dials",
     "drain",

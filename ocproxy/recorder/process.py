@@ -81,6 +81,7 @@ class ChildOptions:
     redactor: Redactor | None = field(default_factory=Redactor)
     queue_limit: int = 10_000
     rotate: str | None = None  # see ocproxy.recorder.rotation
+    flush_interval: float = 0.25
     # A callable building sinks in the child (e.g. the console's), and returning an
     # object the parent gets back at close (e.g. the console's summary).
     sinks: Any = None
@@ -331,6 +332,7 @@ def _child(conn: Connection, path: str, options: ChildOptions) -> None:
             else Auditor(AuditSettings(response_timeout_s=options.audit_response_timeout)),
             redactor=options.redactor,
             rotation=None if options.rotate is None else Rotation.parse(options.rotate),
+            flush_interval=options.flush_interval,
         ).open_here()
     except Exception as exc:  # reported to the parent's start(), which raises it
         conn.send(("error", str(exc)))
