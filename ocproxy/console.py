@@ -33,14 +33,17 @@ _DIRECTION_STYLE = {"to_csms": "cyan", "to_charger": "magenta"}
 _ARROWS = {"to_csms": "→ csms   ", "to_charger": "← charger"}
 
 
-def frame_line(frame: ObservedFrame) -> Text:
-    """``12:00:01.123  CP-1  → csms  CALL  BootNotification  id=1  212 B``."""
+def frame_line(frame: ObservedFrame, *, mirror: bool = False) -> Text:
+    """``12:00:01.123  CP-1  → csms  CALL  BootNotification  id=1  212 B``; a frame of a
+    mirror leg (to or from the secondary CSMS) says ``mirror`` after the identity."""
     style = _DIRECTION_STYLE.get(frame.direction, "white")
     kind = _kind(frame)
     line = Text()
     line.append(datetime.fromtimestamp(frame.ts, UTC).strftime("%H:%M:%S.%f")[:-3], "dim")
     line.append("  ")
     line.append(frame.identity or "?", "bold")
+    if mirror:
+        line.append(" mirror", "magenta")
     line.append("  ")
     line.append(_ARROWS.get(frame.direction, frame.direction), style)
     line.append("  ")
@@ -170,8 +173,14 @@ class ConsoleSink(Sink):
         self.quiet = quiet
         self.summary = Summary()
         self._lock = threading.Lock()
+        self._mirrors: set[str] = set()  # connection ids of mirror legs (secondary CSMS)
 
     def on_open(self, event: ConnectionOpened) -> None:
+        if event.source == "mirror":
+            self._mirrors.add(event.connection_id)
+            if not self.quiet:
+                self.console.print(_mirror_opened(event))
+            return
         with self._lock:
             self.summary.opened(event)
         if self.quiet:
@@ -184,12 +193,23 @@ class ConsoleSink(Sink):
             self.console.print(Text(text, "yellow"))
 
     def on_frame(self, frame: ObservedFrame, findings: Sequence[Finding] = ()) -> None:
-        with self._lock:
-            self.summary.frame(frame)
+        mirror = frame.connection_id in self._mirrors
+        if not mirror:
+            with self._lock:
+                self.summary.frame(frame)
         if not self.quiet:
-            self.console.print(frame_line(frame), soft_wrap=True)
+            self.console.print(frame_line(frame, mirror=mirror), soft_wrap=True)
 
     def on_close(self, event: ConnectionClosed) -> None:
+        if event.connection_id in self._mirrors:
+            self._mirrors.discard(event.connection_id)
+            behind = "dropped" in (event.reason or "") or "behind" in (event.reason or "")
+            if not self.quiet or behind:  # lost copies are said even with --quiet
+                reason = f": {event.reason}" if event.reason else ""
+                self.console.print(
+                    Text(f"mirror leg closed{reason}", "bold red" if behind else "magenta")
+                )
+            return
         with self._lock:
             self.summary.closed(event)
         if not self.quiet:
@@ -203,6 +223,12 @@ class ConsoleSink(Sink):
 
     def on_error(self, message: str) -> None:
         self.console.print(Text(f"RECORDING ERROR: {message}", "bold red"))
+
+
+def _mirror_opened(event: ConnectionOpened) -> Text:
+    if event.handshake_status == 101:
+        return Text(f"{event.identity} mirror: secondary CSMS connected", "magenta")
+    return Text(f"{event.identity} mirror: secondary refused, HTTP {event.handshake_status}", "red")
 
 
 def console_sinks(quiet: bool) -> tuple[list[Sink], Callable[[], Summary]]:

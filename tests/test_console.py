@@ -88,3 +88,37 @@ def test_summary_table() -> None:
     row = next(line for line in text.splitlines() if "CP-1" in line)
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
     assert cells == ["CP-1", "ocpp1.6", "101", "1", "1", "30", "0", "1", "1000 by charger"]
+
+
+def test_mirror_legs_are_marked_and_kept_out_of_the_summary() -> None:
+    from ocproxy.console import ConsoleSink
+
+    console = Console(width=200, record=True, color_system=None, force_terminal=False)
+    sink = ConsoleSink(console)
+    opened = ConnectionOpened(
+        connection_id="m1",
+        ts=T0,
+        identity="CP-1",
+        path="/ocpp/CP-1",
+        remote_addr=None,
+        offered_subprotocols=("ocpp1.6",),
+        subprotocol="ocpp1.6",
+        upstream_url="ws://secondary",
+        handshake_status=101,
+        source="mirror",
+        mirror_of="c1",
+    )
+    sink.on_open(opened)
+    data = b'[2,"7","Heartbeat",{}]'
+    event = FrameReceived(
+        "m1", 0, T0, Direction.TO_CSMS, Opcode.TEXT, data, len(data), identity="CP-1"
+    )
+    sink.on_frame(observe(event, Correlator()))
+    sink.on_close(
+        ConnectionClosed("m1", T0 + 1, 1006, "secondary fell behind: 3 copies dropped", "proxy")
+    )
+    lines = console.export_text().splitlines()
+    assert lines[0] == "CP-1 mirror: secondary CSMS connected"
+    assert "CP-1 mirror  → csms" in lines[1]
+    assert lines[2] == "mirror leg closed: secondary fell behind: 3 copies dropped"
+    assert sink.summary.connections == {}  # the charger's own connections only
