@@ -25,7 +25,7 @@ from ocproxy.audit.offline import open_recording
 from ocproxy.control.cli import add_control_option
 from ocproxy.control.client import ControlClient
 from ocproxy.core.frames import Direction
-from ocproxy.errors import ConfigError, ControlError
+from ocproxy.errors import ConfigError, ControlError, unknown_identity
 from ocproxy.proxy.config import parse_control
 from ocproxy.tail.render import fit, render
 from ocproxy.tail.snapshot import (
@@ -149,6 +149,9 @@ def _read(
         _connection(record)
         for record in _records(db, _CONNECTIONS_SQL, {"identity": filters.identity})
     ]
+    if filters.identity is not None and not connections:
+        # A misspelt identity must not look like a quiet charger.
+        raise ConfigError(unknown_identity(filters.identity, path))
     return new_snapshot(
         filters,
         limit,
