@@ -42,13 +42,18 @@ NGINX_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
 async def start_csms(
-    started: list[Child], compression: str = "deflate", backlog: int | None = None
+    started: list[Child],
+    compression: str = "deflate",
+    backlog: int | None = None,
+    open_timeout: float | None = None,
 ) -> tuple[Child, int]:
     """``_workload.py csms`` and its port; it also stops when this process is gone."""
     command = [sys.executable, str(WORKLOAD), "csms", "--watch-stdin"]
     command += ["--compression", compression]
     if backlog is not None:
         command += ["--backlog", str(backlog)]
+    if open_timeout is not None:
+        command += ["--open-timeout", f"{open_timeout:g}"]
     child = await Child.start("csms", *command, stdin_pipe=True)
     started.append(child)
     match = await child.wait_for(r"PORT (\d+)", STARTUP_TIMEOUT)

@@ -114,7 +114,7 @@ async def measure_idle(
     relay: Relay | None = None
     try:
         async with children() as started:
-            _, port = await start_csms(started, args.compression, CSMS_BACKLOG)
+            _, port = await start_csms(started, args.compression, CSMS_BACKLOG, args.open_timeout)
             tag = f"idle-{result.target}-{result.chargers}"
             relay = await start_relay(result.target, started, port, options, tag)
             assert relay.child is not None
@@ -212,7 +212,7 @@ async def run_storms(
     """Every storm target ``--rounds`` times against one CSMS, the order reversed each round."""
     results: list[Storm] = []
     async with children() as started:
-        _, port = await start_csms(started, args.compression, CSMS_BACKLOG)
+        _, port = await start_csms(started, args.compression, CSMS_BACKLOG, args.open_timeout)
         for number in range(1, args.rounds + 1):
             order = args.storm_targets if number % 2 else args.storm_targets[::-1]
             for target in order:
