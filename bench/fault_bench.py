@@ -1,0 +1,219 @@
+"""What a fault costs the recording, and whether the recording says so (issue 14 item 6).
+
+    .venv/bin/python bench/fault_bench.py [--chargers 20] [--duration 4] [--markdown]
+
+Each scenario runs the round-trip loader (``_workload.py load``) through a real
+``ocproxy proxy`` to a real CSMS and breaks something half-way:
+
+- ``kill -9 relay``: SIGKILL to the relaying process only (its recorder is orphaned);
+- ``kill -9 all``: SIGKILL to the relay and its recorder at once (a process group, power
+  loss);
+- ``CSMS killed``: SIGKILL to the CSMS (every CSMS leg drops), then the proxy is stopped
+  with SIGTERM.
+
+After a crash a second ``ocproxy proxy`` opens the file and is stopped at once: it is what
+closes a crashed run. Then it prints, per scenario: the frames the peers exchanged
+through the proxy (CALLs the chargers sent, answers they received), the frames recorded
+for the run, what ``run_stats`` reports lost (NULL: unknown), the connections closed as
+``proxy-crash``, and whether the report holds: after a crash the loss must be reported
+unknown (never 0) and every open connection closed; otherwise nothing may be lost.
+The recorded frames missing after a crash, divided by the frame rate, is the loss window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+from _harness import Child, children, descendant_pids, run_to_exit_code
+from _peers import WORKLOAD, start_csms, start_ocproxy
+from rich.console import Console
+from rich.table import Table
+
+from ocproxy.terminal import make_console
+
+SCENARIOS = ("kill -9 relay", "kill -9 all", "CSMS killed")
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    sent: int  # frames that crossed the proxy: CALLs sent + answers received
+    recorded: int
+    lost: int | None  # run_stats.frames_lost of the broken run; None: NULL (unknown)
+    crash_closed: int  # connections closed as proxy-crash
+    open_left: int  # connections of the run with no close at all
+    rate: float  # frames per second before the fault
+
+    @property
+    def holds(self) -> bool:
+        if self.scenario.startswith("kill"):
+            return self.lost is None and self.open_left == 0 and self.recorded <= self.sent
+        return self.lost == 0 and self.recorded == self.sent
+
+    @property
+    def window_ms(self) -> float | None:
+        if not self.scenario.startswith("kill") or not self.rate:
+            return None
+        return max(self.sent - self.recorded, 0) / self.rate * 1000.0
+
+
+async def _load(started: list[Child], url: str, args: argparse.Namespace) -> Child:
+    command = [sys.executable, str(WORKLOAD), "load", "--url", url]
+    command += ["--chargers", str(args.chargers), "--duration", str(args.duration)]
+    command += ["--warmup", "0", "--compression", "none"]
+    child = await Child.start("load generator", *command)
+    started.append(child)
+    return child
+
+
+def _tally(load: Child) -> dict[str, int]:
+    lines = [line for line in load.stdout if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"the loader gave no result: {load.describe()}")
+    result: dict[str, int] = json.loads(lines[-1])
+    return result
+
+
+async def _scenario(name: str, args: argparse.Namespace, workdir: Path) -> Outcome:
+    db = workdir / f"{name.replace(' ', '-').replace('9', 'nine')}.duckdb"
+    async with children() as started:
+        csms, csms_port = await start_csms(started, "none")
+        proxy, port = await start_ocproxy(started, csms_port, db, [])
+        load = await _load(started, f"ws://127.0.0.1:{port}", args)
+        await asyncio.sleep(args.duration / 2)
+        if name == "kill -9 relay":
+            os.kill(proxy.pid, signal.SIGKILL)
+        elif name == "kill -9 all":
+            for pid in [proxy.pid, *descendant_pids(proxy.pid)]:
+                os.kill(pid, signal.SIGKILL)
+        else:
+            csms.kill()
+        await load.wait(args.duration + 120)
+        tally = _tally(load)
+        if name == "CSMS killed":
+            await proxy.terminate()
+        else:
+            await proxy.wait(60)
+            for pid in _orphaned_recorders():
+                await _gone(pid)
+            # The next proxy on the file closes the crashed run.
+            again, _ = await start_ocproxy(started, csms_port, db, [])
+            await again.terminate()
+    return _read(name, db, tally, args.duration / 2)
+
+
+def _orphaned_recorders() -> list[int]:
+    """Recorder processes left behind by a relay killed alone (they close their run)."""
+    found = []
+    for pid in descendant_pids(os.getpid()):
+        try:
+            if b"ocproxy.recorder.child" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _gone(pid: int, within: float = 30.0) -> None:
+    # Polling: another process's exit has no event to await here.
+    async with asyncio.timeout(within):
+        while _alive(pid):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+def _read(name: str, db: Path, tally: dict[str, int], before_fault_s: float) -> Outcome:
+    sent = int(tally["calls_sent"]) + int(tally["results_received"])
+    with duckdb.connect(str(db), read_only=True) as con:
+        ((run_id,),) = con.execute("SELECT run_id FROM runs ORDER BY started_at LIMIT 1").fetchall()
+        ((recorded,),) = con.execute(
+            "SELECT count(*) FROM frames JOIN connection_opens USING (connection_id) "
+            "WHERE run_id = ?",
+            [run_id],
+        ).fetchall()
+        ((lost,),) = con.execute(
+            "SELECT frames_lost FROM run_stats WHERE run_id = ?", [run_id]
+        ).fetchall()
+        ((crash_closed, open_left),) = con.execute(
+            "SELECT count(*) FILTER (close_reason = 'proxy-crash'), "
+            "count(*) FILTER (closed_at IS NULL) FROM connections WHERE run_id = ?",
+            [run_id],
+        ).fetchall()
+    rate = sent / (before_fault_s * 2) if name == "CSMS killed" else sent / before_fault_s
+    return Outcome(name, sent, int(recorded), lost, int(crash_closed), int(open_left), rate)
+
+
+def _table(outcomes: list[Outcome]) -> Table:
+    table = Table(title="what each fault cost the recording, and what it reports")
+    for column in ("scenario", "frames sent", "recorded", "reported lost", "proxy-crash",
+                   "left open", "loss window", "report holds"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for o in outcomes:
+        table.add_row(
+            o.scenario,
+            f"{o.sent:,}",
+            f"{o.recorded:,}",
+            "unknown (NULL)" if o.lost is None else f"{o.lost:,}",
+            str(o.crash_closed),
+            str(o.open_left),
+            "-" if o.window_ms is None else f"{o.window_ms:.0f} ms",
+            "yes" if o.holds else "NO",
+        )
+    return table
+
+
+def _markdown(outcomes: list[Outcome]) -> str:
+    rows = [
+        "| scenario | frames sent | recorded | reported lost | proxy-crash | loss window | holds |",
+        "|:---|---:|---:|---:|---:|---:|:---|",
+    ]
+    for o in outcomes:
+        lost = "NULL" if o.lost is None else str(o.lost)
+        window = "-" if o.window_ms is None else f"{o.window_ms:.0f} ms"
+        rows.append(
+            f"| {o.scenario} | {o.sent:,} | {o.recorded:,} | {lost} | {o.crash_closed} | "
+            f"{window} | {'yes' if o.holds else 'NO'} |"
+        )
+    return "\n".join(rows)
+
+
+async def run(args: argparse.Namespace, console: Console) -> bool:
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="ocproxy-fault-bench-") as tmp:
+        for name in args.scenarios.split(","):
+            console.print(f"{name}: {args.chargers} chargers, fault after {args.duration / 2:g} s")
+            outcomes.append(await _scenario(name.strip(), args, Path(tmp)))
+    console.print(_table(outcomes))
+    if args.markdown:
+        console.print(_markdown(outcomes), markup=False, highlight=False, soft_wrap=True)
+    return all(o.holds for o in outcomes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--chargers", type=int, default=20, help="default 20")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds of load (4)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    args = parser.parse_args()
+    return run_to_exit_code(run, args, make_console())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
