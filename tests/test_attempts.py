@@ -190,3 +190,53 @@ async def test_reuse_port_lets_a_second_proxy_listen_beside_a_draining_one(
             finally:
                 await new.stop()
                 recorder.close()
+
+
+async def test_slow_handshakes_do_not_stop_other_chargers(proxy_factory: Any) -> None:
+    """Fifty connections trickling their request a byte at a time, and fifty that never
+    send a byte, while real chargers connect: those connect, the others are given up
+    (408) and recorded."""
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def trickle(port: int, stop: asyncio.Event) -> None:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = b"GET /ocpp/SLOW HTTP/1.1\r\n" + b"X-Pad: slowly\r\n" * 1000
+        try:
+            for byte in request:  # never done before the proxy gives up
+                if stop.is_set():
+                    break
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            pass  # given up by the proxy: as it should
+        finally:
+            writer.close()
+
+    async def silent(port: int) -> asyncio.StreamWriter:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return writer
+
+    async with asyncio.timeout(TIMEOUT):
+        async with (
+            upstream(echo) as up,
+            proxy_factory(upstream=up.url, connect_timeout=0.5) as (proxy, box),
+        ):
+            port = proxy.server.port
+            stop = asyncio.Event()
+            slow = [asyncio.ensure_future(trickle(port, stop)) for _ in range(50)]
+            idle = [await silent(port) for _ in range(50)]
+            for i in range(5):
+                async with connect(f"{proxy.url}/ocpp/CP-OK-{i}") as ws:
+                    await ws.send("hello")
+                    assert await ws.recv() == "hello"
+            # Every slow or silent one is given up at connect_timeout + 5 s, and recorded.
+            await wait_until(lambda: proxy.recorder.stats.connections >= 105, "105 rows", 15)
+            stop.set()
+            await asyncio.gather(*slow)
+            for writer in idle:
+                writer.close()
+    rows = box[0].rows("SELECT handshake_status, count(*) AS n FROM connections GROUP BY ALL")
+    assert {r["handshake_status"]: r["n"] for r in rows} == {101: 5, 408: 100}
