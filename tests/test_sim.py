@@ -7,16 +7,19 @@ import json
 import re
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import trustme
 from ocpp.exceptions import NotImplementedError as OcppNotImplementedError
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
 from ocpp.v21 import call as call21
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 from websockets.headers import build_authorization_basic
 from websockets.typing import Subprotocol
@@ -366,3 +369,23 @@ async def _sim_bad_input_is_one_line() -> None:
 def test_sim_bad_input_is_one_line() -> None:
     # One event loop is enough: the commands run as processes of their own.
     asyncio.run(_sim_bad_input_is_one_line())
+
+
+async def test_a_server_certificate_not_trusted_is_said_as_such() -> None:
+    """TLS failures read as TLS failures, not as the errno they carry ("Operation not
+    permitted")."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+
+    async def nothing(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with serve(nothing, "127.0.0.1", 0, ssl=context) as server:
+        port = server.sockets[0].getsockname()[1]
+        code, out, _err = await _ocproxy(
+            "sim", "chargers", "--to", f"wss://127.0.0.1:{port}/ocpp", "-n", "1", "--pace", "0",
+        )  # fmt: skip
+    assert code == 1
+    assert "SIM-01 the server's certificate is not trusted: unable to get local issuer" in out
+    assert "Operation not permitted" not in out

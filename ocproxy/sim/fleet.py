@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -125,6 +126,10 @@ class _Charger:
             )
         except InvalidStatus as exc:
             return f"refused by the server: HTTP {exc.response.status_code}"
+        except ssl.SSLCertVerificationError as exc:  # errno 1: "Operation not permitted"
+            return f"the server's certificate is not trusted: {exc.verify_message}"
+        except ssl.SSLError as exc:
+            return f"TLS with {self.options.url} failed: {exc.reason or exc}"
         except OSError as exc:
             # asyncio's strerror ("Connect call failed (...)") hides the reason
             why = os.strerror(exc.errno) if exc.errno else str(exc)
