@@ -14,6 +14,7 @@ import contextlib
 import json
 import random
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,22 @@ def _csms_stream() -> tuple[bytes, list[Message]]:
     return b"".join(frames), messages
 
 
+@contextlib.asynccontextmanager
+async def raw_pair(proxy_factory: Any) -> AsyncIterator[tuple[Any, Any, Any, Any, Any, Any]]:
+    """A raw charger and a raw CSMS through the proxy (no keepalive): the proxy, its
+    recording box, then the charger's and the CSMS's reader and writer."""
+    async with (
+        raw_csms() as csms,
+        proxy_factory(upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None) as (
+            proxy,
+            box,
+        ),
+    ):
+        c_reader, c_writer, _ = await raw_charger(proxy.server.port)
+        s_reader, s_writer, _ = await csms.peers.get()
+        yield proxy, box, c_reader, c_writer, s_reader, s_writer
+
+
 @pytest.mark.parametrize("initiator", ["charger", "csms"])
 async def test_raw_frames_cross_byte_exact_with_controls_between_fragments(
     proxy_factory: Any, initiator: str
@@ -140,15 +157,7 @@ async def test_raw_frames_cross_byte_exact_with_controls_between_fragments(
             ws_frame(CLOSE, b"\x0f\xa2going", key=key(2)),
         )
     async with asyncio.timeout(TIMEOUT):
-        async with (
-            raw_csms() as csms,
-            proxy_factory(upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None) as (
-                proxy,
-                box,
-            ),
-        ):
-            c_reader, c_writer, _ = await raw_charger(proxy.server.port)
-            s_reader, s_writer, _ = await csms.peers.get()
+        async with raw_pair(proxy_factory) as (_proxy, box, c_reader, c_writer, s_reader, s_writer):
             async with asyncio.TaskGroup() as group:
                 group.create_task(write_in_pieces(c_writer, up_bytes, 1))
                 group.create_task(write_in_pieces(s_writer, down_bytes, 2))
@@ -182,15 +191,7 @@ async def test_raw_frames_cross_byte_exact_with_controls_between_fragments(
 
 async def test_a_close_without_a_code_crosses_and_is_recorded_1005(proxy_factory: Any) -> None:
     async with asyncio.timeout(TIMEOUT):
-        async with (
-            raw_csms() as csms,
-            proxy_factory(upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None) as (
-                proxy,
-                box,
-            ),
-        ):
-            c_reader, c_writer, _ = await raw_charger(proxy.server.port)
-            s_reader, s_writer, _ = await csms.peers.get()
+        async with raw_pair(proxy_factory) as (_proxy, box, c_reader, c_writer, s_reader, s_writer):
             c_writer.write(ws_frame(CLOSE, key=key(0)))
             assert (await read_frame(s_reader)).wire == ws_frame(CLOSE, key=key(0))
             s_writer.write(ws_frame(CLOSE))
@@ -319,15 +320,7 @@ async def _inject_towards_charger_mid_message(proxy_factory: Any) -> tuple[list[
         ws_frame(CONT, b'"}]'),
     ]
     async with asyncio.timeout(TIMEOUT):
-        async with (
-            raw_csms() as csms,
-            proxy_factory(upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None) as (
-                proxy,
-                box,
-            ),
-        ):
-            c_reader, c_writer, _ = await raw_charger(proxy.server.port)
-            s_reader, s_writer, _ = await csms.peers.get()
+        async with raw_pair(proxy_factory) as (proxy, box, c_reader, c_writer, s_reader, s_writer):
             [session] = proxy.server.sessions
             s_writer.write(pieces[0])
             assert (await read_frame(c_reader)).wire == pieces[0]
@@ -377,15 +370,7 @@ async def _inject_towards_csms_mid_message(proxy_factory: Any) -> tuple[list[Row
     """The same the other way: the charger is mid-message when a CALL goes to the CSMS;
     the CSMS's answer never reaches the charger."""
     async with asyncio.timeout(TIMEOUT):
-        async with (
-            raw_csms() as csms,
-            proxy_factory(upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None) as (
-                proxy,
-                box,
-            ),
-        ):
-            c_reader, c_writer, _ = await raw_charger(proxy.server.port)
-            s_reader, s_writer, _ = await csms.peers.get()
+        async with raw_pair(proxy_factory) as (proxy, box, c_reader, c_writer, s_reader, s_writer):
             [session] = proxy.server.sessions
             first = ws_frame(TEXT, b'[2,"m1","MeterValues",', fin=False, key=key(0))
             last = ws_frame(CONT, b'{"connectorId":1,"meterValue":[]}]', key=key(1))
@@ -704,15 +689,7 @@ async def test_frames_read_with_a_violation_arrive_before_the_close(
 ) -> None:
     good, bad, (code, reason) = VIOLATIONS[case]
     async with asyncio.timeout(TIMEOUT):
-        async with (
-            raw_csms() as csms,
-            proxy_factory(upstream=f"ws://127.0.0.1:{csms.port}", ping_interval=None) as (
-                proxy,
-                box,
-            ),
-        ):
-            c_reader, c_writer, _ = await raw_charger(proxy.server.port)
-            s_reader, s_writer, _ = await csms.peers.get()
+        async with raw_pair(proxy_factory) as (proxy, box, c_reader, c_writer, s_reader, s_writer):
             await wait_until(lambda: len(proxy.server.sessions) == 1, "the session started")
             sender, receiver = (
                 (s_writer, c_reader) if case.startswith("csms") else (c_writer, s_reader)
