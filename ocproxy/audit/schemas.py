@@ -149,7 +149,8 @@ def _schema_dir(version: OcppVersion) -> Any:
     return resources.files("ocpp") / _PACKAGE_DIRS[version] / "schemas"
 
 
-_RULES = {
+# The finding rule for each JSON Schema keyword a violation names (violations.py too).
+RULES = {
     "required": "schema-required",
     "additionalProperties": "schema-additional-property",
     "enum": "schema-enum",
@@ -162,7 +163,7 @@ _RULES = {
 
 def _classify(exc: fastjsonschema.JsonSchemaValueException) -> SchemaViolation:
     path = _json_path(str(exc.name or "data"))
-    rule = _RULES.get(str(exc.rule), "schema-violation")
+    rule = RULES.get(str(exc.rule), "schema-violation")
     message = str(exc.message).replace(str(exc.name), path, 1)
     if rule == "schema-enum" and isinstance(exc.value, str):
         allowed = exc.rule_definition or []

@@ -20,16 +20,6 @@ from ocproxy.audit import schemas
 from ocproxy.audit.schemas import SchemaViolation
 from ocproxy.core.handshake import OcppVersion
 
-_RULES = {
-    "required": "schema-required",
-    "additionalProperties": "schema-additional-property",
-    "enum": "schema-enum",
-    "type": "schema-type",
-    "maxLength": "schema-max-length",
-    "maxItems": "schema-max-length",
-    "format": "schema-format",
-}
-
 
 def violations(
     version: OcppVersion, action: str, payload: Any, *, response: bool
@@ -105,7 +95,7 @@ def _path_key(path: Any) -> tuple[tuple[int, str], ...]:
 def _from_error(error: jsonschema.ValidationError) -> list[SchemaViolation]:
     path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     keyword, value, expected = str(error.validator), error.instance, error.validator_value
-    rule = _RULES.get(keyword, "schema-violation")
+    rule = schemas.RULES.get(keyword, "schema-violation")
     if keyword == "required":
         # One per missing property: jsonschema reports each on its own already.
         missing = str(error.message).split("'")[1] if "'" in error.message else error.message
