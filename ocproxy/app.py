@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from ocproxy.console import ConsoleSink, Summary, backpressure_note, console_sinks, summary_table
+from ocproxy.control.reload import Reloaded, reload_config
 from ocproxy.control.token import new_token, publish_token, withdraw_token
 from ocproxy.core.redaction import Redactor
-from ocproxy.errors import OcproxyError
 from ocproxy.idkey import resolve_id_key
 from ocproxy.proxy.config import ProxyConfig, parse_control
 from ocproxy.proxy.server import ProxyServer
@@ -41,12 +41,17 @@ class RunOutcome:
 
 @asynccontextmanager
 async def running_proxy(
-    config: ProxyConfig, console: Console, *, source: str = "proxy"
+    config: ProxyConfig,
+    console: Console,
+    *,
+    source: str = "proxy",
+    reread: Callable[[], ProxyConfig] | None = None,
 ) -> AsyncIterator[tuple[ProxyServer, RunOutcome]]:
     """Start recorder and server; on exit close every connection (1001) and flush.
 
     Without a control endpoint the recorder runs in a child process (off the relay's
     GIL); the control endpoint's live stream and SQL need it in-process, on a thread.
+    ``reread`` gives the config again for the control endpoint's ``reload``.
     """
     outcome = RunOutcome()
     settings = asdict(config)
@@ -93,7 +98,10 @@ async def running_proxy(
         control = None
         try:
             if feed is not None and config.control is not None:
-                control = await _start_control(proxy, feed, config, console)
+                reload = (
+                    None if reread is None else functools.partial(_reload, proxy, reread, console)
+                )
+                control = await _start_control(proxy, feed, config, console, reload)
             yield proxy, outcome
         finally:
             if control is not None:
@@ -110,14 +118,18 @@ async def running_proxy(
 
 
 async def _start_control(
-    proxy: ProxyServer, feed: LiveFeed, config: ProxyConfig, console: Console
+    proxy: ProxyServer,
+    feed: LiveFeed,
+    config: ProxyConfig,
+    console: Console,
+    reload: Callable[[], Reloaded] | None,
 ) -> ControlServer:
     from ocproxy.control.server import ControlServer
 
     assert config.control is not None
     host, port = parse_control(config.control)
     token = new_token(config.control_token)
-    control = await ControlServer(proxy, feed, token, host, port).start()
+    control = await ControlServer(proxy, feed, token, host, port, reload).start()
     path = publish_token(control.port, token)
     console.print(f"control endpoint on {host}:{control.port} (token in {path})", highlight=False)
     return control
@@ -133,7 +145,7 @@ async def serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_proxy(config, console) as (proxy, outcome):
+    async with running_proxy(config, console, reread=reread) as (proxy, outcome):
         if reread is not None:
             loop.add_signal_handler(signal.SIGHUP, _reload, proxy, reread, console)
         console.print(
@@ -167,21 +179,13 @@ async def serve_until_signal(
     return stats
 
 
-def _reload(proxy: ProxyServer, reread: Callable[[], ProxyConfig], console: Console) -> None:
-    """SIGHUP: one line saying what changed, or why the running config stays."""
-    try:
-        config = reread()
-    except OcproxyError as exc:
-        proxy.reload_refused(str(exc))
-        console.print(f"[bold red]config not reloaded:[/] {exc}", highlight=False, soft_wrap=True)
-        return
-    try:
-        changes = proxy.reload(config)
-    except OcproxyError as exc:
-        console.print(f"[bold red]config not reloaded:[/] {exc}", highlight=False, soft_wrap=True)
-        return
-    what = ", ".join(changes) if changes else "nothing changed"
-    console.print(f"config reloaded: {what}", highlight=False, soft_wrap=True)
+def _reload(proxy: ProxyServer, reread: Callable[[], ProxyConfig], console: Console) -> Reloaded:
+    """SIGHUP or the control endpoint's reload: one line saying what changed, or why the
+    running config stays."""
+    outcome = reload_config(proxy, reread)
+    style = "" if outcome.applied else "bold red"
+    console.print(outcome.line(), style=style, highlight=False, soft_wrap=True, markup=False)
+    return outcome
 
 
 def _recording(config: ProxyConfig) -> str:

@@ -122,6 +122,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("ocproxy.replay.cli", "add_replay_command"),
     "inject": ("ocproxy.control.cli", "add_inject_command"),
     "disconnect": ("ocproxy.control.disconnect", "add_disconnect_command"),
+    "reload": ("ocproxy.control.reload", "add_reload_command"),
     "tail": ("ocproxy.tail.cli", "add_tail_command"),
     "inspect": ("ocproxy.inspect.cli", "add_inspect_command"),
     "query": ("ocproxy.analytics.cli", "add_query_command"),

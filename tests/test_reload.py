@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,9 @@ import pytest
 from helpers_ws import upstream, wait_until
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
+from websockets.sync.client import connect as sync_connect
+from websockets.sync.server import ServerConnection as SyncServerConnection
+from websockets.sync.server import serve as sync_serve
 
 from ocproxy.errors import ConfigError
 from ocproxy.proxy.config import Route
@@ -195,3 +201,129 @@ def _run_stats(db: Path) -> tuple[object, ...] | None:
             return con.execute("SELECT * FROM run_stats").fetchone()
     except duckdb.Error:  # still held by the orphaned recorder
         return None
+
+
+# -- ocproxy reload, through the control endpoint --------------------------------------
+
+
+class _SyncEcho:
+    """An echoing CSMS on a thread of its own, for tests that drive processes only."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self._server = sync_serve(self._echo, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _echo(self, ws: SyncServerConnection) -> None:
+        assert ws.request is not None
+        self.paths.append(ws.request.path)
+        for message in ws:
+            ws.send(message)
+
+    def __enter__(self) -> _SyncEcho:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._thread.join(10)
+
+
+def _ocproxy(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ocproxy", *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+def _proxy_lines(proc: subprocess.Popen[str], until: str) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or until not in lines[-1]:
+        line = proc.stdout.readline()
+        assert line, f"the proxy stopped: {lines}"
+        lines.append(line)
+    return lines
+
+
+def test_ocproxy_reload_through_the_control_endpoint(tmp_path: Path) -> None:
+    """``ocproxy reload`` against a real ``ocproxy proxy --config --control``: applied
+    (exit 0, what changed), refused (exit 1, one line, nothing changes), recorded as
+    SIGHUP's are; a live charger keeps its CSMS throughout."""
+    config = tmp_path / "site.toml"
+    db = tmp_path / "site.duckdb"
+    with _SyncEcho() as old, _SyncEcho() as new:
+        config.write_text(f'listen = "127.0.0.1:0"\nupstream = "{old.url}"\n')
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ocproxy", "proxy", "--config", str(config), "--db", str(db),
+             "--control", "127.0.0.1:0", "--quiet"],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        try:
+            said = "".join(_proxy_lines(proc, "listening on"))
+            port = int(said.split("listening on ws://127.0.0.1:")[1].split(",")[0])
+            control = said.split("control endpoint on ")[1].split(" ")[0]
+            with sync_connect(f"ws://127.0.0.1:{port}/ocpp/CP-A") as live:
+                config.write_text(
+                    f'listen = "127.0.0.1:0"\nupstream = "{old.url}"\n'
+                    f'[[route]]\nidentity = "CP-B"\nupstream = "{new.url}"\n'
+                )
+                applied = _ocproxy("reload", "--control", control)
+                with sync_connect(f"ws://127.0.0.1:{port}/ocpp/CP-B") as moved:
+                    moved.send("b")
+                    assert moved.recv(10) == "b"
+                again = _ocproxy("reload", "--control", control)
+                config.write_text("this is not TOML [")
+                broken = _ocproxy("reload", "--control", control)
+                config.write_text(f'listen = "127.0.0.1:1"\nupstream = "{old.url}"\n')
+                fixed = _ocproxy("reload", "--control", control)
+                live.send("a")
+                assert live.recv(10) == "a"
+            assert "config reloaded: routes" in "".join(_proxy_lines(proc, "listen_port"))
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert (applied.returncode, applied.stdout, applied.stderr) == (
+        0,
+        "config reloaded: routes\n",
+        "",
+    )
+    assert again.returncode == 0
+    assert again.stdout == "config reloaded: nothing changed\n"
+    assert broken.returncode == 1
+    assert broken.stderr.startswith("ocproxy: error: config not reloaded: config ")
+    assert "is not valid TOML" in broken.stderr
+    assert fixed.returncode == 1
+    assert fixed.stderr == (
+        "ocproxy: error: config not reloaded: listen_port cannot change without a restart\n"
+    )
+    assert (old.paths, new.paths) == (["/ocpp/CP-A"], ["/ocpp/CP-B"])
+    assert proc.returncode == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT ok, changes, error FROM config_reloads ORDER BY reloaded_at"
+        ).fetchall()
+    assert [(ok, list(changes or [])) for ok, changes, _ in rows] == [
+        (True, ["routes"]),
+        (True, []),
+        (False, []),
+        (False, []),
+    ]
+    assert "not valid TOML" in rows[2][2]
+    assert "listen_port cannot change" in rows[3][2]
+
+
+def test_ocproxy_reload_command_line_and_unreachable_endpoint() -> None:
+    bad = _ocproxy("reload", "--control", "127.0.0.1:notaport")
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        nobody = unused.getsockname()[1]
+    gone = _ocproxy("reload", "--control", f"127.0.0.1:{nobody}", "--token", "t")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("ocproxy: error: no control endpoint at ws://127.0.0.1:")
+    assert len(gone.stderr.strip().splitlines()) == 1

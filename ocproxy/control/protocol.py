@@ -10,6 +10,8 @@ pushes ``{"event": "frame" | "open" | "close", ...}`` messages. Ops:
 - ``inject`` (``identity``, ``action``, ``payload``, ``to``: ``charger`` | ``csms``,
   ``force``, ``timeout``): send a CALL of the proxy's own; the result is the answer frame.
 - ``close`` (``identity`` or ``connection_id``, ``code``, ``reason``): close a connection.
+- ``reload``: re-read the config, as SIGHUP does; the result is ``{"applied": bool,
+  "changes": [setting, ...], "error": why it was refused or null}``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ocproxy.core.frames import Direction
 from ocproxy.core.observe import ObservedFrame
 from ocproxy.errors import ControlError
 
-OPS = ("connections", "subscribe", "sql", "inject", "close")
+OPS = ("connections", "subscribe", "sql", "inject", "close", "reload")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -23,6 +23,7 @@ from websockets.http11 import Response
 from ocproxy.audit import schemas
 from ocproxy.audit.auditor import Finding
 from ocproxy.control import protocol
+from ocproxy.control.reload import Reloaded
 from ocproxy.core.events import ConnectionClosed as ClosedEvent
 from ocproxy.core.events import ConnectionOpened
 from ocproxy.core.frames import Direction
@@ -85,9 +86,16 @@ class LiveFeed(Sink):
 
 class ControlServer:
     def __init__(
-        self, proxy: ProxyServer, feed: LiveFeed, token: str, host: str, port: int
+        self,
+        proxy: ProxyServer,
+        feed: LiveFeed,
+        token: str,
+        host: str,
+        port: int,
+        reload: Callable[[], Reloaded] | None = None,
     ) -> None:
         self.proxy = proxy
+        self.reload = reload  # what SIGHUP runs; None: this proxy has no config to re-read
         self.feed = feed
         self.token = token
         self.host = host
@@ -180,6 +188,10 @@ class ControlServer:
             return await self._sql(request)
         if request.op == "inject":
             return await self._inject(request)
+        if request.op == "reload":
+            if self.reload is None:
+                raise ControlError("reload: this proxy has no configuration to re-read")
+            return self.reload().as_json()
         return await self._close(request)
 
     async def _sql(self, request: protocol.Request) -> dict[str, Any]:
