@@ -75,6 +75,7 @@ async def running_proxy(
     else:
         from ocproxy.audit.auditor import Auditor, AuditSettings
         from ocproxy.control.server import LiveFeed
+        from ocproxy.recorder.rotation import Rotation
         from ocproxy.recorder.writer import Recorder
 
         feed = LiveFeed(asyncio.get_running_loop())
@@ -90,6 +91,7 @@ async def running_proxy(
             sinks=[sink, feed],
             auditor=Auditor(audit) if config.audit else None,
             redactor=redactor,
+            rotation=None if config.rotate is None else Rotation.parse(config.rotate),
         )
     # Opening DuckDB can take a moment on a large file: keep the loop free meanwhile.
     await asyncio.to_thread(recorder.start)

@@ -6,7 +6,9 @@ pushes ``{"event": "frame" | "open" | "close", ...}`` messages. Ops:
 
 - ``connections``: the live connections.
 - ``subscribe`` (``identity``, ``action``, ``direction``: optional filters): stream frames.
-- ``sql`` (``query``, ``limit``): a read-only SELECT on the live recording.
+- ``sql`` (``query``, ``limit``, ``params``): a read-only SELECT on the live recording;
+  the result has ``columns``, ``rows``, ``truncated`` and ``file``, the file it ran on
+  (with ``--rotate``, the current one only).
 - ``inject`` (``identity``, ``action``, ``payload``, ``to``: ``charger`` | ``csms``,
   ``force``, ``timeout``): send a CALL of the proxy's own; the result is the answer frame.
 - ``close`` (``identity`` or ``connection_id``, ``code``, ``reason``): close a connection.

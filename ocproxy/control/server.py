@@ -205,7 +205,13 @@ class ControlServer:
         if not isinstance(recorder, Recorder):  # the control endpoint runs the recorder in-process
             raise ControlError("sql: this proxy's recording is not reachable live")
         result = await asyncio.wrap_future(recorder.query(query, limit, params))
-        return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+        # With --rotate the query ran on the current file only: the answer names it.
+        return {
+            "columns": result.columns,
+            "rows": result.rows,
+            "truncated": result.truncated,
+            "file": result.file,
+        }
 
     async def _inject(self, request: protocol.Request) -> dict[str, Any]:
         session = self._session(request)

@@ -146,8 +146,6 @@ class ProxyConfig:
             from ocproxy.recorder.rotation import Rotation
 
             Rotation.parse(self.rotate)
-            if self.control is not None:
-                raise ConfigError("--rotate does not work with --control yet: use one of them")
         if self.drain < 0:
             raise ConfigError("drain must be 0 or more seconds")
         if self.max_pending_dials < 0:

@@ -48,6 +48,7 @@ class QueryResult:
     columns: list[str]
     rows: list[tuple[Any, ...]]
     truncated: bool
+    file: str | None = None  # the file it ran on: with a rotation, the current one
 
 
 class LiveQuery:
@@ -57,6 +58,7 @@ class LiveQuery:
         self.sql = sql
         self.limit = limit
         self.params = params or None
+        self.file: str | None = None
         self.future: Future[QueryResult] = Future()
 
     def run(self, db: duckdb.DuckDBPyConnection) -> None:
@@ -77,7 +79,8 @@ class LiveQuery:
         except RecorderError as exc:
             self.future.set_exception(exc)
             return
-        self.future.set_result(QueryResult(columns, rows[: self.limit], len(rows) > self.limit))
+        result = QueryResult(columns, rows[: self.limit], len(rows) > self.limit, self.file)
+        self.future.set_result(result)
 
 
 @dataclass
@@ -350,17 +353,18 @@ class Recorder:
 
     def _run(self) -> None:
         try:
-            db = self._open()
+            here = self.open_here()._here
         except BaseException as exc:  # reported to start() and re-raised there
             self._start_error = exc
             self._ready.set()
             return
         self._ready.set()
+        assert here is not None
         try:
-            self._loop(db)
+            self._loop(here)
         finally:
-            self._write_stats(db)
-            db.close()
+            self._write_stats(here.db)  # the current file's: _rotate_if_due swaps here.db
+            here.db.close()
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         if self.path.parent and not self.path.parent.exists():
@@ -383,7 +387,7 @@ class Recorder:
             raise RecorderError(open_failure(self.path, exc, WRITING)) from exc
         return db
 
-    def _loop(self, db: duckdb.DuckDBPyConnection) -> None:
+    def _loop(self, here: _Here) -> None:
         # The writer polls instead of blocking on a queue: a blocking get wakes this
         # thread (and contends for the GIL with the event loop) once per frame, which
         # at a few thousand frames/s costs more than the recording itself.
@@ -395,7 +399,8 @@ class Recorder:
         while True:
             if not pending:
                 if deadline is not None and time.monotonic() >= deadline:
-                    buffer, deadline = self._flushed(db, buffer)
+                    buffer, deadline = self._flushed(here.db, buffer)
+                    self._rotate_if_due()
                 time.sleep(idle)
                 idle = min(idle * 2, _MAX_POLL_S)
                 continue
@@ -406,12 +411,14 @@ class Recorder:
                     break
                 item = pending.popleft()
                 if item is _STOP:
-                    self._flush(db, buffer)
+                    self._flush(here.db, buffer)
                     return
                 if isinstance(item, LiveQuery):
                     # Answer from the file as it will be once everything before is in.
-                    buffer, deadline = self._flushed(db, buffer)
-                    item.run(db)
+                    buffer, deadline = self._flushed(here.db, buffer)
+                    self._rotate_if_due()
+                    item.file = str(self.path)
+                    item.run(here.db)
                     continue
                 self._handle(item, buffer, correlators)  # type: ignore[arg-type]
                 self._processed += 1
@@ -421,7 +428,8 @@ class Recorder:
             if deadline is None:
                 deadline = time.monotonic() + self.flush_interval
             if buffer.size >= self.batch_rows or time.monotonic() >= deadline:
-                buffer, deadline = self._flushed(db, buffer)
+                buffer, deadline = self._flushed(here.db, buffer)
+                self._rotate_if_due()
 
     def _flushed(
         self, db: duckdb.DuckDBPyConnection, buffer: batches.Batch
