@@ -20,18 +20,20 @@ import itertools
 import json
 import re
 import uuid
-import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
+from zlib import crc32
 
 from ocproxy.core.events import ConnectionOpened, FrameReceived, RecorderEvent
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.handshake import OcppVersion
 from ocproxy.errors import ConfigError
 from ocproxy.importer.mapping import (
+    DIRECTION_WORDS,
     SUBPROTOCOLS,
     ColumnMap,
     call_direction,
@@ -45,8 +47,11 @@ VERSION_LOOKAHEAD = 500
 _HEAD = re.compile(r'\s*\[\s*([2-6])\s*,\s*"((?:[^"\\]|\\.)*)"\s*(?:,\s*"((?:[^"\\]|\\.)*)")?')
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LogLine:
+    """One line of a log. Never changed once made; not frozen: one is made per line,
+    and a frozen dataclass's ``__init__`` costs ~1 us more."""
+
     line: int  # 1-based, as an editor counts
     ts: float
     identity: str
@@ -72,56 +77,67 @@ class LogOptions:
 def read_lines(options: LogOptions, handle: IO[str]) -> Iterator[LogLine]:
     """The log's lines, in file order; ConfigError naming the line for what cannot be read."""
     rows = _csv_rows(options, handle) if options.kind == "csv" else _json_rows(options, handle)
-    columns = options.columns
-    for line, row in rows:
-        identity = options.charger if columns.identity is None else _cell(row, columns.identity)
+    columns, charger = options.columns, options.charger
+    shares, share = options.shares, options.share
+    words = DIRECTION_WORDS
+    for line, raw_time, identity, text, said in rows:
+        if columns.identity is None:
+            identity = charger
         if identity is None:
             raise _bad(options, line, f"no {columns.identity!r}")
-        identity = str(identity)
-        if options.shares > 1 and zlib.crc32(identity.encode()) % options.shares != options.share:
+        if not isinstance(identity, str):
+            identity = str(identity)
+        if shares > 1 and crc32(identity.encode()) % shares != share:
             continue
-        yield _line(options, line, row, identity)
-
-
-def _line(options: LogOptions, line: int, row: Any, identity: str) -> LogLine:
-    columns = options.columns
-    raw_time, text = _cell(row, columns.time), _cell(row, columns.message)
-    try:
-        ts = parse_time(raw_time)
-    except (ValueError, OverflowError) as exc:
-        raise _bad(options, line, f"cannot read the time {raw_time!r}: {exc}") from None
-    if text is None or text == "":
-        raise _bad(options, line, f"no message in {columns.message!r}")
-    if not isinstance(text, str):  # a JSON log may hold the frame as an array
-        text = json.dumps(text, ensure_ascii=False, separators=(",", ":"))
-    direction = None
-    if columns.direction is not None:
         try:
-            direction = parse_direction(_cell(row, columns.direction))
-        except ValueError as exc:
-            raise _bad(options, line, str(exc)) from None
-    return LogLine(line, ts, identity, text, direction)
+            ts = parse_time(raw_time)
+        except (ValueError, OverflowError) as exc:
+            raise _bad(options, line, f"cannot read the time {raw_time!r}: {exc}") from None
+        if text is None or text == "":
+            raise _bad(options, line, f"no message in {columns.message!r}")
+        if not isinstance(text, str):  # a JSON log may hold the frame as an array
+            text = json.dumps(text, ensure_ascii=False, separators=(",", ":"))
+        direction = None
+        if columns.direction is not None:
+            direction = words.get(said) if type(said) is str else None
+            if direction is None:
+                try:
+                    direction = parse_direction(said)
+                except ValueError as exc:
+                    raise _bad(options, line, str(exc)) from None
+        yield LogLine(line, ts, identity, text, direction)
 
 
-def _csv_rows(options: LogOptions, handle: IO[str]) -> Iterator[tuple[int, dict[str, str]]]:
+# A row as read: line number, then the time, identity, message and direction cells.
+_Row = tuple[int, Any, Any, Any, Any]
+
+
+def _csv_rows(options: LogOptions, handle: IO[str]) -> Iterator[_Row]:
     reader = csv.reader(handle)
     header = next(reader, [])
-    wanted = [c for c in _mapped(options.columns) if c is not None]
+    columns = options.columns
+    wanted = [c for c in (columns.time, columns.message, columns.identity, columns.direction) if c]
     missing = [c for c in wanted if c not in header]
     if missing:
         raise ConfigError(
             f"{options.path}: no column {missing[0]!r} for --map (its columns: "
             f"{', '.join(header) or 'none'})"
         )
-    # Only the mapped columns, by position: a dict of every column costs more per line.
-    where = {name: header.index(name) for name in wanted}
+    # Only the mapped columns, by position; an unmapped one reads as None, from a cell
+    # added past the header's. A short row is padded with empty cells, a long one cut.
+    width = len(header)
+    take = itemgetter(*(width if c is None else header.index(c) for c in _mapped(columns)))
+    pad = [""] * width
     for row in reader:
-        if len(row) < len(header):
-            row = row + [""] * (len(header) - len(row))
-        yield reader.line_num, {name: row[index] for name, index in where.items()}
+        if len(row) != width:
+            row = (row + pad[len(row) :])[:width]
+        row.append(None)  # type: ignore[arg-type]
+        yield (reader.line_num, *take(row))
 
 
-def _json_rows(options: LogOptions, handle: IO[str]) -> Iterator[tuple[int, Any]]:
+def _json_rows(options: LogOptions, handle: IO[str]) -> Iterator[_Row]:
+    columns = options.columns
+    identity, direction = columns.identity, columns.direction
     for number, text in enumerate(handle, 1):
         if not text.strip():
             continue
@@ -131,11 +147,17 @@ def _json_rows(options: LogOptions, handle: IO[str]) -> Iterator[tuple[int, Any]
             raise _bad(options, number, f"not JSON ({exc})") from None
         if not isinstance(row, dict):
             raise _bad(options, number, "not a JSON object")
-        yield number, row
+        yield (
+            number,
+            _cell(row, columns.time),
+            None if identity is None else _cell(row, identity),
+            _cell(row, columns.message),
+            None if direction is None else _cell(row, direction),
+        )
 
 
 def _mapped(columns: ColumnMap) -> list[str | None]:
-    return [columns.time, columns.message, columns.identity, columns.direction]
+    return [columns.time, columns.identity, columns.message, columns.direction]
 
 
 def _cell(row: Any, column: str) -> Any:
@@ -164,6 +186,7 @@ class _Charger:
     seq: itertools.count[int] = field(default_factory=itertools.count)
     waiting: list[LogLine] = field(default_factory=list)  # until the version is known
     calls: dict[str, Direction] = field(default_factory=dict)  # message id -> direction
+    opened: bool = False
 
 
 @dataclass
@@ -174,6 +197,34 @@ class LogEvents:
     chargers: dict[str, _Charger] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     messages: int = 0
+
+    line: int = 0  # the last line read
+
+    def events(self, lines: Iterable[LogLine]) -> Iterator[RecorderEvent]:
+        """The events of every line, then of the end of the log."""
+        chargers = self.chargers
+        text_opcode = Opcode.TEXT
+        for item in lines:
+            self.line = item.line
+            charger = chargers.get(item.identity)
+            if charger is None or not charger.opened:
+                yield from self.feed(item)
+                continue
+            # A charger already under way: its frame, inline (this runs once a message).
+            self.messages += 1
+            direction = item.direction or _direction(charger, item.text)
+            data = item.text.encode("utf-8", "surrogatepass")
+            yield FrameReceived(
+                charger.connection_id,
+                next(charger.seq),
+                item.ts,
+                direction,
+                text_opcode,
+                data,
+                len(data),
+                identity=charger.identity,
+            )
+        yield from self.finish()
 
     def feed(self, item: LogLine) -> Iterator[RecorderEvent]:
         charger = self.chargers.get(item.identity)
@@ -209,6 +260,7 @@ class LogEvents:
     def _frame(self, charger: _Charger, item: LogLine) -> Iterator[RecorderEvent]:
         seq = next(charger.seq)
         if seq == 0:
+            charger.opened = True
             yield self._opened(charger, item.ts)
         self.messages += 1
         direction = item.direction or _direction(charger, item.text)

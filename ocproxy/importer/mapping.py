@@ -56,6 +56,17 @@ _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
 def parse_time(value: object) -> float:
     """Seconds since the epoch from ISO 8601 (no zone: UTC) or a number of seconds,
     milliseconds or microseconds since the epoch (told apart by size). ValueError if not."""
+    if type(value) is str and value[4:5] == "-":
+        # The common spelling, straight to the C parser (what follows would give the
+        # same for it, at three times the cost); any other, as below.
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return moment.timestamp()
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{value!r} is not a time")
     if isinstance(value, int | float):

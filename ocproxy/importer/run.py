@@ -13,13 +13,12 @@ from __future__ import annotations
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ocproxy.core.events import RecorderEvent
 from ocproxy.errors import ConfigError
 from ocproxy.importer.logs import LogEvents, LogOptions, open_log, read_lines
 from ocproxy.importer.pcap import CaptureEvents, CaptureOptions, run_tshark
@@ -146,18 +145,9 @@ def _log_share(
     """Stage one share of a log; ``report`` gets the line reached now and then."""
     cpu = time.process_time()
     converter = LogEvents(options)
-
-    def events() -> Iterator[RecorderEvent]:
-        reported = 0
-        with open_log(Path(options.path)) as handle:
-            for item in read_lines(options, handle):
-                yield from converter.feed(item)
-                if item.line - reported >= 10_000:
-                    reported = item.line
-                    report(reported)
-        yield from converter.finish()
-
-    stats = stage(staged, events(), staging)
+    with open_log(Path(options.path)) as handle:
+        events = converter.events(read_lines(options, handle))
+        stats = stage(staged, events, staging, lambda _n: report(converter.line))
     spent = time.process_time() - cpu
     return _Share(converter.messages, stats.connections, converter.notes, spent)
 
