@@ -41,10 +41,16 @@ examples:
   ocproxy report site.duckdb --html site-report.html
   ocproxy report 'rec/*.duckdb' export/ --html fleet.html --top 40
   ocproxy report site.duckdb --identity CP-17 --html cp17.html
+  ocproxy report site.duckdb --mirror --html mirror.html --ignore interval
 
 The page is one self-contained file (inline SVG charts, no network access): message
 volume over time, energy per transaction, status timeline per charger, latency by
 action, errors by code, and tables per charger and action.
+
+With --mirror (a recording of `ocproxy proxy --mirror URL`): per action, did the
+secondary answer the same, differently, with a CALLERROR or not at all; what it
+rejected per charger; latency of both side by side; its own CALLs; the chargers it
+never accepted. Timestamps and ids (currentTime, transactionId, ...) are not compared.
 """
 
 
@@ -70,6 +76,25 @@ def add_report_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "of the mirror legs is then shown apart)",
     )
     cmd.add_argument(
+        "--mirror",
+        action="store_true",
+        help="instead: would the secondary CSMS (proxy --mirror) have served these "
+        "chargers? its answers against the primary's, per action and charger",
+    )
+    cmd.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="[ACTION:]PATH",
+        help="with --mirror: also leave this JSON path out of the comparison, as in "
+        "ocproxy replay (e.g. interval, Authorize:idTagInfo.expiryDate); repeatable",
+    )
+    cmd.add_argument(
+        "--no-default-ignore",
+        action="store_true",
+        help="with --mirror: compare timestamps and ids (currentTime, transactionId, ...) too",
+    )
+    cmd.add_argument(
         "--top",
         type=positive_int,
         default=DEFAULT_TOP,
@@ -85,6 +110,8 @@ def run_report_command(
 ) -> int:
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
+    if args.mirror or args.ignore or args.no_default_ignore:
+        return run_mirror_report(args, out, err)
     target = _HtmlTarget(args.html) if args.html else None
     try:
         report = build_report(args.sources, identity=args.identity, top=args.top, legs=args.legs)
@@ -96,6 +123,44 @@ def run_report_command(
     if report.empty:
         raise ConfigError(_nothing_to_report(report, args.html))
     _print_or_ignore_broken_pipe(report, out)
+    for note in report.notes:
+        print(f"ocproxy: note: {note}", file=err)
+    if args.html:
+        size = Path(args.html).stat().st_size
+        print(f"ocproxy: wrote {args.html} ({size / 1024:,.0f} KiB)", file=err)
+    return 0
+
+
+def run_mirror_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``--mirror``: the secondary's answers against the primary's (report_mirror)."""
+    from ocproxy.analytics.html_mirror import render_mirror_html
+    from ocproxy.analytics.mirror_terminal import print_mirror_report
+    from ocproxy.analytics.report_mirror import build_mirror_report
+
+    if not args.mirror:
+        given = "--ignore" if args.ignore else "--no-default-ignore"
+        raise ConfigError(f"{given} goes with --mirror")
+    if args.legs != "charger":
+        raise ConfigError("--legs does not go with --mirror (it compares both legs)")
+    target = _HtmlTarget(args.html) if args.html else None
+    try:
+        report = build_mirror_report(
+            args.sources,
+            identity=args.identity,
+            ignore=args.ignore,
+            default_ignores=not args.no_default_ignore,
+            top=args.top,
+        )
+        if target is not None:
+            target.write(render_mirror_html(report))
+    finally:
+        if target is not None:
+            target.discard()
+    try:
+        print_mirror_report(report, out)
+        out.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     for note in report.notes:
         print(f"ocproxy: note: {note}", file=err)
     if args.html:
