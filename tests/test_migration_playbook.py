@@ -1,0 +1,202 @@
+"""docs/migration.md end to end: evaluate a new CSMS with --mirror and `report --mirror`,
+then move the chargers to it with a reload of the config file (SIGHUP) and `ocproxy
+disconnect --identity PATTERN --spread`, and check the move with the `cutover` query.
+
+Two simulated CSMSs and simulated chargers (``ocproxy.sim``) in this process; the proxy,
+report, disconnect and query are real ``ocproxy`` processes, as a site host runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from helpers_ws import wait_until
+
+from ocproxy.sim.csms import SimCsms
+from ocproxy.sim.fleet import FleetOptions, run_fleet
+
+TIMEOUT = 60
+
+
+async def _ocproxy(*argv: str | Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ocproxy", *map(str, argv),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+class Proxy:
+    """``ocproxy proxy --config FILE`` as a process, and the lines it prints."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.url = ""
+        self.control = ""
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            line = raw.decode().strip()
+            self.lines.append(line)
+            if "listening on ws://" in line:
+                self.url = line.split("listening on ")[1].split(",")[0]
+            if line.startswith("control endpoint on "):
+                self.control = line.split("control endpoint on ")[1].split(" ")[0]
+
+    async def said(self, text: str) -> None:
+        await wait_until(lambda: any(text in line for line in self.lines), repr(text), 20)
+
+    async def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        await self.process.wait()
+        await self._reader
+        assert self.process.returncode == 0, self.lines
+
+
+@asynccontextmanager
+async def proxy(config: Path, db: Path) -> AsyncIterator[Proxy]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ocproxy", "proxy", "--config", str(config), "--db", str(db),
+        "--quiet", stdout=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    running = Proxy(process)
+    try:
+        await running.said("listening on")
+        yield running
+    finally:
+        if process.returncode is None:
+            await running.stop()
+
+
+def _config(old: SimCsms, *, mirror: SimCsms | None = None, route: SimCsms | None = None) -> str:
+    text = f'listen = "127.0.0.1:0"\ncontrol = "127.0.0.1:0"\nupstream = "{old.url}"\n'
+    if mirror is not None:
+        text += f'[[mirror]]\nidentity = "DEPOT-*"\nupstream = "{mirror.url}"\n'
+    if route is not None:
+        text += f'[[route]]\nidentity = "DEPOT-*"\nupstream = "{route.url}"\n'
+    return text
+
+
+async def _evaluate(tmp_path: Path, old: SimCsms, new: SimCsms) -> str:
+    """Step 1: a day's traffic mirrored to the new CSMS (here: three sessions)."""
+    config = tmp_path / "evaluate.toml"
+    config.write_text(_config(old, mirror=new))
+    db = tmp_path / "evaluation.duckdb"
+    async with proxy(config, db) as running:
+        options = FleetOptions(
+            url=f"{running.url}/ocpp", count=3, prefix="DEPOT-", pace=0.02, transactions=1
+        )
+        result = await run_fleet(options, lambda *_: None)
+        assert result.failures == []
+    code, out, err = await _ocproxy("report", db, "--mirror")
+    assert (code, err) == (0, ""), err
+    return out
+
+
+async def _cut_over(tmp_path: Path, old: SimCsms, new: SimCsms) -> list[dict[str, Any]]:
+    """Steps 2-4: reload the routes, close the DEPOT chargers spread over a second, and
+    read the move back live and from the file."""
+    config = tmp_path / "site.toml"
+    config.write_text(_config(old))
+    db = tmp_path / "site.duckdb"
+    said: list[tuple[str, str]] = []
+
+    def tell(who: str, what: str, _failed: bool) -> None:
+        said.append((who, what))
+
+    def booted() -> int:
+        return sum(what.startswith("boot Accepted") for _, what in said)
+
+    async with proxy(config, db) as running:
+        fleets = []
+        for prefix, n in (("DEPOT-", 3), ("OTHER-", 1)):
+            options = FleetOptions(
+                url=f"{running.url}/ocpp", count=n, prefix=prefix, pace=0,
+                transactions=0, stay=True, reconnect=0.1,
+            )  # fmt: skip
+            fleets.append(asyncio.create_task(run_fleet(options, tell)))
+        try:
+            await wait_until(lambda: booted() == 4, "4 chargers booted", 20)
+            config.write_text(_config(old, route=new))
+            running.process.send_signal(signal.SIGHUP)
+            await running.said("config reloaded: routes")
+            code, out, err = await _ocproxy(
+                "disconnect", "--identity", "DEPOT-*", "--spread", "1s",
+                "--reason", "moving to the new CSMS", "--control", running.control,
+            )  # fmt: skip
+            assert (code, err) == (0, ""), out
+            await wait_until(lambda: booted() == 7, "the DEPOT chargers booted again", 20)
+            code, out, err = await _ocproxy(
+                "query", "--live", "cutover", "--param", f"to={new.url}",
+                "--control", running.control, "--format", "json",
+            )  # fmt: skip
+            assert (code, err) == (0, ""), err
+            live = json.loads(out)
+        finally:
+            for fleet in fleets:
+                fleet.cancel()
+            await asyncio.gather(*fleets, return_exceptions=True)
+    code, out, err = await _ocproxy(
+        "query", db, "cutover", "--param", f"to={new.url}", "--format", "json"
+    )
+    assert (code, err) == (0, ""), err
+    recorded: list[dict[str, Any]] = json.loads(out)
+    assert [r["identity"] for r in live] == [r["identity"] for r in recorded]
+    return recorded
+
+
+async def _playbook(tmp_path: Path) -> None:
+    async with (
+        asyncio.timeout(TIMEOUT),
+        SimCsms() as old,
+        SimCsms(heartbeat_interval=60) as new,
+    ):
+        evaluation = await _evaluate(tmp_path, old, new)
+        moves = await _cut_over(tmp_path, old, new)
+    # The evaluation: the new CSMS answers every boot, asking for another heartbeat.
+    assert re.search(r"chargers mirrored\s+│ 3\s", evaluation)
+    assert "never accepted" not in evaluation
+    assert [
+        [cell.strip() for cell in line.split("│")[1:4]]
+        for line in evaluation.splitlines()
+        if "interval: 300 → 60" in line
+    ] == [["BootNotification", "interval: 300 → 60", "3"]]
+    # The move, per charger: closed by the proxy one after the other, back on the new
+    # CSMS at once, and its first boot there accepted; OTHER-01 stayed where it was.
+    depots = moves[:3]
+    assert [m["identity"] for m in moves] == ["DEPOT-01", "DEPOT-02", "DEPOT-03", "OTHER-01"]
+    for move in depots:
+        assert (move["from_upstream"], move["to_upstream"]) == (old.url, new.url)
+        assert (move["left_by"], move["left_reason"]) == ("proxy", "moving to the new CSMS")
+        assert move["handshake_status"] == 101
+        assert (move["boot_answer"], move["boot_status"], move["boot_interval_s"]) == (
+            "CALLRESULT", "Accepted", 60,
+        )  # fmt: skip
+        assert move["connections_on_new"] == 1
+        assert move["current_upstream"] == new.url
+        assert move["moved_at"] <= move["boot_sent_at"] <= move["boot_answered_at"]
+    assert sorted(m["moved_at"] for m in depots) == [m["moved_at"] for m in depots]
+    other = moves[3]
+    assert (other["moved_at"], other["to_upstream"], other["current_upstream"]) == (
+        None, None, old.url,
+    )  # fmt: skip
+
+
+def test_the_migration_playbook(tmp_path: Path) -> None:
+    # One event loop is enough: the commands run as processes of their own.
+    asyncio.run(_playbook(tmp_path))
