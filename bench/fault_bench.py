@@ -1,6 +1,8 @@
 """What a fault costs the recording, and whether the recording says so (issue 14 item 6).
 
     .venv/bin/python bench/fault_bench.py [--chargers 20] [--duration 4] [--markdown]
+    .venv/bin/python bench/fault_bench.py --scenarios soak --soak-seconds 60 \
+        [--proxy-args '--recorder-memory 256MB']
 
 Each scenario runs the round-trip loader (``_workload.py load``) through a real
 ``ocproxy proxy`` to a real CSMS and breaks something half-way:
@@ -9,7 +11,15 @@ Each scenario runs the round-trip loader (``_workload.py load``) through a real
 - ``kill -9 all``: SIGKILL to the relay and its recorder at once (a process group, power
   loss);
 - ``CSMS killed``: SIGKILL to the CSMS (every CSMS leg drops), then the proxy is stopped
-  with SIGTERM.
+  with SIGTERM;
+- ``disk full``: the recording is on a tmpfs of ``--disk-mb`` MB (mounted here: run as
+  root), which fills under the load; when the load is over the tmpfs is grown (the
+  operator freed space) and the proxy stopped. Where mounting is refused, the proxy runs
+  under ``ulimit -f`` (a file-size limit) instead, and the table says which;
+- ``slow CSMS``: a CSMS of this file's own that answers each CALL ``--csms-delay`` ms
+  late and stops answering for ``--duration / 4`` seconds half-way;
+- ``soak`` (not in the default set): the plain load for ``--soak-seconds``, sampling the
+  recorder's resident memory every second (``--proxy-args`` to try recorder options).
 
 After a crash a second ``ocproxy proxy`` opens the file and is stopped at once: it is what
 closes a crashed run. Then it prints, per scenario: the frames the peers exchanged
@@ -26,6 +36,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -33,6 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+from _faults import (
+    grow_disk,
+    recorder_pid,
+    sampling,
+    small_disk,
+    start_ocproxy_limited,
+    start_slow_csms,
+)
 from _harness import Child, children, descendant_pids, run_to_exit_code
 from _peers import WORKLOAD, start_csms, start_ocproxy
 from rich.console import Console
@@ -40,7 +60,10 @@ from rich.table import Table
 
 from ocproxy.terminal import make_console
 
-SCENARIOS = ("kill -9 relay", "kill -9 all", "CSMS killed")
+SCENARIOS = ("kill -9 relay", "kill -9 all", "CSMS killed", "disk full", "slow CSMS")
+KILLS = ("kill -9 relay", "kill -9 all")
+# The proxy's exit summary: "(N frames recorded, M lost, ...)".
+_SUMMARY = re.compile(r"\((\d+) frames recorded, (\d+) lost")
 
 
 @dataclass
@@ -52,16 +75,24 @@ class Outcome:
     crash_closed: int  # connections closed as proxy-crash
     open_left: int  # connections of the run with no close at all
     rate: float  # frames per second before the fault
+    exit_code: int | None = None  # the proxy's, when it was stopped (not killed)
+    note: str = ""
 
     @property
     def holds(self) -> bool:
-        if self.scenario.startswith("kill"):
+        if self.scenario in KILLS:
             return self.lost is None and self.open_left == 0 and self.recorded <= self.sent
-        return self.lost == 0 and self.recorded == self.sent
+        if self.scenario == "disk full":  # some lost, every one of them counted, exit 1
+            return (
+                bool(self.lost)
+                and self.recorded + (self.lost or 0) == self.sent
+                and (self.exit_code == 1)
+            )
+        return self.lost == 0 and self.recorded == self.sent and self.open_left == 0
 
     @property
     def window_ms(self) -> float | None:
-        if not self.scenario.startswith("kill") or not self.rate:
+        if self.scenario not in KILLS or not self.rate:
             return None
         return max(self.sent - self.recorded, 0) / self.rate * 1000.0
 
@@ -85,9 +116,15 @@ def _tally(load: Child) -> dict[str, int]:
 
 async def _scenario(name: str, args: argparse.Namespace, workdir: Path) -> Outcome:
     db = workdir / f"{name.replace(' ', '-').replace('9', 'nine')}.duckdb"
+    if name == "disk full":
+        return await _disk_full(args, workdir)
+    if name == "slow CSMS":
+        return await _slow_csms(args, db)
+    if name == "soak":
+        return await _soak(args, db)
     async with children() as started:
         csms, csms_port = await start_csms(started, "none")
-        proxy, port = await start_ocproxy(started, csms_port, db, [])
+        proxy, port = await start_ocproxy(started, csms_port, db, _proxy_args(args))
         load = await _load(started, f"ws://127.0.0.1:{port}", args)
         await asyncio.sleep(args.duration / 2)
         if name == "kill -9 relay":
@@ -109,6 +146,69 @@ async def _scenario(name: str, args: argparse.Namespace, workdir: Path) -> Outco
             again, _ = await start_ocproxy(started, csms_port, db, [])
             await again.terminate()
     return _read(name, db, tally, args.duration / 2)
+
+
+def _proxy_args(args: argparse.Namespace) -> list[str]:
+    return shlex.split(args.proxy_args)
+
+
+async def _disk_full(args: argparse.Namespace, workdir: Path) -> Outcome:
+    """The recording's disk fills under load; space is freed once the load is over."""
+    disk = workdir / "small-disk"
+    db = disk / "disk-full.duckdb"
+    with small_disk(disk, args.disk_mb, mount=not args.no_mount) as mounted:
+        async with children() as started:
+            _csms, csms_port = await start_csms(started, "none")
+            if mounted:
+                proxy, port = await start_ocproxy(started, csms_port, db, _proxy_args(args))
+            else:
+                limit = args.disk_mb << 20
+                proxy, port = await start_ocproxy_limited(started, csms_port, db, limit)
+            load = await _load(started, f"ws://127.0.0.1:{port}", args)
+            await load.wait(args.duration + 120)
+            if mounted:
+                grow_disk(disk)
+            code = await proxy.terminate()
+        said = _SUMMARY.search("".join(proxy.stdout))
+        how = f"tmpfs of {args.disk_mb} MB" if mounted else f"ulimit -f {args.disk_mb} MB"
+        outcome = _read("disk full", db, _tally(load), args.duration)
+    if outcome.lost is None and said is not None:  # run_stats could not be written
+        outcome.lost = int(said.group(2))
+        how += "; lost from the exit summary"
+    outcome.exit_code = code
+    outcome.note = how
+    return outcome
+
+
+async def _slow_csms(args: argparse.Namespace, db: Path) -> Outcome:
+    stall = args.duration / 4
+    async with children() as started:
+        _csms, csms_port = await start_slow_csms(started, args.csms_delay, args.duration / 2, stall)
+        proxy, port = await start_ocproxy(started, csms_port, db, _proxy_args(args))
+        load = await _load(started, f"ws://127.0.0.1:{port}", args)
+        await load.wait(args.duration + 120)
+        code = await proxy.terminate()
+    outcome = _read("slow CSMS", db, _tally(load), args.duration)
+    outcome.exit_code = code
+    outcome.note = f"answers {args.csms_delay:g} ms late, none for {stall:g} s half-way"
+    return outcome
+
+
+async def _soak(args: argparse.Namespace, db: Path) -> Outcome:
+    """A long run: what the recorder's resident memory does (``--proxy-args`` to vary)."""
+    soak = argparse.Namespace(**{**vars(args), "duration": args.soak_seconds})
+    async with children() as started:
+        _csms, csms_port = await start_csms(started, "none")
+        proxy, port = await start_ocproxy(started, csms_port, db, _proxy_args(args))
+        async with sampling(recorder_pid(proxy.pid)) as trace:
+            load = await _load(started, f"ws://127.0.0.1:{port}", soak)
+            await load.wait(args.soak_seconds + 120)
+        code = await proxy.terminate()
+    outcome = _read("soak", db, _tally(load), args.soak_seconds)
+    outcome.exit_code = code
+    options = f" with {args.proxy_args}" if args.proxy_args else ""
+    outcome.note = f"recorder RSS{options}: {trace.summary}"
+    return outcome
 
 
 def _orphaned_recorders() -> list[int]:
@@ -147,15 +247,14 @@ def _read(name: str, db: Path, tally: dict[str, int], before_fault_s: float) -> 
             "WHERE run_id = ?",
             [run_id],
         ).fetchall()
-        ((lost,),) = con.execute(
-            "SELECT frames_lost FROM run_stats WHERE run_id = ?", [run_id]
-        ).fetchall()
+        stats = con.execute("SELECT frames_lost FROM run_stats WHERE run_id = ?", [run_id])
+        lost = next(iter(stats.fetchone() or ()), None)  # no row: the disk was full
         ((crash_closed, open_left),) = con.execute(
             "SELECT count(*) FILTER (close_reason = 'proxy-crash'), "
             "count(*) FILTER (closed_at IS NULL) FROM connections WHERE run_id = ?",
             [run_id],
         ).fetchall()
-    rate = sent / (before_fault_s * 2) if name == "CSMS killed" else sent / before_fault_s
+    rate = sent / before_fault_s if name in KILLS else sent / (before_fault_s * 2)
     return Outcome(name, sent, int(recorded), lost, int(crash_closed), int(open_left), rate)
 
 
@@ -176,6 +275,10 @@ def _table(outcomes: list[Outcome]) -> Table:
             "yes" if o.holds else "NO",
         )
     return table
+
+
+def _notes(outcomes: list[Outcome]) -> list[str]:
+    return [f"{o.scenario}: {o.note} (proxy exit {o.exit_code})" for o in outcomes if o.note]
 
 
 def _markdown(outcomes: list[Outcome]) -> str:
@@ -200,6 +303,8 @@ async def run(args: argparse.Namespace, console: Console) -> bool:
             console.print(f"{name}: {args.chargers} chargers, fault after {args.duration / 2:g} s")
             outcomes.append(await _scenario(name.strip(), args, Path(tmp)))
     console.print(_table(outcomes))
+    for line in _notes(outcomes):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     if args.markdown:
         console.print(_markdown(outcomes), markup=False, highlight=False, soft_wrap=True)
     return all(o.holds for o in outcomes)
@@ -211,6 +316,17 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds of load (4)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--disk-mb", type=int, default=6, help="disk full: its size (6)")
+    parser.add_argument(
+        "--no-mount", action="store_true", help="disk full: ulimit -f instead of a tmpfs"
+    )
+    parser.add_argument(
+        "--csms-delay", type=float, default=20.0, help="slow CSMS: ms per answer (20)"
+    )
+    parser.add_argument("--soak-seconds", type=float, default=60.0, help="soak: seconds (60)")
+    parser.add_argument(
+        "--proxy-args", default="", help="more ocproxy proxy options, e.g. '--recorder-memory 1GB'"
+    )
     args = parser.parse_args()
     return run_to_exit_code(run, args, make_console())
 

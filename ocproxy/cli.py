@@ -232,6 +232,12 @@ def _add_proxy(commands: Any) -> None:
         "records into site-<UTC start>.duckdb files; readers take the glob 'site-*.duckdb'",
     )
     cmd.add_argument(
+        "--recorder-memory",
+        metavar="SIZE",
+        help="memory the recorder's DuckDB may use (e.g. 256MB, 1GB); beyond it, it spills "
+        "to a SITE.duckdb.tmp directory beside the recording (default 256MB)",
+    )
+    cmd.add_argument(
         "--reuse-port",
         action="store_true",
         help="listen with SO_REUSEPORT, so that a new proxy can start on the same --listen "
@@ -367,6 +373,7 @@ _VALUE_OPTIONS = (
     "max_pending_dials",
     "drain",
     "rotate",
+    "recorder_memory",
     "audit",
     "response_timeout",
     "client_ca",

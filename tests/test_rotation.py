@@ -51,26 +51,22 @@ def test_a_malformed_rotation_is_refused(bad: str) -> None:
         Rotation.parse(bad)
 
 
-def test_the_command_line_refuses_in_one_line() -> None:
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--rotate", "fortnightly", "--control", "127.0.0.1:0"], "give hourly, daily or a"),
+        (["--recorder-memory", "16MB"], "--recorder-memory '16MB': at least 32MB"),
+    ],
+)
+def test_the_command_line_refuses_in_one_line(options: list[str], said: str) -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ocproxy",
-            "proxy",
-            "--upstream",
-            "ws://127.0.0.1:1",
-            "--rotate",
-            "fortnightly",
-            "--control",
-            "127.0.0.1:0",
-        ],
+        [sys.executable, "-m", "ocproxy", "proxy", "--upstream", "ws://127.0.0.1:1", *options],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2
-    assert "give hourly, daily or a size" in done.stderr
+    assert said in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
@@ -187,3 +183,19 @@ def _count(path: Path) -> int:
     with duckdb.connect(str(path), read_only=True) as db:
         ((n,),) = db.execute("SELECT count(*) FROM frames").fetchall()
     return int(n)
+
+
+@pytest.mark.parametrize("bad", ["lots", "", "0MB", "-1GB", "31MB", "10KB"])
+def test_a_malformed_recorder_memory_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--recorder-memory"):
+        ProxyConfig(upstream="ws://127.0.0.1:1", recorder_memory=bad).validate()
+
+
+@pytest.mark.parametrize(("given", "limit"), [(None, "256.0 MiB"), ("48MB", "48.0 MiB")])
+def test_the_recorder_memory_bound_reaches_duckdb(
+    tmp_path: Path, given: str | None, limit: str
+) -> None:
+    settings = {} if given is None else {"recorder_memory": given}
+    with Recorder(tmp_path / "r.duckdb", settings=settings) as recorder:
+        result = recorder.query("SELECT current_setting('memory_limit') AS m").result(30)
+    assert result.rows == [(limit,)]

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from ocproxy.errors import ConfigError
 from ocproxy.recorder import DEFAULT_DB
+from ocproxy.recorder.rotation import DEFAULT_RECORDER_MEMORY, recorder_memory
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 
@@ -74,6 +75,8 @@ class ProxyConfig:
     reuse_port: bool = False
     # A new recording file every hour, day or so many bytes (see recorder/rotation.py).
     rotate: str | None = None
+    # DuckDB's memory_limit in the recorder: what it may cache of the recording.
+    recorder_memory: str = DEFAULT_RECORDER_MEMORY
     quiet: bool = False
     audit: bool = True
     response_timeout: float = 30.0
@@ -146,6 +149,7 @@ class ProxyConfig:
             from ocproxy.recorder.rotation import Rotation
 
             Rotation.parse(self.rotate)
+        recorder_memory(self.recorder_memory)
         if self.drain < 0:
             raise ConfigError("drain must be 0 or more seconds")
         if self.max_pending_dials < 0:
@@ -202,6 +206,7 @@ _FILE_KEYS = {
     "drain",
     "reuse_port",
     "rotate",
+    "recorder_memory",
     "quiet",
     "audit",
     "response_timeout",

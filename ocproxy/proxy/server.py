@@ -219,6 +219,7 @@ class ProxyServer:
             f.name for f in fields(ProxyConfig) if getattr(old, f.name) != getattr(config, f.name)
         )
         fixed = {"listen_host", "listen_port", "db", "control", "control_token", "backlog"}
+        fixed |= {"rotate", "recorder_memory"}  # the recording is opened once
         if bool(config.tls_cert) != bool(old.tls_cert):
             fixed.add("tls_cert")
         refused = sorted(fixed.intersection(changes))

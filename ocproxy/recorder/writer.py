@@ -37,7 +37,12 @@ from ocproxy.errors import WRITING, RecorderError, first_line, open_failure
 from ocproxy.recorder import batches
 from ocproxy.recorder.crashes import close_crashed_run, crashed_runs
 from ocproxy.recorder.migrations import migrate
-from ocproxy.recorder.rotation import Rotation, file_size
+from ocproxy.recorder.rotation import (
+    DEFAULT_RECORDER_MEMORY,
+    Rotation,
+    file_size,
+    recorder_memory,
+)
 from ocproxy.recorder.sink import DEFAULT_DB, RecorderStats, Sink
 
 __all__ = ["DEFAULT_DB", "Recorder", "RecorderStats", "Sink"]
@@ -369,8 +374,13 @@ class Recorder:
     def _open(self) -> duckdb.DuckDBPyConnection:
         if self.path.parent and not self.path.parent.exists():
             raise FileNotFoundError(f"directory {self.path.parent} does not exist")
+        # The proxy's --recorder-memory comes with its settings (a run records them).
+        wanted = self.settings.get("recorder_memory", DEFAULT_RECORDER_MEMORY)
+        memory = recorder_memory(str(wanted))
         try:
-            db = duckdb.connect(str(self.path), config=_WRITER_CONFIG)
+            db = duckdb.connect(
+                str(self.path), config={**_WRITER_CONFIG, "memory_limit": f"{memory}B"}
+            )
         except duckdb.Error as exc:
             raise RecorderError(open_failure(self.path, exc, WRITING)) from exc
         try:
