@@ -10,7 +10,7 @@
 3. Prints messages/s and checks the recording holds every message.
 
     .venv/bin/python bench/import_bench.py [--messages 10000000] [--chargers 200]
-        [--jobs N] [--keep DIR] [--json results.json]
+        [--jobs N] [--keep DIR [--reuse-log]] [--json results.json]
 
 Target: >= 50,000 messages/s. Exit status 0 when it ran (a missed target is reported).
 """
@@ -113,15 +113,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", type=Path, help="write the log and recording here, and keep them")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--reuse-log", action="store_true", help="with --keep: import DIR/log.csv if it is there"
+    )
     args = parser.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="import-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     log, db = work / "log.csv", work / "imported.duckdb"
     db.unlink(missing_ok=True)
-    print(f"writing {args.messages:,} messages of {args.chargers} chargers to {log} ...")
-    started = time.perf_counter()
-    written = write_log(log, args.messages, args.chargers)
-    print(f"  {time.perf_counter() - started:.1f} s, {log.stat().st_size / 1e6:,.0f} MB")
+    if args.reuse_log and log.exists():
+        with open(log, "rb") as handle:
+            written = (
+                sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) - 1
+            )
+        print(f"reusing {log}: {written:,} messages")
+    else:
+        print(f"writing {args.messages:,} messages of {args.chargers} chargers to {log} ...")
+        started = time.perf_counter()
+        written = write_log(log, args.messages, args.chargers)
+        print(f"  {time.perf_counter() - started:.1f} s, {log.stat().st_size / 1e6:,.0f} MB")
     options = LogOptions(
         str(log), "csv", ColumnMap("time", "message", "charger", "direction"), None, None
     )

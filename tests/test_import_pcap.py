@@ -283,3 +283,96 @@ async def test_wss_reads_with_the_key_log_and_says_so_without(
         ("CP-TLS", "ocpp1.6", "to_csms", b'[2,"1","Heartbeat",{}]'),
         ("CP-TLS", "ocpp1.6", "to_charger", b'[3,"1",{"currentTime":"2026-01-01T00:00:00Z"}]'),
     ]
+
+
+async def test_a_capture_begun_mid_connection_imports_from_the_first_whole_frame(
+    capture_tools: None,
+    proxy_factory: Any,
+    tcpdump_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A real capture, cut after the handshake and the first messages: the rest of the
+    connection is imported, marked so, and its frames are the proxy's, byte for byte."""
+    monkeypatch.setenv("OCPROXY_ID_KEY", KEY)
+    recorder = {"auditor": Auditor(), "redactor": Redactor(KEY.encode())}
+    async with (
+        SimCsms(initiate=True) as csms,
+        proxy_factory(recorder_options=recorder, upstream=csms.url) as (proxy, box),
+    ):
+        port = proxy.server.port
+        dump = tcpdump_factory(port)
+        await asyncio.to_thread(dump.wait_listening, port)
+        async with asyncio.timeout(60):
+            await run_charger(proxy.url + "/ocpp", SPECS[0])
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(dump.stop)
+    packets = await asyncio.to_thread(_websocket_packets, dump.path, port)
+    first_kept, _ = packets[3]  # the capture begins after the handshake and 3 packets more
+    skipped = sum(count for _, count in packets[:3])
+    cut = tmp_path / "cut.pcap"
+    _keep_from(dump.path, cut, first_kept)
+    imported = tmp_path / "imported.duckdb"
+    code, out, err = run_ocproxy(capsys, "import", cut, "--db", imported, "--quiet")
+    assert (code, err) == (0, ""), err
+    assert "1 connection(s) captured mid-connection (no upgrade seen)" in out
+    (conn,) = _rows(
+        imported,
+        "SELECT identity, path, remote_addr, source, subprotocol, handshake_status, close_code, "
+        "closed_by FROM connections",
+    )
+    (theirs,) = _rows(
+        box[0].path,
+        "SELECT remote_addr, subprotocol, close_code, closed_by FROM connections "
+        "WHERE identity = 'CAP-16'",
+    )
+    assert conn == {
+        "identity": theirs["remote_addr"],  # the charger's address: no frame names it
+        "path": "",
+        "remote_addr": theirs["remote_addr"],
+        "source": "import:pcap:mid-connection",
+        "subprotocol": theirs["subprotocol"],  # told by its messages: ocpp1.6
+        "handshake_status": 101,
+        "close_code": theirs["close_code"],
+        "closed_by": theirs["closed_by"],
+    }
+    columns = "direction, opcode, raw, size, message_type, message_id, parse_status, payload, "
+    columns += "error_code, redacted"
+    ours = _rows(imported, f"SELECT {columns} FROM frames ORDER BY seq")
+    recorded = _rows(
+        box[0].path,
+        f"SELECT {columns} FROM frames JOIN connections USING (connection_id) "
+        "WHERE identity = 'CAP-16' ORDER BY seq",
+    )
+    assert len(ours) == len(recorded) - skipped > 10
+    for direction in ("to_csms", "to_charger"):
+        mine = [r for r in ours if r["direction"] == direction]
+        proxy_rows = [r for r in recorded if r["direction"] == direction]
+        assert mine == proxy_rows[len(proxy_rows) - len(mine) :]
+
+
+def _websocket_packets(capture: Path, port: int) -> list[tuple[int, int]]:
+    """The packets that carry WebSocket frames: their number, and the text messages in each."""
+    listed = subprocess.run(
+        ["tshark", "-r", str(capture), "-n", "-d", f"tcp.port=={port},http", "-Y",
+         "websocket", "-T", "fields", "-e", "frame.number", "-e", "websocket.opcode"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    cells = [line.split("\t") for line in listed]
+    return [(int(number), opcodes.split(",").count("1")) for number, opcodes in cells]
+
+
+def _keep_from(source: Path, target: Path, first: int) -> None:
+    """A pcap file of ``source``'s packets from number ``first`` (1-based) on."""
+    import struct
+
+    data = source.read_bytes()
+    out, at, number = [data[:24]], 24, 1
+    while at + 16 <= len(data):
+        (length,) = struct.unpack_from("<I", data, at + 8)
+        if number >= first:
+            out.append(data[at : at + 16 + length])
+        at += 16 + length
+        number += 1
+    target.write_bytes(b"".join(out))

@@ -235,7 +235,7 @@ class LogEvents:
             yield from self._frame(charger, item)
             return
         charger.waiting.append(item)
-        hint = _hint(item.text)
+        hint = message_version(item.text)
         if hint is None and len(charger.waiting) < VERSION_LOOKAHEAD:
             return
         yield from self._decide(charger, hint)
@@ -293,7 +293,8 @@ class LogEvents:
         )
 
 
-def _hint(text: str) -> OcppVersion | None:
+def message_version(text: str) -> OcppVersion | None:
+    """The OCPP version a message betrays (see :func:`~ocproxy.importer.mapping.version_hint`)."""
     head = _HEAD.match(text)
     if head is None or head.group(1) != "2":
         return None

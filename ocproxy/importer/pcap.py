@@ -9,8 +9,8 @@ Per TCP stream: the charger is the side that sent the HTTP upgrade request; its
 request (path, subprotocols, headers with the Authorization secret removed, as the
 proxy records them) and the server's answer make the connection; each whole WebSocket
 message is a frame, in capture order; a close frame (or the end of the capture) ends
-it. A stream whose upgrade was not captured is not WebSocket to tshark: it is
-counted and skipped.
+it. A stream whose upgrade was not captured is not WebSocket to tshark: see
+:mod:`ocproxy.importer.midstream`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Ports:
     tls_streams: frozenset[str] = frozenset()
 
 
-def _tshark() -> str:
+def tshark_binary() -> str:
     binary = shutil.which("tshark")
     if binary is None:
         raise ConfigError(INSTALL_HINT)
@@ -75,7 +75,7 @@ def _tshark() -> str:
 def tshark_command(options: CaptureOptions, found: Ports | None = None) -> list[str]:
     """The PDML pass, each port found decoded as HTTP (or TLS, with keys)."""
     found = found or Ports()
-    command = [_tshark(), "-r", options.path, "-n", "-Y", _FILTER, "-T", "pdml"]
+    command = [tshark_binary(), "-r", options.path, "-n", "-Y", _FILTER, "-T", "pdml"]
     tls = set(found.tls) | (set(options.ports) if options.tls_keylog else set())
     http = (set(found.http) | (set() if options.tls_keylog else set(options.ports))) - tls
     if options.tls_keylog:
@@ -95,7 +95,7 @@ def find_ports(options: CaptureOptions) -> Ports:
     """
     fields = ["-T", "fields", "-e", "tcp.stream", "-e", "tcp.dstport", "-e", "tcp.payload"]
     done = subprocess.run(
-        [_tshark(), "-r", options.path, "-n", "-Y", f"({_UPGRADE}) || ({_HELLO})", *fields],
+        [tshark_binary(), "-r", options.path, "-n", "-Y", f"({_UPGRADE}) || ({_HELLO})", *fields],
         capture_output=True,
         check=False,
     )
@@ -139,7 +139,6 @@ class CaptureEvents:
     messages: int = 0
     packets: int = 0
     tls_streams: frozenset[str] = frozenset()  # TCP streams that began a TLS handshake
-    orphans: set[str] = field(default_factory=set)  # WebSocket without a captured upgrade
     uninflated: int = 0  # fragmented compressed messages tshark did not inflate
 
     def read(self, pdml: IO[bytes]) -> Iterator[RecorderEvent]:
@@ -203,8 +202,7 @@ class CaptureEvents:
     ) -> Iterator[RecorderEvent]:
         stream = self.streams.get(number)
         if stream is None or not stream.opened:
-            self.orphans.add(number)
-            return
+            return  # no upgrade captured: the third pass reads it (midstream)
         if stream.closed:
             return
         values = _fields(proto)
@@ -243,12 +241,7 @@ class CaptureEvents:
         )
 
     def _finish(self) -> Iterator[RecorderEvent]:
-        without = self.orphans - set(self.streams)
-        if without:
-            self.notes.append(
-                f"{len(without)} TCP stream(s) with WebSocket frames but no captured upgrade "
-                "request skipped (the capture started mid-connection)"
-            )
+        # Streams whose upgrade was not captured are read by the third pass (midstream).
         if self.uninflated:
             self.notes.append(
                 f"{self.uninflated} fragmented compressed message(s) skipped: tshark "
@@ -260,9 +253,12 @@ class CaptureEvents:
                 f"{len(locked)} TLS connection(s) skipped: no keys (or not theirs) to decrypt them "
                 "(--tls-keylog FILE, as written by SSLKEYLOGFILE)"
             )
-        if not self.streams and not locked:
-            self.notes.append(f"no WebSocket upgrade in {self.options.path}: nothing to import")
         yield from ()
+
+    @property
+    def locked(self) -> int:
+        """TLS connections that could not be read: no keys for them."""
+        return len(self.tls_streams - set(self.streams))
 
 
 def _top_fields(packet: ET.Element) -> dict[str, str]:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ocproxy.core.events import RecorderEvent
 from ocproxy.errors import ConfigError
 from ocproxy.importer.logs import LogEvents, LogOptions, open_log, read_lines
-from ocproxy.importer.pcap import CaptureEvents, CaptureOptions, run_tshark
+from ocproxy.importer.midstream import MidConnections, run_segments
+from ocproxy.importer.pcap import CaptureEvents, CaptureOptions, run_tshark, tshark_binary
 from ocproxy.importer.staging import StagingOptions, merge, stage
 
 Progress = Callable[[float | None], None]  # fraction of the file done; None: unknown
@@ -74,12 +76,27 @@ def import_capture(
         assert process.stdout is not None
         assert process.stderr is not None
         reader = CaptureEvents(options, tls_streams=ports.tls_streams)
+        mid = MidConnections()
+
+        def events() -> Iterator[RecorderEvent]:
+            assert process.stdout is not None
+            yield from reader.read(process.stdout)
+            # Then the streams the first two passes could not read (no upgrade seen).
+            known = set(reader.streams) | set(ports.tls_streams)
+            segments = run_segments(tshark_binary(), options.path, known)
+            assert segments.stdout is not None
+            yield from mid.read(segments.stdout)
+            segments.wait()
+
         staged = Path(tmp) / "s0.duckdb"
-        stats = stage(staged, reader.read(process.stdout), staging, lambda _n: progress(None))
+        stats = stage(staged, events(), staging, lambda _n: progress(None))
         process.wait()
+        notes = [*reader.notes, *mid.notes()]
         complaint = _tshark_complaint(process.stderr.read())
         if complaint:
-            reader.notes.insert(0, f"tshark: {complaint}; imported what came before")
+            notes.insert(0, f"tshark: {complaint}; imported what came before")
+        if not reader.streams and not reader.locked and not mid.found:
+            notes.append(f"no WebSocket upgrade in {options.path}: nothing to import")
         progress(1.0)
         run_id = merge(target, [staged], _settings(options.path, "pcap"), staging.source, started)
     return ImportResult(
@@ -87,9 +104,9 @@ def import_capture(
         "pcap",
         run_id,
         stats.connections,
-        reader.messages,
+        reader.messages + mid.messages,
         time.time() - started,
-        tuple(reader.notes),
+        tuple(notes),
     )
 
 

@@ -98,7 +98,10 @@ def merge(
     """Copy the staged rows into ``target`` in one transaction, as one run; its id."""
     run_id = str(uuid.uuid4())
     try:
+        # DuckDB draws its own progress bar on stdout for a statement over 2 s: the
+        # copy of a big import is one, under the command's own bar.
         db = duckdb.connect(str(target))
+        db.execute("SET enable_progress_bar = false")
     except duckdb.Error as exc:
         raise RecorderError(f"cannot open recording {target}: {first_line(exc)}") from exc
     try:
