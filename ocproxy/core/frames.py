@@ -180,6 +180,36 @@ def parse_frame(data: str | bytes) -> Frame:
 
 def parse_value(value: Any) -> Frame:
     """Classify an already decoded JSON value as an OCPP-J frame."""
+    # Nearly every frame is a well-formed CALL or CALLRESULT: checked here with exact
+    # types (the decoders build plain list, dict, str and int; ``type(x) is int`` keeps
+    # out booleans and ``2.0``), which costs a third of the general path below.
+    if type(value) is list:
+        size = len(value)
+        if size == 4:
+            kind, message_id, action, payload = value
+            if (
+                kind == 2
+                and type(kind) is int
+                and type(message_id) is str
+                and len(message_id) <= MAX_MESSAGE_ID_LENGTH
+                and type(action) is str
+                and type(payload) is dict
+            ):
+                return Call(message_id, action, payload)
+        elif size == 3:
+            kind, message_id, payload = value
+            if (
+                kind == 3
+                and type(kind) is int
+                and type(message_id) is str
+                and len(message_id) <= MAX_MESSAGE_ID_LENGTH
+                and type(payload) is dict
+            ):
+                return CallResult(message_id, payload)
+    return _parse_any(value)
+
+
+def _parse_any(value: Any) -> Frame:
     if not isinstance(value, list):
         return Malformed(ParseStatus.NOT_AN_ARRAY, f"top level is {_json_type(value)}")
     if not value:

@@ -11,14 +11,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ocproxy.core.correlation import Correlator
+from ocproxy.core.correlation import Correlator, Pairing
 from ocproxy.core.events import FrameReceived
 from ocproxy.core.frames import (
     Call,
     CallError,
     CallResult,
+    Direction,
     Frame,
     Malformed,
+    Opcode,
     ParseStatus,
     Send,
     parse_frame,
@@ -74,29 +76,32 @@ def observe(
     ``payload`` (``size`` stays the size received); ``frame`` keeps the original for
     the auditor.
     """
-    raw = _raw_bytes(event.data)
-    if event.too_large or event.data is None:
-        return _too_large(event, raw)
-    text = _utf8(event.data)
-    frame = parse_frame(event.data if text is None else text)
+    data = event.data
+    if event.too_large or data is None:
+        return _too_large(event, _raw_bytes(data))
+    raw = _raw_bytes(data)
+    text = _utf8(data)
+    frame = parse_frame(data)
     correlation = correlator.observe(frame, event.direction, event.seq, event.ts)
     # Without a \u escape the text holds no lone surrogate (it is valid UTF-8), so the
     # strings taken from it need no check and the payload can be sliced from it.
     plain = (
         text is not None
         and "\\u" not in text
-        and (isinstance(event.data, bytes) or _encodable(text))  # a str may hold anything
+        and (type(data) is bytes or _encodable(text))  # a str may hold anything
     )
     payload: str | None = None
     redacted: tuple[str, ...] | None = None
     error_code = error_description = None
-    if isinstance(frame, Call | Send | CallResult):
+    # One class per isinstance: a check against a union of classes costs 4x more.
+    if isinstance(frame, Call) or isinstance(frame, CallResult) or isinstance(frame, Send):  # noqa: SIM101
         value = frame.payload
         if redactor is not None and raw is not None:
             value, raw, redacted = _redact(redactor, frame, correlation.action, raw)
         if redacted is None and plain:
             assert text is not None
-            payload = _payload_text(text)
+            own_action = None if isinstance(frame, CallResult) else frame.action
+            payload = _payload_text(text, frame.message_id, own_action)
         else:
             payload = _compact_json(value)
     elif isinstance(frame, CallError):
@@ -106,32 +111,44 @@ def observe(
         payload = _compact_json(details)
         error_code, error_description = frame.error_code, frame.error_description
     malformed = frame if isinstance(frame, Malformed) else None
-    check = _same if plain else _text
+    message_id, action = frame.message_id, correlation.action
+    if not plain:
+        message_id, action = _text(message_id), _text(action)
+        error_code, error_description = _text(error_code), _text(error_description)
+    pairing = correlation.pairing
+    # Positional: with keywords, building the row cost 1.0 us instead of 0.3 (measured),
+    # on the recorder's path for every frame. The order is ObservedFrame's fields'.
     return ObservedFrame(
-        connection_id=event.connection_id,
-        seq=event.seq,
-        ts=event.ts,
-        direction=event.direction.value,
-        opcode=None if event.opcode is None else event.opcode.value,
-        raw=raw,
-        size=event.size,
-        message_type=_smallint(frame.message_type),
-        message_id=check(frame.message_id),
-        action=check(correlation.action),
-        parse_status=malformed.status.value if malformed else _OK,
-        parse_detail=malformed.detail if malformed else None,
-        payload=payload,
-        error_code=check(error_code),
-        error_description=check(error_description),
-        request_seq=correlation.request_seq,
-        latency_ms=correlation.latency_ms,
-        pairing=None if correlation.pairing is None else correlation.pairing.value,
-        identity=event.identity,
-        injected=event.injected,
-        redacted=redacted,
-        frame=frame,
-        outstanding=correlation.outstanding,
+        event.connection_id,
+        event.seq,
+        event.ts,
+        _DIRECTIONS[event.direction],
+        None if event.opcode is None else _OPCODES[event.opcode],
+        raw,
+        event.size,
+        _OK if malformed is None else malformed.status.value,
+        None if malformed is None else malformed.detail,
+        _smallint(frame.message_type),
+        message_id,
+        action,
+        payload,
+        error_code,
+        error_description,
+        correlation.request_seq,
+        correlation.latency_ms,
+        None if pairing is None else _PAIRINGS[pairing],
+        event.identity,
+        event.injected,
+        redacted,
+        frame,
+        correlation.outstanding,
     )
+
+
+# Enum members' ``.value`` is a property: a dict lookup is 3x cheaper, per frame.
+_DIRECTIONS = {d: d.value for d in Direction}
+_OPCODES = {o: o.value for o in Opcode}
+_PAIRINGS = {p: p.value for p in Pairing}
 
 
 _OK = ParseStatus.OK.value
@@ -143,12 +160,16 @@ _BEFORE_PAYLOAD = re.compile(rf"\s*\[\s*\d+\s*,\s*{_STRING}\s*,\s*(?:{_STRING}\s
 _JSON_SPACE = " \t\n\r"
 
 
-def _payload_text(text: str) -> str | None:
+def _payload_text(text: str, message_id: str, action: str | None) -> str | None:
     """The payload exactly as the peer wrote it: the last element of the frame's array.
 
     Slicing is ~10x cheaper than encoding the parsed payload again, and keeps the
-    peer's own spelling (number formats, spacing).
+    peer's own spelling (number formats, spacing). ``text`` parsed as a CALL, SEND or
+    CALLRESULT without ``\\u`` escapes: so the payload, an object, starts at the first
+    ``{`` unless the id or action holds one, and ends at the last ``}``.
     """
+    if "{" not in message_id and (action is None or "{" not in action):
+        return text[text.index("{") : text.rindex("}") + 1]
     match = _BEFORE_PAYLOAD.match(text)
     if match is None:  # pragma: no cover - the frame parsed, so the prefix is there
         return None

@@ -36,7 +36,10 @@ from ocproxy.proxy.mirror import Mirror
 from ocproxy.recorder.process import EventSink
 
 RelayedLeg = RelayedChargerLeg | RelayedCsmsLeg
-_OPCODES = {WireOpcode.TEXT: FrameOpcode.TEXT, WireOpcode.BINARY: FrameOpcode.BINARY}
+_OPCODES: dict[int, FrameOpcode] = {
+    WireOpcode.TEXT: FrameOpcode.TEXT,
+    WireOpcode.BINARY: FrameOpcode.BINARY,
+}
 _GOING_AWAY = 1001
 
 
@@ -132,7 +135,8 @@ class _Side:
     # -- WireEvents ---------------------------------------------------------------
 
     def message(self, opcode: int, payload: bytes, compressed: bool) -> bool:
-        return self.session.message(self, _OPCODES[WireOpcode(opcode)], payload)
+        # An IntEnum hashes as its int: no WireOpcode(opcode) (~0.15 us) per message.
+        return self.session.message(self, _OPCODES[opcode], payload)
 
     def control(self, opcode: int, payload: bytes) -> bool:
         if opcode == WireOpcode.PONG:

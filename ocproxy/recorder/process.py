@@ -163,8 +163,8 @@ class RecordingProcess:
     ) -> None:
         # The relay's path, once per frame: straight to the tuple that is pickled.
         item = (
-            "f", connection_id, seq, ts, direction.value, opcode.value, data, len(data),
-            False, identity, injected,
+            "f", connection_id, seq, ts, _DIRECTION_VALUES[direction], _OPCODE_VALUES[opcode],
+            data, len(data), False, identity, injected,
         )  # fmt: skip
         self._add(item)
 
@@ -272,6 +272,9 @@ def _pack(event: RecorderEvent) -> _Packed:
 
 _DIRECTIONS = {d.value: d for d in Direction}  # a dict is ~5x faster than Direction(value)
 _OPCODES = {o.value: o for o in Opcode}
+# ... and ~3x faster than a member's ``.value`` (a property), on the relay's path.
+_DIRECTION_VALUES = {d: d.value for d in Direction}
+_OPCODE_VALUES = {o: o.value for o in Opcode}
 
 
 def _unpack(item: _Packed) -> RecorderEvent:
@@ -362,8 +365,7 @@ def _serve(conn: Connection, recorder: Recorder, collect: Any) -> None:
             # In flight here: at most the batch in hand (the pipe holds the rest).
             stats = recorder.stats
             stats.max_queue_depth = max(stats.max_queue_depth, len(message))
-            for item in message:
-                recorder.process(_unpack(item))
+            recorder.process_many(map(_unpack, message))
     except EOFError:
         # The relay is gone without a word: keep what arrived, and say the run crashed.
         recorder.finish(orphaned=True)

@@ -7,6 +7,8 @@ import json
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import FrameReceived
@@ -372,3 +374,44 @@ def test_lone_surrogate_driver_id_is_pseudonymised(text: str) -> None:
     assert row.redacted[0].endswith("idTag (pseudonymised)")
     assert b"QZ" not in (row.raw or b"")  # not a hex digit
     assert_storable(row)
+
+
+_SPACE = st.sampled_from(["", " ", "\n", "\t ", "\r\n  "])
+_PAYLOADS = st.dictionaries(
+    st.text(max_size=8),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=6,
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    message_id=st.text(st.characters(codec="utf-8"), max_size=36),
+    action=st.text(st.characters(codec="utf-8"), max_size=12),
+    payload=_PAYLOADS,
+    call=st.booleans(),
+    spaces=st.lists(_SPACE, min_size=9, max_size=9),
+)
+def test_payload_column_is_the_peers_own_text(
+    message_id: str, action: str, payload: dict[str, object], call: bool, spaces: list[str]
+) -> None:
+    """Whatever the spacing, and braces or quotes in the id or action, the payload column
+    is the payload exactly as the peer wrote it (the slice), and parses to the payload."""
+    s = spaces
+    body = json.dumps(payload, ensure_ascii=False, indent=1 if s[8] else None)
+    head = [json.dumps(2 if call else 3), json.dumps(message_id, ensure_ascii=False)]
+    if call:
+        head.append(json.dumps(action, ensure_ascii=False))
+    parts = [f"{s[2 * i]}{item}{s[2 * i + 1]}" for i, item in enumerate([*head, body])]
+    text = f"{s[7]}[{','.join(parts)}]{s[6]}"
+    row = observe(event(text.encode(), opcode=Opcode.TEXT), Correlator())
+    assert row.parse_status == "ok"
+    if "\\u" in text:  # escapes: stored compact, re-encoded (see test_lone_surrogate_*)
+        assert row.payload is not None
+        assert json.loads(row.payload) == payload
+        return
+    assert row.payload == body
