@@ -300,7 +300,12 @@ async def run(args: argparse.Namespace, console: Console) -> bool:
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="ocproxy-fault-bench-") as tmp:
         for name in args.scenarios.split(","):
-            console.print(f"{name}: {args.chargers} chargers, fault after {args.duration / 2:g} s")
+            when = (
+                f"{args.soak_seconds:g} s of load"
+                if name.strip() == "soak"
+                else f"fault after {args.duration / 2:g} s"
+            )
+            console.print(f"{name}: {args.chargers} chargers, {when}")
             outcomes.append(await _scenario(name.strip(), args, Path(tmp)))
     console.print(_table(outcomes))
     for line in _notes(outcomes):

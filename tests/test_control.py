@@ -13,13 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from rich.console import Console
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from ocproxy.app import running_proxy
-from ocproxy.control.client import ControlClient
+from ocproxy.control.client import ControlClient, RequestRefused
 from ocproxy.control.token import token_path
 from ocproxy.errors import ControlError
 from ocproxy.proxy.config import ProxyConfig
@@ -233,6 +234,39 @@ async def test_close_a_connection_with_a_code(tmp_path: Path) -> None:
         await charger.wait_closed()
         assert charger.close_code == 4000
         assert charger.close_reason == "maintenance"
+
+
+async def test_reload_answers_what_changed_and_is_recorded(tmp_path: Path) -> None:
+    """The reload op runs the config reader the proxy was given, as SIGHUP does; a proxy
+    given none (``ocproxy demo``, a library user) refuses the op instead."""
+    db = tmp_path / "r.duckdb"
+    config = ProxyConfig(
+        listen_host="127.0.0.1", listen_port=0, upstream="ws://127.0.0.1:1", db=str(db),
+        quiet=True, control="127.0.0.1:0",
+    )  # fmt: skip
+    answers = [replace(config, upstream="ws://127.0.0.1:2"), replace(config, listen_port=1)]
+    console = Console(file=io.StringIO())
+    async with (
+        running_proxy(config, console, reread=lambda: answers.pop(0)),
+        ControlClient("127.0.0.1", _control_port()) as control,
+    ):
+        moved = await control.request("reload")
+        refused = await control.request("reload")
+    assert moved == {"applied": True, "changes": ["upstream"], "error": None}
+    assert refused == {
+        "applied": False,
+        "changes": [],
+        "error": "listen_port cannot change without a restart",
+    }
+    async with (
+        _proxy(tmp_path / "other.duckdb", "ws://127.0.0.1:1") as (_proxy_server, port),
+        ControlClient("127.0.0.1", port) as control,
+    ):
+        with pytest.raises(RequestRefused, match="no configuration to re-read"):
+            await control.request("reload")
+    with duckdb.connect(str(db), read_only=True) as recording:
+        rows = recording.execute("SELECT ok FROM config_reloads ORDER BY reloaded_at").fetchall()
+    assert rows == [(True,), (False,)]
 
 
 async def test_query_live_runs_named_queries_on_the_running_recording(tmp_path: Path) -> None:
