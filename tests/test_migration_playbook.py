@@ -19,6 +19,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pytest
+from helpers_cli import run_ocproxy
 from helpers_ws import wait_until
 
 from ocproxy.sim.csms import SimCsms
@@ -83,10 +86,17 @@ async def proxy(config: Path, db: Path) -> AsyncIterator[Proxy]:
             await running.stop()
 
 
-def _config(old: SimCsms, *, mirror: SimCsms | None = None, route: SimCsms | None = None) -> str:
+def _config(
+    old: SimCsms,
+    *,
+    mirror: SimCsms | None = None,
+    route: SimCsms | None = None,
+    allow: list[str] | None = None,
+) -> str:
     text = f'listen = "127.0.0.1:0"\ncontrol = "127.0.0.1:0"\nupstream = "{old.url}"\n'
     if mirror is not None:
         text += f'[[mirror]]\nidentity = "DEPOT-*"\nupstream = "{mirror.url}"\n'
+        text += f"allow_actions = {json.dumps(allow or [])}\n"
     if route is not None:
         text += f'[[route]]\nidentity = "DEPOT-*"\nupstream = "{route.url}"\n'
     return text
@@ -132,6 +142,19 @@ async def _cut_over(tmp_path: Path, old: SimCsms, new: SimCsms) -> list[dict[str
             fleets.append(asyncio.create_task(run_fleet(options, tell)))
         try:
             await wait_until(lambda: booted() == 4, "4 chargers booted", 20)
+            # A misspelt action refuses the whole new config: the routes stay as they were.
+            config.write_text(_config(old, route=new, mirror=new, allow=["RemoteStart"]))
+            running.process.send_signal(signal.SIGHUP)
+            await running.said("config not reloaded")
+            assert (
+                "allow_actions entry 'RemoteStart' is not an action of OCPP 1.6, 2.0.1, 2.1"
+            ) in running.lines[-1]
+            code, out, err = await _ocproxy(
+                "disconnect", "--identity", "NOPE-*", "--control", running.control
+            )
+            assert (code, out, err) == (
+                2, "", "ocproxy: error: --identity 'NOPE-*' matches none of the 4 live chargers\n"
+            )  # fmt: skip
             config.write_text(_config(old, route=new))
             running.process.send_signal(signal.SIGHUP)
             await running.said("config reloaded: routes")
@@ -157,6 +180,12 @@ async def _cut_over(tmp_path: Path, old: SimCsms, new: SimCsms) -> list[dict[str
     assert (code, err) == (0, ""), err
     recorded: list[dict[str, Any]] = json.loads(out)
     assert [r["identity"] for r in live] == [r["identity"] for r in recorded]
+    with duckdb.connect(str(db), read_only=True) as con:
+        reloads = con.execute(
+            "SELECT ok, changes, error FROM config_reloads ORDER BY reloaded_at"
+        ).fetchall()
+    assert [(ok, changes) for ok, changes, _ in reloads] == [(False, []), (True, ["routes"])]
+    assert "'RemoteStart' is not an action of OCPP" in reloads[0][2]
     return recorded
 
 
@@ -200,3 +229,53 @@ async def _playbook(tmp_path: Path) -> None:
 def test_the_migration_playbook(tmp_path: Path) -> None:
     # One event loop is enough: the commands run as processes of their own.
     asyncio.run(_playbook(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        (
+            'upstream = "ws://127.0.0.1:1"\n[[mirror]]\nidentity = "DEPOT-*"\n'
+            'upstream = "https://candidate.example"\n',
+            "[[mirror]] 'DEPOT-*' upstream 'https://candidate.example' is not a ws:// or "
+            "wss:// URL",
+        ),
+        (
+            'upstream = "ws://127.0.0.1:1"\nmirror = "http://candidate.example"\n',
+            "mirror upstream 'http://candidate.example' is not a ws:// or wss:// URL",
+        ),
+        (
+            'upstream = "ws://127.0.0.1:1"\n[[mirror]]\nidentity = "DEPOT-*"\n'
+            'upstream = "ws://127.0.0.1:2"\nallow_actions = ["TriggerMessage", "Reboot"]\n',
+            "[[mirror]] 'DEPOT-*': allow_actions entry 'Reboot' is not an action of OCPP "
+            "1.6, 2.0.1, 2.1",
+        ),
+        (
+            'upstream = "ws://127.0.0.1:1"\n[[mirror]]\nidentity = "DEPOT-*"\n'
+            'upstream = "ws://127.0.0.1:2"\nallow_actions = "TriggerMessage"\n',
+            "[[mirror]] 'DEPOT-*': allow_actions must be a list of action names",
+        ),
+    ],
+    ids=["mirror-https", "mirror-http", "unknown-action", "actions-not-a-list"],
+)
+def test_a_bad_mirror_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: str, said: str
+) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(config)
+    db = tmp_path / "site.duckdb"
+    code, out, err = run_ocproxy(capsys, "proxy", "--config", path, "--db", db)
+    assert (code, out) == (2, "")
+    assert err.startswith("ocproxy: error: ")
+    assert said in err
+    assert err.count("\n") == 1
+    assert not db.exists()  # nothing started, nothing recorded
+
+
+def test_a_mirror_url_that_is_not_ws_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ("proxy", "--upstream", "ws://127.0.0.1:1", "--mirror", "http://candidate.example")
+    code, out, err = run_ocproxy(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("ocproxy: error: ")
+    assert err.endswith("'http://candidate.example' is not a ws:// or wss:// URL\n")
+    assert err.count("\n") == 1

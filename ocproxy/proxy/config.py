@@ -14,8 +14,10 @@ A config file lets one proxy front chargers of several networks::
 from __future__ import annotations
 
 import fnmatch
+import functools
 import tomllib
 from dataclasses import dataclass, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -122,10 +124,11 @@ class ProxyConfig:
     def validate(self) -> ProxyConfig:
         if self.upstream is None and not self.routes:
             raise ConfigError("no upstream: give --upstream URL or routes in --config")
-        mirrors = (m.upstream for m in self.mirrors)
-        for url in [self.upstream, *(r.upstream for r in self.routes), *mirrors]:
+        for url in [self.upstream, *(r.upstream for r in self.routes)]:
             if url is not None:
                 check_ws_url(url)
+        for mirror in self.mirrors:
+            check_mirror(mirror)
         positive = (
             "connect_timeout",
             "close_timeout",
@@ -161,11 +164,40 @@ class ProxyConfig:
         return self
 
 
-def check_ws_url(url: str) -> str:
+def check_ws_url(url: str, what: str = "upstream") -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(f"upstream {url!r} is not a ws:// or wss:// URL")
+        raise ConfigError(f"{what} {url!r} is not a ws:// or wss:// URL")
     return url
+
+
+def check_mirror(mirror: MirrorRoute) -> None:
+    """A ws(s) URL, and allow_actions that OCPP defines: a misspelt action would
+    silently refuse what it was meant to let through."""
+    where = "mirror" if mirror.identity == "*" else f"[[mirror]] {mirror.identity!r}"
+    check_ws_url(mirror.upstream, f"{where} upstream")
+    known = ocpp_actions()
+    for action in mirror.allow_actions:
+        if not any(action in names for names in known.values()):
+            raise ConfigError(
+                f"{where}: allow_actions entry {action!r} is not an action of OCPP "
+                f"{', '.join(known)}"
+            )
+
+
+@functools.cache
+def ocpp_actions() -> dict[str, frozenset[str]]:
+    """The actions each OCPP version defines: one request schema each in the installed
+    ``ocpp`` package (read here, not through the audit, which the relay does not load)."""
+    found = {}
+    for version, folder in (("1.6", "v16"), ("2.0.1", "v201"), ("2.1", "v21")):
+        schemas = resources.files("ocpp") / folder / "schemas"
+        found[version] = frozenset(
+            e.name.removesuffix(".json").removesuffix("Request")
+            for e in schemas.iterdir()
+            if e.name.endswith(".json") and not e.name.endswith("Response.json")
+        )
+    return found
 
 
 def parse_control(value: str) -> tuple[str, int]:
@@ -282,6 +314,13 @@ def _mirrors(entries: Any, origin: str) -> tuple[MirrorRoute, ...]:
             f"config {origin}: each [[mirror]] needs identity and upstream "
             "(and may have allow_actions)"
         )
+    for m in entries:
+        allowed = m.get("allow_actions", [])
+        if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
+            raise ConfigError(
+                f"config {origin}: [[mirror]] {str(m['identity'])!r}: allow_actions must be a "
+                'list of action names, e.g. ["TriggerMessage"]'
+            )
     return tuple(
         MirrorRoute(str(m["identity"]), str(m["upstream"]), tuple(m.get("allow_actions", ())))
         for m in entries
