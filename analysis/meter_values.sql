@@ -15,50 +15,29 @@ WITH conn AS (
     WHERE ($identity IS NULL OR identity = $identity)
         AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
-carriers AS (
-    -- Only the frames that carry meter values are parsed (filtered on action first),
-    -- each once, into a struct that covers both versions' shapes. from_json is lenient:
-    -- a field of the wrong shape becomes NULL instead of failing the query.
+located AS NOT MATERIALIZED (
+    -- The payload fields were parsed when the frames were recorded (frame_fields),
+    -- leniently: a field of the wrong shape is NULL instead of failing the query.
     SELECT
         c.identity,
         c.ocpp_version,
         f.ts,
         f.seq,
         f.action AS source,
-        from_json(
-            f.payload,
-            '{"transactionId": "VARCHAR", "evseId": "VARCHAR", "connectorId": "VARCHAR",
-              "transactionInfo": {"transactionId": "VARCHAR"},
-              "evse": {"id": "VARCHAR", "connectorId": "VARCHAR"},
-              "meterValue": [{"timestamp": "VARCHAR", "sampledValue": [{"value": "JSON",
-                  "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR",
-                  "context": "VARCHAR", "format": "VARCHAR", "unit": "VARCHAR",
-                  "unitOfMeasure": {"unit": "VARCHAR", "multiplier": "VARCHAR"}}]}],
-              "transactionData": [{"timestamp": "VARCHAR", "sampledValue": [{"value": "JSON",
-                  "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR",
-                  "context": "VARCHAR", "format": "VARCHAR", "unit": "VARCHAR"}]}]}'
-        ) AS p
-    FROM frames AS f
+        coalesce(f.transactionInfo.transactionId, f.transactionId ->> '$') AS transaction_id,
+        TRY_CAST(coalesce(f.evseId, f.evse.id ->> '$') AS INTEGER) AS evse_id,
+        TRY_CAST(coalesce(f.connectorId ->> '$', f.evse.connectorId) AS INTEGER)
+            AS connector_id,
+        coalesce(
+            CASE f.action WHEN 'StopTransaction' THEN f.transactionData ELSE f.meterValue END,
+            []
+        ) AS meter_values
+    FROM frame_fields AS f
     JOIN conn AS c USING (connection_id)
     WHERE f.message_type = 2
         AND f.action IN ('MeterValues', 'StopTransaction', 'TransactionEvent')
-),
-located AS (
-    SELECT
-        identity,
-        ocpp_version,
-        ts,
-        seq,
-        source,
-        coalesce(p.transactionInfo.transactionId, p.transactionId) AS transaction_id,
-        TRY_CAST(coalesce(p.evseId, p.evse.id) AS INTEGER) AS evse_id,
-        TRY_CAST(coalesce(p.connectorId, p.evse.connectorId) AS INTEGER) AS connector_id,
-        coalesce(
-            CASE source WHEN 'StopTransaction' THEN p.transactionData ELSE p.meterValue END, []
-        ) AS meter_values
-    FROM carriers
-    -- A StopTransaction may omit its meter values: it then carries none, legally.
-    WHERE NOT (source = 'StopTransaction' AND coalesce(len(p.transactionData), 0) = 0)
+        -- A StopTransaction may omit its meter values: it then carries none, legally.
+        AND NOT (f.action = 'StopTransaction' AND coalesce(len(f.transactionData), 0) = 0)
 ),
 evses AS (
     -- 2.x names the EVSE only in the first TransactionEvent of a transaction: a small

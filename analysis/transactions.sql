@@ -14,11 +14,11 @@ WITH conn AS (
     WHERE ($identity IS NULL OR identity = $identity)
         AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
-tx_frames AS (
-    -- Filter on the derived columns first; only these frames' payloads are parsed, each
-    -- once, into a struct covering every shape involved. from_json is lenient: a field
-    -- of the wrong shape becomes NULL. Fields whose type is checked are kept as JSON
-    -- text (1 or "1"). 2.x MeterValues carry no transaction: they are not read.
+tx_frames AS NOT MATERIALIZED (
+    -- The payload fields were parsed when the frames were recorded (frame_fields: one
+    -- row per frame of these actions, leniently: a field of the wrong shape is NULL;
+    -- fields whose type is checked are JSON text, 1 or "1"). 2.x MeterValues carry no
+    -- transaction: they are not read.
     SELECT
         c.identity,
         c.ocpp_version,
@@ -28,130 +28,166 @@ tx_frames AS (
         f.action,
         f.message_type,
         f.request_seq,
-        from_json(
-            f.payload,
-            '{"connectorId": "JSON", "idTag": "VARCHAR", "meterStart": "JSON",
-              "meterStop": "JSON", "timestamp": "VARCHAR", "transactionId": "JSON",
-              "reason": "VARCHAR", "eventType": "VARCHAR",
-              "transactionInfo": {"transactionId": "VARCHAR", "stoppedReason": "VARCHAR"},
-              "evse": {"id": "JSON", "connectorId": "VARCHAR"},
-              "idToken": {"idToken": "VARCHAR", "type": "VARCHAR"},
-              "meterValue": [{"timestamp": "VARCHAR", "sampledValue": [{"value": "VARCHAR",
-                  "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR",
-                  "unit": "VARCHAR", "unitOfMeasure": {"unit": "VARCHAR",
-                  "multiplier": "VARCHAR"}}]}],
-              "transactionData": [{"timestamp": "VARCHAR", "sampledValue": [{"value": "VARCHAR",
-                  "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR",
-                  "unit": "VARCHAR"}]}]}'
-        ) AS p
-    FROM frames AS f
+        f.* EXCLUDE (connection_id, seq, ts, action, message_type, request_seq),
+        coalesce(f.transactionInfo.transactionId, trim(f.transactionId::VARCHAR, '"'))
+            AS transaction_id
+    FROM frame_fields AS f
     JOIN conn AS c USING (connection_id)
     WHERE f.action IN ('StartTransaction', 'StopTransaction', 'MeterValues', 'TransactionEvent')
         AND (f.message_type = 2 OR (f.message_type = 3 AND f.action = 'StartTransaction'))
         AND NOT (f.action = 'MeterValues' AND c.ocpp_version IS DISTINCT FROM '1.6')
 ),
-meter_values AS (
+calls AS NOT MATERIALIZED (
+    -- Every CALL with its transaction id: a 1.6 StartTransaction's is in its answer.
     SELECT
-        identity,
-        seq,
-        ts,
-        coalesce(p.transactionInfo.transactionId, trim(p.transactionId::VARCHAR, '"'))
-            AS transaction_id,
-        unnest(
-            CASE action WHEN 'StopTransaction' THEN p.transactionData ELSE p.meterValue END
-        ) AS mv
+        s.* REPLACE (trim(r.transactionId::VARCHAR, '"') AS transaction_id),
+        r.transactionId AS answer_transaction_id
+    FROM tx_frames AS s
+    JOIN tx_frames AS r
+        ON r.connection_id = s.connection_id AND r.request_seq = s.seq AND r.message_type = 3
+    WHERE s.action = 'StartTransaction' AND s.message_type = 2
+    UNION ALL BY NAME
+    SELECT *
     FROM tx_frames
-    WHERE message_type = 2 AND action IN ('MeterValues', 'StopTransaction', 'TransactionEvent')
+    WHERE message_type = 2 AND action <> 'StartTransaction'
 ),
-sampled AS (
+bounds AS (
+    -- Where transactions begin and end (1.6 Start/StopTransaction, 2.x TransactionEvent
+    -- Started/Ended), in the order recorded.
     SELECT
         identity,
         transaction_id,
+        ts,
         seq,
-        coalesce(TRY_CAST(mv.timestamp AS TIMESTAMPTZ), ts) AS sampled_at,
-        unnest(mv.sampledValue) AS sv
-    FROM meter_values
+        coalesce(action = 'StartTransaction' OR eventType = 'Started', false) AS is_start
+    FROM calls
     WHERE transaction_id IS NOT NULL
+        AND (action IN ('StartTransaction', 'StopTransaction')
+            OR (action = 'TransactionEvent' AND eventType IN ('Started', 'Ended')))
+),
+occurrences AS (
+    -- Ids repeat (a charger's counter restarts; several recordings read as one): a start
+    -- after a stop of the same charger and id begins a new occurrence of that id, and
+    -- every frame belongs to the latest occurrence begun when it was recorded. 0: frames
+    -- before the first start (a recording that began mid-transaction).
+    SELECT
+        *,
+        coalesce(
+            lead(occurrence_from) OVER (PARTITION BY identity, transaction_id ORDER BY occurrence),
+            'infinity'::TIMESTAMPTZ
+        ) AS occurrence_to
+    FROM (
+        SELECT identity, transaction_id, occurrence, min(ts) AS occurrence_from
+        FROM (
+            SELECT
+                *,
+                sum(CASE WHEN is_start AND NOT coalesce(after_start, false) THEN 1 ELSE 0 END)
+                    OVER (
+                        PARTITION BY identity, transaction_id ORDER BY ts, seq
+                        ROWS UNBOUNDED PRECEDING
+                    ) AS occurrence
+            FROM (
+                SELECT
+                    *,
+                    lag(is_start) OVER (PARTITION BY identity, transaction_id ORDER BY ts, seq)
+                        AS after_start
+                FROM bounds
+            )
+        )
+        GROUP BY identity, transaction_id, occurrence
+    )
+),
+placed AS NOT MATERIALIZED (
+    SELECT c.*, coalesce(o.occurrence, 0) AS occurrence
+    FROM calls AS c
+    LEFT JOIN occurrences AS o
+        ON o.identity = c.identity
+        AND o.transaction_id = c.transaction_id
+        AND c.ts >= o.occurrence_from
+        AND c.ts < o.occurrence_to
 ),
 register AS (
-    -- The energy register (the default measurand) of the whole outlet, in Wh.
+    -- The energy register samples (the default measurand, of the whole outlet, in Wh)
+    -- were picked from the meter values when the frames were recorded.
     SELECT
         identity,
         transaction_id,
+        occurrence,
         seq,
-        sampled_at,
-        TRY_CAST(sv.value AS DOUBLE)
-            * CASE lower(coalesce(sv.unit, sv.unitOfMeasure.unit, 'Wh'))
-                WHEN 'kwh' THEN 1000 ELSE 1 END
-            * pow(10, coalesce(TRY_CAST(sv.unitOfMeasure.multiplier AS INTEGER), 0)) AS wh
-    FROM sampled
-    WHERE coalesce(sv.measurand, 'Energy.Active.Import.Register')
-            = 'Energy.Active.Import.Register'
-        AND sv.phase IS NULL
-        AND coalesce(sv.location, 'Outlet') = 'Outlet'
-        AND lower(coalesce(sv.unit, sv.unitOfMeasure.unit, 'Wh')) IN ('wh', 'kwh')
+        coalesce(TRY_CAST(r.timestamp AS TIMESTAMPTZ), ts) AS sampled_at,
+        r.wh
+    FROM (
+        SELECT identity, transaction_id, occurrence, seq, ts, unnest(registers) AS r
+        FROM placed
+        WHERE action IN ('MeterValues', 'StopTransaction', 'TransactionEvent')
+            AND transaction_id IS NOT NULL
+    )
 ),
 energy AS (
     SELECT
         identity,
         transaction_id,
+        occurrence,
         arg_min(wh, (sampled_at, seq)) AS first_wh,
         arg_max(wh, (sampled_at, seq)) AS last_wh
     FROM register
     WHERE wh IS NOT NULL
-    GROUP BY identity, transaction_id
+    GROUP BY identity, transaction_id, occurrence
 ),
 starts16 AS (
     SELECT
-        s.identity,
-        s.ocpp_version,
-        trim(r.p.transactionId::VARCHAR, '"') AS transaction_id,
-        TRY_CAST(trim(s.p.connectorId::VARCHAR, '"') AS INTEGER) AS connector_id,
-        s.p.idTag AS id_token,
-        TRY_CAST(trim(s.p.meterStart::VARCHAR, '"') AS DOUBLE) AS meter_start_wh,
-        coalesce(TRY_CAST(s.p.timestamp AS TIMESTAMPTZ), s.ts) AS started_at,
+        identity,
+        ocpp_version,
+        transaction_id,
+        occurrence,
+        TRY_CAST(trim(connectorId::VARCHAR, '"') AS INTEGER) AS connector_id,
+        idTag AS id_token,
+        TRY_CAST(trim(meterStart::VARCHAR, '"') AS DOUBLE) AS meter_start_wh,
+        coalesce(TRY_CAST(timestamp AS TIMESTAMPTZ), ts) AS started_at,
         list_filter(
             [
-                CASE WHEN NOT regexp_full_match(coalesce(s.p.meterStart::VARCHAR, '-'), '-?\d+')
+                CASE WHEN NOT regexp_full_match(coalesce(meterStart::VARCHAR, '-'), '-?\d+')
                     THEN 'meterStart missing or not an integer' END,
-                CASE WHEN NOT regexp_full_match(coalesce(s.p.connectorId::VARCHAR, '-'), '\d+')
+                CASE WHEN NOT regexp_full_match(coalesce(connectorId::VARCHAR, '-'), '\d+')
                     THEN 'connectorId missing or not an integer' END,
-                CASE WHEN TRY_CAST(s.p.timestamp AS TIMESTAMPTZ) IS NULL
+                CASE WHEN TRY_CAST(timestamp AS TIMESTAMPTZ) IS NULL
                     THEN 'StartTransaction timestamp missing or not a date-time' END,
-                CASE WHEN NOT regexp_full_match(coalesce(r.p.transactionId::VARCHAR, '-'), '-?\d+')
+                CASE WHEN NOT regexp_full_match(
+                        coalesce(answer_transaction_id::VARCHAR, '-'), '-?\d+')
                     THEN 'transactionId missing or not an integer' END
             ],
             lambda x: x IS NOT NULL
         ) AS issues
-    FROM tx_frames AS s
-    JOIN tx_frames AS r
-        ON r.connection_id = s.connection_id AND r.request_seq = s.seq AND r.message_type = 3
-    WHERE s.action = 'StartTransaction' AND s.message_type = 2
+    FROM placed
+    WHERE action = 'StartTransaction'
 ),
 stops16 AS (
     SELECT
         identity,
         ocpp_version,
-        trim(p.transactionId::VARCHAR, '"') AS transaction_id,
-        TRY_CAST(trim(p.meterStop::VARCHAR, '"') AS DOUBLE) AS meter_stop_wh,
-        coalesce(TRY_CAST(p.timestamp AS TIMESTAMPTZ), ts) AS stopped_at,
-        p.reason AS reason,
-        p.idTag AS id_token,
+        trim(transactionId::VARCHAR, '"') AS transaction_id,
+        occurrence,
+        TRY_CAST(trim(meterStop::VARCHAR, '"') AS DOUBLE) AS meter_stop_wh,
+        coalesce(TRY_CAST(timestamp AS TIMESTAMPTZ), ts) AS stopped_at,
+        reason AS reason,
+        idTag AS id_token,
         list_filter(
             [
-                CASE WHEN NOT regexp_full_match(coalesce(p.meterStop::VARCHAR, '-'), '-?\d+')
+                CASE WHEN NOT regexp_full_match(coalesce(meterStop::VARCHAR, '-'), '-?\d+')
                     THEN 'meterStop missing or not an integer' END,
-                CASE WHEN NOT regexp_full_match(coalesce(p.transactionId::VARCHAR, '-'), '-?\d+')
+                CASE WHEN NOT regexp_full_match(coalesce(transactionId::VARCHAR, '-'), '-?\d+')
                     THEN 'transactionId missing or not an integer' END,
-                CASE WHEN TRY_CAST(p.timestamp AS TIMESTAMPTZ) IS NULL
+                CASE WHEN TRY_CAST(timestamp AS TIMESTAMPTZ) IS NULL
                     THEN 'StopTransaction timestamp missing or not a date-time' END
             ],
             lambda x: x IS NOT NULL
         ) AS issues
-    FROM tx_frames
-    WHERE action = 'StopTransaction' AND message_type = 2
+    FROM placed
+    WHERE action = 'StopTransaction'
     -- A StopTransaction retried after a timeout stops the same transaction once.
-    QUALIFY row_number() OVER (PARTITION BY identity, transaction_id ORDER BY ts, seq) = 1
+    QUALIFY row_number() OVER (
+        PARTITION BY identity, transaction_id, occurrence ORDER BY ts, seq
+    ) = 1
 ),
 tx16 AS (
     SELECT
@@ -171,39 +207,45 @@ tx16 AS (
         CASE WHEN b.identity IS NOT NULL THEN coalesce(b.reason, 'Local') END AS stop_reason,
         list_concat(coalesce(a.issues, []), coalesce(b.issues, [])) AS issues
     FROM starts16 AS a
-    FULL JOIN stops16 AS b ON a.identity = b.identity AND a.transaction_id = b.transaction_id
+    FULL JOIN stops16 AS b
+        ON a.identity = b.identity
+        AND a.transaction_id = b.transaction_id
+        AND a.occurrence = b.occurrence
     LEFT JOIN energy AS e
         ON e.identity = coalesce(a.identity, b.identity)
         AND e.transaction_id = coalesce(a.transaction_id, b.transaction_id)
+        AND e.occurrence = coalesce(a.occurrence, b.occurrence)
 ),
 events2 AS (
     SELECT
         identity,
         ocpp_version,
         seq,
-        p.transactionInfo.transactionId AS transaction_id,
-        p.eventType AS event_type,
-        coalesce(TRY_CAST(p.timestamp AS TIMESTAMPTZ), ts) AS event_at,
-        TRY_CAST(trim(p.evse.id::VARCHAR, '"') AS INTEGER) AS evse_id,
-        TRY_CAST(p.evse.connectorId AS INTEGER) AS connector_id,
-        p.idToken.idToken AS id_token,
-        p.idToken.type AS id_token_type,
-        p.transactionInfo.stoppedReason AS stopped_reason,
+        transactionInfo.transactionId AS transaction_id,
+        CASE WHEN transactionInfo.transactionId IS NOT NULL THEN occurrence ELSE 0 END
+            AS occurrence,
+        eventType AS event_type,
+        coalesce(TRY_CAST(timestamp AS TIMESTAMPTZ), ts) AS event_at,
+        TRY_CAST(trim(evse.id::VARCHAR, '"') AS INTEGER) AS evse_id,
+        TRY_CAST(evse.connectorId AS INTEGER) AS connector_id,
+        idToken.idToken AS id_token,
+        idToken.type AS id_token_type,
+        transactionInfo.stoppedReason AS stopped_reason,
         list_filter(
             [
-                CASE WHEN p.transactionInfo.transactionId IS NULL
+                CASE WHEN transactionInfo.transactionId IS NULL
                     THEN 'transactionId missing' END,
-                CASE WHEN coalesce(p.eventType, '-') NOT IN ('Started', 'Updated', 'Ended')
+                CASE WHEN coalesce(eventType, '-') NOT IN ('Started', 'Updated', 'Ended')
                     THEN 'eventType missing or unknown' END,
-                CASE WHEN TRY_CAST(p.timestamp AS TIMESTAMPTZ) IS NULL
+                CASE WHEN TRY_CAST(timestamp AS TIMESTAMPTZ) IS NULL
                     THEN 'TransactionEvent timestamp missing or not a date-time' END,
-                CASE WHEN NOT regexp_full_match(coalesce(p.evse.id::VARCHAR, '0'), '\d+')
+                CASE WHEN NOT regexp_full_match(coalesce(evse.id::VARCHAR, '0'), '\d+')
                     THEN 'evse.id is not an integer' END
             ],
             lambda x: x IS NOT NULL
         ) AS issues
-    FROM tx_frames
-    WHERE action = 'TransactionEvent' AND message_type = 2
+    FROM placed
+    WHERE action = 'TransactionEvent'
 ),
 tx2 AS (
     SELECT
@@ -222,8 +264,8 @@ tx2 AS (
             THEN coalesce(max(t.stopped_reason), 'Local') END AS stop_reason,
         list_distinct(flatten(list(t.issues))) AS issues
     FROM events2 AS t
-    LEFT JOIN energy AS e USING (identity, transaction_id)
-    GROUP BY t.identity, t.transaction_id
+    LEFT JOIN energy AS e USING (identity, transaction_id, occurrence)
+    GROUP BY t.identity, t.transaction_id, t.occurrence
 )
 SELECT
     identity,

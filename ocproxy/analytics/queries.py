@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ocproxy.errors import ConfigError, OcproxyError
+from ocproxy.recorder import derived
 
 ISSUES_COLUMN = "issues"
 LEGS = ("charger", "mirror", "all")  # values of the queries' legs parameter
@@ -38,6 +40,9 @@ _PARAM = re.compile(
     r"(?P<name>[a-z_][a-z0-9_]*)\s*"
     r"(?:\((?P<required>required)\)|=\s*(?P<default>[^:]*?))?\s*:\s*(?P<description>.+)"
 )
+_FIELDS = re.compile(rf"\b{derived.TABLE}\b", re.IGNORECASE)
+# Connections whose frame_fields were checked (and, if incomplete, replaced by a view).
+_CHECKED: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
 _KEY = re.compile(r"(?P<key>title|description):\s*(?P<value>.*)|param\s+(?P<param>.*)")
 
 
@@ -214,13 +219,27 @@ def run(
     *,
     what: str = "query",
 ) -> QueryResult:
-    """Run SQL (a script: the last statement's result counts) and fetch it as Arrow."""
+    """Run SQL (a script: the last statement's result counts) and fetch it as Arrow.
+
+    SQL reading ``frame_fields`` (the payload fields parsed at insert time) gets them
+    computed from ``frames`` when the sources lack some (a recording written before
+    they existed): the same result, only slower."""
     try:
+        if _FIELDS.search(sql):
+            _fields_checked(db)
         relation = db.sql(sql, params=params or None)
         table = pa.table({}) if relation is None else relation.to_arrow_table()
     except duckdb.Error as exc:
         raise ConfigError(f"{what} failed: {_explain(exc, sql, params)}") from exc
     return QueryResult(table, lenient_rows(table))
+
+
+def _fields_checked(db: duckdb.DuckDBPyConnection) -> None:
+    """Check ``frame_fields`` once per connection (a report runs several queries)."""
+    if db in _CHECKED:
+        return
+    derived.ensure_readable(db)
+    _CHECKED.add(db)
 
 
 def _explain(exc: duckdb.Error, sql: str, params: dict[str, str | None]) -> str:

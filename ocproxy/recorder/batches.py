@@ -15,6 +15,7 @@ from ocproxy.audit.auditor import Finding
 from ocproxy.core.events import ConfigReloaded, ConnectionClosed, ConnectionOpened
 from ocproxy.core.handshake import ocpp_version
 from ocproxy.core.observe import ObservedFrame
+from ocproxy.recorder import derived
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -73,6 +74,7 @@ def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: 
             frames = _frames_table(batch.frames)
             db.register("_ocproxy_frames_batch", frames)
             db.execute("INSERT INTO frames BY NAME SELECT * FROM _ocproxy_frames_batch")
+            derived.append(db, "_ocproxy_frames_batch", frames)
             db.unregister("_ocproxy_frames_batch")
         if batch.closes:
             _append_closes(db, batch.closes)

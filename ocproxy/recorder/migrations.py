@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import duckdb
 
+from ocproxy.recorder import derived
+
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
@@ -178,6 +180,15 @@ def m007_config_reloads(db: duckdb.DuckDBPyConnection) -> None:
         );
         """
     )
+
+
+@migration
+def m008_frame_fields(db: duckdb.DuckDBPyConnection) -> None:
+    # The payload fields the analytics read (transaction id, EVSE/connector, meter
+    # values, status ...), parsed once: see ocproxy.recorder.derived. A file written
+    # before gets them for its frames now, when it is first opened for writing.
+    derived.create(db)
+    derived.backfill(db)
 
 
 def migrate(db: duckdb.DuckDBPyConnection) -> list[str]:

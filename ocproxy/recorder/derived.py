@@ -1,0 +1,143 @@
+"""Payload fields the analytics read, parsed once when the frames are stored.
+
+The slow named queries (``transactions``, ``meter_values``, ``availability``) used to
+parse the JSON payloads of millions of frames every time they ran. The table
+``frame_fields`` holds, for the few actions they are about, one row per frame: its
+place (``connection_id``, ``seq``), the frame columns the queries filter on, and
+``fields``, a struct of the payload fields of both OCPP 1.6 and 2.0.1/2.1 shapes
+(transaction id, EVSE/connector, status, event type, id token, meter values with
+their energy register samples, ...), parsed leniently with ``from_json`` exactly as
+the queries did (a field of the wrong shape is NULL, its raw JSON kept where a query
+checks its type).
+
+Filled in DuckDB, vectorised, by one ``INSERT ... SELECT`` over the Arrow batch the
+recorder has just appended (only the rows of these actions are parsed), and for a
+file written before it existed by the migration that creates it. Readers check that
+it covers every frame it should (a file written by a tool that bypassed the recorder
+has no rows) and otherwise compute the same rows from ``frames`` on the fly:
+:func:`ensure_readable`.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+TABLE = "frame_fields"
+# CALLs whose payload fields are stored, and the StartTransaction answer (1.6 gives
+# the transaction id there).
+CALL_ACTIONS = (
+    "StartTransaction",
+    "StopTransaction",
+    "MeterValues",
+    "TransactionEvent",
+    "StatusNotification",
+)
+_CALL_SET = pa.array(CALL_ACTIONS, pa.string())
+
+# Fields whose JSON type a query checks (1 or "1") are kept as JSON text; the rest are
+# read as VARCHAR and cast by the queries (TRY_CAST), as before.
+# 1.6 has no unitOfMeasure: a StopTransaction's transactionData never reads one.
+_SAMPLES_16 = """[{"timestamp": "VARCHAR", "sampledValue": [{"value": "JSON",
+    "measurand": "VARCHAR", "phase": "VARCHAR", "location": "VARCHAR", "context": "VARCHAR",
+    "format": "VARCHAR", "unit": "VARCHAR"}]}]"""
+_SAMPLES = _SAMPLES_16.replace(
+    '"unit": "VARCHAR"}',
+    '"unit": "VARCHAR", "unitOfMeasure": {"unit": "VARCHAR", "multiplier": "VARCHAR"}}',
+)
+SPEC = f"""{{"transactionId": "JSON", "connectorId": "JSON", "evseId": "VARCHAR",
+    "idTag": "VARCHAR", "meterStart": "JSON", "meterStop": "JSON", "timestamp": "VARCHAR",
+    "reason": "VARCHAR", "eventType": "VARCHAR", "status": "VARCHAR",
+    "connectorStatus": "VARCHAR", "errorCode": "VARCHAR",
+    "transactionInfo": {{"transactionId": "VARCHAR", "stoppedReason": "VARCHAR",
+        "chargingState": "VARCHAR"}},
+    "evse": {{"id": "JSON", "connectorId": "VARCHAR"}},
+    "idToken": {{"idToken": "VARCHAR", "type": "VARCHAR"}},
+    "meterValue": {_SAMPLES}, "transactionData": {_SAMPLES_16}}}"""
+
+# The frames that get a row: one predicate for the insert, the back-fill and the check.
+_WHERE = (
+    "((message_type = 2 AND action IN ({actions})) "
+    "OR (message_type = 3 AND action = 'StartTransaction'))"
+).format(actions=", ".join(f"'{a}'" for a in CALL_ACTIONS))
+_COLUMNS = "connection_id, seq, ts, action, message_type, request_seq"
+_SPEC_SQL = " ".join(SPEC.split()).replace("'", "''")
+
+
+# The energy register samples of a frame's meter values (the default measurand, of the
+# whole outlet, in Wh: kWh x 1000, 2.x multiplier applied) as (timestamp text, wh):
+# what `transactions` needs from them. The timestamp stays text: casting it depends
+# on the session's time zone when it has no offset, and readers cast it in UTC.
+_REGISTER = """coalesce(sv.measurand, 'Energy.Active.Import.Register')
+        = 'Energy.Active.Import.Register'
+    AND sv.phase IS NULL AND coalesce(sv.location, 'Outlet') = 'Outlet'
+    AND lower(coalesce(sv.unit, sv.unitOfMeasure.unit, 'Wh')) IN ('wh', 'kwh')"""
+_WH = """TRY_CAST(sv.value ->> '$' AS DOUBLE)
+    * CASE lower(coalesce(sv.unit, sv.unitOfMeasure.unit, 'Wh')) WHEN 'kwh' THEN 1000 ELSE 1 END
+    * pow(10, coalesce(TRY_CAST(sv.unitOfMeasure.multiplier AS INTEGER), 0))"""
+_REGISTERS = f"""list_filter(flatten(list_transform(
+        CASE action WHEN 'StopTransaction' THEN transactionData ELSE meterValue END,
+        lambda mv: list_transform(list_filter(mv.sampledValue, lambda sv: {_REGISTER}),
+            lambda sv: {{'timestamp': mv.timestamp, 'wh': {_WH}}}))),
+    lambda r: r.wh IS NOT NULL)"""
+
+
+def select_from(relation: str) -> str:
+    """The rows of ``frame_fields`` for the frames of ``relation`` (a table or view)."""
+    # One column per payload field (named as in the payload), not one struct: a query
+    # reading a few small fields must not read every frame's meter values.
+    registers = " ".join(_REGISTERS.split())
+    return (
+        f"SELECT *, CASE WHEN action IN ('MeterValues', 'StopTransaction', 'TransactionEvent') "
+        f"THEN {registers} END AS registers FROM ("
+        f"SELECT {_COLUMNS}, unnest(from_json(payload, '{_SPEC_SQL}')) "
+        f"FROM {relation} WHERE {_WHERE})"
+    )
+
+
+def create(db: duckdb.DuckDBPyConnection) -> None:
+    """The table (empty), typed by the SELECT that fills it."""
+    db.execute(f"CREATE TABLE {TABLE} AS {select_from('frames')} LIMIT 0")
+
+
+def backfill(db: duckdb.DuckDBPyConnection) -> int:
+    """Add the rows of every frame that lacks its own; how many were added."""
+    row = db.execute(
+        f"INSERT INTO {TABLE} {select_from('frames')} "
+        f"AND (connection_id, seq) NOT IN (SELECT (connection_id, seq) FROM {TABLE})"
+        if _has_rows(db)
+        else f"INSERT INTO {TABLE} {select_from('frames')}"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def append(db: duckdb.DuckDBPyConnection, registered: str, frames: pa.Table) -> None:
+    """The rows of a batch just appended to ``frames``, already registered as ``registered``.
+
+    A batch without any of these actions (heartbeats) costs one vectorised check."""
+    calls = pc.any(pc.is_in(frames.column("action"), value_set=_CALL_SET)).as_py()
+    if calls:
+        db.execute(f"INSERT INTO {TABLE} {select_from(registered)}")
+
+
+def ensure_readable(db: duckdb.DuckDBPyConnection) -> bool:
+    """Make ``frame_fields`` hold a row for every frame it should; True if it did already.
+
+    For a reader: a source written before the table existed (and never opened for
+    writing since), a Parquet export, or a file written around the recorder lacks
+    rows. Then a temp view of the same name computes them all from ``frames``: the
+    same results, at the old speed. Nothing is written to any source."""
+    try:
+        ((complete,),) = db.execute(
+            f"SELECT (SELECT count(*) FROM frames WHERE {_WHERE}) = (SELECT count(*) FROM {TABLE})"
+        ).fetchall()
+    except duckdb.CatalogException:
+        complete = False
+    if not complete:
+        db.execute(f"CREATE OR REPLACE TEMP VIEW {TABLE} AS {select_from('frames')}")
+    return bool(complete)
+
+
+def _has_rows(db: duckdb.DuckDBPyConnection) -> bool:
+    return bool(db.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchall())
