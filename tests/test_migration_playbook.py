@@ -9,6 +9,7 @@ report, disconnect and query are real ``ocproxy`` processes, as a site host runs
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -24,8 +25,11 @@ import pytest
 from helpers_cli import run_ocproxy
 from helpers_ws import wait_until
 
+from ocproxy.control.client import ControlClient
 from ocproxy.sim.csms import SimCsms
 from ocproxy.sim.fleet import FleetOptions, run_fleet
+from ocproxy.tail.cli import follow, start
+from ocproxy.tail.snapshot import TailFilters, TailSnapshot
 
 TIMEOUT = 60
 
@@ -86,6 +90,30 @@ async def proxy(config: Path, db: Path) -> AsyncIterator[Proxy]:
             await running.stop()
 
 
+@asynccontextmanager
+async def _tails(control: str) -> AsyncIterator[tuple[list[TailSnapshot], list[TailSnapshot]]]:
+    """Two live ``ocproxy tail`` views (tail.cli's start and follow): the default one
+    and ``--legs all``; each box holds the latest snapshot."""
+    host, port = control.rsplit(":", 1)
+    async with (
+        ControlClient(host, int(port)) as first,
+        ControlClient(host, int(port)) as second,
+    ):
+        boxes: list[list[TailSnapshot]] = []
+        tasks = []
+        for client, filters in ((first, TailFilters()), (second, TailFilters(legs="all"))):
+            box = [await start(client, filters, 1000)]
+            boxes.append(box)
+            update = functools.partial(box.__setitem__, 0)
+            tasks.append(asyncio.create_task(follow(client, box[0], update, refresh=None)))
+        try:
+            yield boxes[0], boxes[1]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _config(
     old: SimCsms,
     *,
@@ -107,12 +135,30 @@ async def _evaluate(tmp_path: Path, old: SimCsms, new: SimCsms) -> str:
     config = tmp_path / "evaluate.toml"
     config.write_text(_config(old, mirror=new))
     db = tmp_path / "evaluation.duckdb"
-    async with proxy(config, db) as running:
+    async with proxy(config, db) as running, _tails(running.control) as (own, every):
         options = FleetOptions(
             url=f"{running.url}/ocpp", count=3, prefix="DEPOT-", pace=0.02, transactions=1
         )
         result = await run_fleet(options, lambda *_: None)
         assert result.failures == []
+        # Three charger connections of 22 frames each, and copies on three mirror legs.
+        await wait_until(lambda: own[0].total == 66, "the chargers' frames tailed", 20)
+        await wait_until(
+            lambda: len({r.connection_id for r in every[0].frames if r.mirror}) == 3,
+            "the mirror legs' frames tailed",
+            20,
+        )
+    with duckdb.connect(str(db), read_only=True) as con:
+        legs = dict(con.execute("SELECT connection_id, source FROM connections").fetchall())
+    # ocproxy tail, live: the chargers' own connections by default; with --legs all the
+    # mirror legs too, each of their frames marked as such.
+    assert {r.connection_id for r in own[0].frames} == {c for c, s in legs.items() if s == "proxy"}
+    assert not any(r.mirror for r in own[0].frames)
+    assert not any(c.mirror for c in own[0].connections)
+    assert {r.connection_id: r.mirror for r in every[0].frames} == {
+        c: s == "mirror" for c, s in legs.items()
+    }
+    assert every[0].mirror_ids == {c for c, s in legs.items() if s == "mirror"}
     code, out, err = await _ocproxy("report", db, "--mirror")
     assert (code, err) == (0, ""), err
     return out

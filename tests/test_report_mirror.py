@@ -354,3 +354,28 @@ def test_mirror_page_in_chromium(
     )
     assert SAME not in {s for s, _ in browser.evaluate(PAGE)["outcomes"]}
     assert browser.problems() == []
+
+
+# -- ocproxy tail keeps the mirror legs apart, and marks them ---------------------------
+
+
+def test_tail_marks_mirror_lines(
+    mirrored: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    shown = {}
+    for legs in ("charger", "mirror", "all"):
+        code, out, err = run_ocproxy(
+            capsys, "tail", mirrored, "--identity", "CP-A", "--limit", "100", "--legs", legs
+        )
+        assert (code, err) == (0, "")
+        shown[legs] = out
+    # CP-A's own connection: 11 CALLs, their answers, the secondary's RemoteStart relayed
+    # (injected) and the charger's answer; its mirror leg: 11 copies, 10 answers (none to
+    # DataTransfer), the RemoteStart CALL and the copy of the charger's answer.
+    assert "frames · last 24 of 24 · identity=CP-A" in shown["charger"]
+    assert "CP-A mirror" not in shown["charger"]
+    assert "frames · last 23 of 23 · identity=CP-A legs=mirror" in shown["mirror"]
+    assert "frames · last 47 of 47 · identity=CP-A legs=all" in shown["all"]
+    assert sum("CP-A mirror" in line for line in shown["all"].splitlines()) == 23 + 1  # + its row
+    assert sum("CP-A mirror" in line for line in shown["mirror"].splitlines()) == 23 + 1

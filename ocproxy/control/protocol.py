@@ -139,6 +139,9 @@ def open_event(event: ConnectionOpened) -> dict[str, Any]:
         "subprotocol": event.subprotocol,
         "handshake_status": event.handshake_status,
         "ts": event.ts,
+        # "mirror" (with the charger's connection in mirror_of) for a leg to a secondary CSMS
+        "source": event.source,
+        "mirror_of": event.mirror_of,
     }
 
 

@@ -57,7 +57,9 @@ examples:
       the last 10 frames of CP-17, each with its payload
 
 Latency is shown for responses; findings of the audit are marked with a red
-"⚑ rule-id", CALLs ocproxy injected (and their answers) with "◆ injected".
+"⚑ rule-id", CALLs ocproxy injected (and their answers) with "◆ injected". The legs
+ocproxy opens to a secondary CSMS (proxy --mirror) are left out unless --legs says
+otherwise, and marked "mirror" after the identity.
 Exit codes: 0 (Ctrl-C, or DB printed), 1 no control endpoint / refused token / the
 endpoint went away, 2 bad arguments or a file that is not an ocproxy recording.
 """
@@ -87,6 +89,14 @@ def add_tail_command(commands: Any) -> None:
         help="only frames sent this way",
     )
     cmd.add_argument(
+        "--legs",
+        choices=("charger", "mirror", "all"),
+        default="charger",
+        help="whose connections: the chargers' own (default), mirror (the legs ocproxy "
+        "opened to a secondary CSMS, see --mirror in ocproxy proxy) or all (mirror lines "
+        'are marked "mirror")',
+    )
+    cmd.add_argument(
         "--limit",
         type=positive_int,
         default=DEFAULT_LIMIT,
@@ -104,7 +114,7 @@ def add_tail_command(commands: Any) -> None:
 
 def run_tail(args: argparse.Namespace, console: Console | None = None) -> int:
     console = console or make_console()
-    filters = TailFilters(args.identity, args.action, args.direction)
+    filters = TailFilters(args.identity, args.action, args.direction, args.legs)
     if args.db is not None:
         snapshot = replace(read_recording(args.db, filters, args.limit), payloads=args.payload)
         console.print(render(snapshot, width=console.width if console.is_terminal else None))
@@ -136,18 +146,25 @@ def _read(
     }
     columns = {r[0] for r in db.execute("DESCRIBE frames").fetchall()}
     injected = "f.injected" if "injected" in columns else "false"
+    connection_columns = {r[0] for r in db.execute("DESCRIBE connections").fetchall()}
+    # Recordings from before mirroring have no mirror legs.
+    mirror = "c.mirror_of IS NOT NULL" if "mirror_of" in connection_columns else "false"
     findings = "g.rules" if "findings" in tables else "NULL::VARCHAR[]"
     findings_cte = _FINDINGS_CTE if "findings" in tables else ""
     findings_join = "LEFT JOIN g USING (connection_id, seq)" if "findings" in tables else ""
     params = {**_filter_params(filters), "limit": limit}
     frames_sql = _FRAMES_SQL.format(
-        cte=findings_cte, injected=injected, findings=findings, join=findings_join
+        cte=findings_cte, injected=injected, findings=findings, join=findings_join, mirror=mirror
     )
     records = _records(db, frames_sql, params)
-    total_row = db.execute(_COUNT_SQL, _filter_params(filters)).fetchone()
+    total_row = db.execute(_COUNT_SQL.format(mirror=mirror), _filter_params(filters)).fetchone()
     connections = [
         _connection(record)
-        for record in _records(db, _CONNECTIONS_SQL, {"identity": filters.identity})
+        for record in _records(
+            db,
+            _CONNECTIONS_SQL.format(mirror=mirror),
+            {"identity": filters.identity, "legs": filters.legs},
+        )
     ]
     if filters.identity is not None and not connections:
         # A misspelt identity must not look like a quiet charger.
@@ -167,6 +184,7 @@ def _filter_params(filters: TailFilters) -> dict[str, Any]:
         "identity": filters.identity,
         "action": filters.action,
         "direction": filters.direction,
+        "legs": filters.legs,
     }
 
 
@@ -174,6 +192,7 @@ _WHERE = """
 ($identity IS NULL OR c.identity = $identity)
 AND ($action IS NULL OR f.action = $action)
 AND ($direction IS NULL OR f.direction = $direction)
+AND ($legs = 'all' OR ({mirror}) = ($legs = 'mirror'))
 """
 _FINDINGS_CTE = """
 WITH g AS (
@@ -187,7 +206,8 @@ _FRAMES_SQL = (
 SELECT f.connection_id, f.seq, epoch_us(f.ts) / 1e6 AS ts, c.identity, f.direction,
        f.message_type, f.message_id, f.action, f.latency_ms, f.size, f.parse_status,
        f.error_code, f.pairing, {injected} AS injected, {findings} AS findings,
-       f.payload::VARCHAR AS payload, CASE WHEN f.payload IS NULL THEN f.raw END AS raw
+       f.payload::VARCHAR AS payload, CASE WHEN f.payload IS NULL THEN f.raw END AS raw,
+       {mirror} AS mirror
 FROM frames f LEFT JOIN connections c USING (connection_id) {join}
 WHERE """
     + _WHERE
@@ -202,11 +222,12 @@ _COUNT_SQL = (
 _CONNECTIONS_SQL = """
 SELECT c.connection_id, c.identity, c.subprotocol, epoch_us(c.opened_at) / 1e6 AS opened_at,
        c.handshake_status, c.closed_at IS NOT NULL AS is_closed, c.close_code, c.closed_by,
-       coalesce(n.frames, 0) AS frames
+       coalesce(n.frames, 0) AS frames, {mirror} AS mirror
 FROM connections c
 LEFT JOIN (SELECT connection_id, count(*) AS frames FROM frames GROUP BY connection_id) n
     USING (connection_id)
-WHERE $identity IS NULL OR c.identity = $identity
+WHERE ($identity IS NULL OR c.identity = $identity)
+    AND ($legs = 'all' OR ({mirror}) = ($legs = 'mirror'))
 ORDER BY c.opened_at, c.connection_id
 """
 

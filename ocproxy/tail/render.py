@@ -3,7 +3,9 @@
 Colours follow ``ocproxy.console``: frames to the CSMS cyan, to the charger magenta,
 CALLERROR / CALLRESULTERROR and malformed frames red; findings are marked with a red
 ``⚑rule-id`` (no space: a wrap never parts flag and rule), frames ocproxy injected
-itself with a yellow ``◆ injected``.
+itself with a yellow ``◆ injected``, and the connections and frames of the proxy's legs
+to a secondary CSMS (``proxy --mirror``) say ``mirror`` after the identity, as the
+proxy's console does.
 
 The frame list is a table whose columns are sized from the width it is given so that
 the notes (error code, pairing, injection, findings) always keep room and wrap rather
@@ -29,6 +31,7 @@ ARROWS = {"to_csms": "→ csms", "to_charger": "← charger"}
 ERROR_STYLE = "bold red"
 FINDING_STYLE = "bold red"
 INJECTED_STYLE = "bold yellow"
+MIRROR_STYLE = "magenta"  # as in ocproxy.console
 LATENCY_STYLE = "yellow"
 
 WIDE = 150  # from this width message ids are shown whole
@@ -134,7 +137,7 @@ def connection_cells(row: ConnectionRow) -> list[Text]:
     else:
         state = Text(f"closed {row.closed}", "dim")
     return [
-        Text(row.identity),
+        identity_text(row.identity, row.mirror, ""),
         Text(row.subprotocol or "-"),
         Text(_datetime(row.opened_at), "dim"),
         Text(str(row.frames)),
@@ -165,6 +168,8 @@ def frames_panel(
         body = _frame_table(rows, width) if rows else _empty(snapshot)
     title = Text(f"frames · last {len(rows)} of {snapshot.total}", "bold")
     filters = snapshot.filters.params()
+    if snapshot.filters.legs != "charger":
+        filters["legs"] = snapshot.filters.legs
     if filters:
         title.append(" · " + " ".join(f"{k}={v}" for k, v in filters.items()), "bold blue")
     subtitle = None
@@ -239,7 +244,7 @@ def frame_cells(row: FrameRow) -> list[Text]:
         latency = Text(f"{row.latency_ms:.1f} ms", LATENCY_STYLE)
     return [
         Text(_time(row.ts), "dim"),
-        Text(row.identity, "bold"),
+        identity_text(row.identity, row.mirror),
         Text(ARROWS.get(row.direction, row.direction), style),
         kind,
         Text(row.action or "-", style),
@@ -248,6 +253,14 @@ def frame_cells(row: FrameRow) -> list[Text]:
         Text(f"{row.size} B", "dim"),
         notes(row),
     ]
+
+
+def identity_text(identity: str, mirror: bool, style: str = "bold") -> Text:
+    """The identity, followed by ``mirror`` for the proxy's leg to a secondary CSMS."""
+    text = Text(identity, style)
+    if mirror:
+        text.append(" mirror", MIRROR_STYLE)
+    return text
 
 
 def frame_line(row: FrameRow, shown_id: str | None = None) -> Text:

@@ -27,16 +27,26 @@ class TailFilters:
     identity: str | None = None
     action: str | None = None
     direction: str | None = None
+    # Whose connections: the chargers' own ("charger"), the proxy's legs to a secondary
+    # CSMS ("mirror", proxy --mirror) or both ("all"); told apart on this side.
+    legs: str = "charger"
 
     def accepts(self, row: FrameRow) -> bool:
         return (
             (self.identity is None or row.identity == self.identity)
             and (self.action is None or row.action == self.action)
             and (self.direction is None or row.direction == self.direction)
+            and self.accepts_leg(row.mirror)
         )
 
     def accepts_identity(self, identity: str) -> bool:
         return self.identity is None or identity == self.identity
+
+    def accepts_leg(self, mirror: bool) -> bool:
+        return self.legs == "all" or mirror == (self.legs == "mirror")
+
+    def accepts_connection(self, row: ConnectionRow) -> bool:
+        return self.accepts_identity(row.identity) and self.accepts_leg(row.mirror)
 
     def params(self) -> dict[str, str]:
         """The filters that are set, as ``subscribe`` parameters."""
@@ -53,6 +63,7 @@ class ConnectionRow:
     frames: int  # frames on the connection so far (both directions, every action)
     handshake_status: int = 101
     closed: str | None = None  # "1000 by charger" once closed; None while open
+    mirror: bool = False  # the proxy's leg to a secondary CSMS (proxy --mirror)
 
     @property
     def refused(self) -> bool:
@@ -78,6 +89,7 @@ class FrameRow:
     findings: tuple[str, ...] = ()  # rule ids, sorted, each once
     payload: str | None = None  # compact JSON as recorded (redacted); None if malformed
     raw: str | None = None  # the frame's text when it has no payload (malformed)
+    mirror: bool = False  # on the proxy's leg to a secondary CSMS (proxy --mirror)
 
     @property
     def malformed(self) -> bool:
@@ -105,6 +117,8 @@ class TailSnapshot:
     live: bool = False
     ended: str | None = None  # why a live tail stopped, once it has
     payloads: bool = False  # show each frame's payload under it (tail --payload)
+    # Live: the connections announced as mirror legs, so their frames are marked so.
+    mirror_ids: frozenset[str] = frozenset()
 
 
 def type_name(message_type: int | None) -> str:
@@ -143,6 +157,7 @@ def _frame_row(values: Mapping[str, Any], rules: Iterable[str]) -> FrameRow:
         findings=tuple(sorted(set(rules))),
         payload=values.get("payload"),
         raw=None if values.get("payload") is not None else _text(values.get("raw")),
+        mirror=bool(values.get("mirror")),
     )
 
 
@@ -165,7 +180,13 @@ def connection_row(values: Mapping[str, Any]) -> ConnectionRow:
         frames=int(values.get("frames") or 0),
         handshake_status=101 if status is None else int(status),
         closed=values.get("closed"),
+        mirror=_is_mirror(values),
     )
+
+
+def _is_mirror(values: Mapping[str, Any]) -> bool:
+    """A recording's ``mirror`` column, or an ``open`` event's ``source`` / ``mirror_of``."""
+    return bool(values.get("mirror") or values.get("mirror_of") or values.get("source") == "mirror")
 
 
 def closed_text(code: int | None, closed_by: str | None) -> str:
@@ -191,7 +212,7 @@ def new_snapshot(
     return TailSnapshot(
         filters=filters,
         limit=limit,
-        connections=tuple(c for c in connections if filters.accepts_identity(c.identity)),
+        connections=tuple(c for c in connections if filters.accepts_connection(c)),
         frames=kept,
         total=len(frames) if total is None else total,
         source=source,
@@ -221,6 +242,8 @@ def apply_event(snapshot: TailSnapshot, event: Mapping[str, Any]) -> TailSnapsho
 
 
 def add_frame(snapshot: TailSnapshot, row: FrameRow) -> TailSnapshot:
+    if row.connection_id in snapshot.mirror_ids:
+        row = replace(row, mirror=True)
     connections = _count_frame(snapshot.connections, row, snapshot.filters)
     if not snapshot.filters.accepts(row):
         return replace(snapshot, connections=connections)
@@ -239,7 +262,7 @@ def merge_connections(snapshot: TailSnapshot, live: Iterable[ConnectionRow]) -> 
     """
     current = {c.connection_id: c for c in snapshot.connections}
     for row in live:
-        if not snapshot.filters.accepts_identity(row.identity):
+        if not snapshot.filters.accepts_connection(row):
             continue
         known = current.get(row.connection_id)
         current[row.connection_id] = (
@@ -261,16 +284,20 @@ def _count_frame(
                 return connections
             updated = replace(connection, frames=row.seq + 1)
             return (*connections[:index], updated, *connections[index + 1 :])
-    if not filters.accepts_identity(row.identity):
+    if not filters.accepts_identity(row.identity) or not filters.accepts_leg(row.mirror):
         return connections
     # Opened before we subscribed and missing from the connections list we were given.
-    unknown = ConnectionRow(row.connection_id, row.identity, None, None, row.seq + 1)
+    unknown = ConnectionRow(
+        row.connection_id, row.identity, None, None, row.seq + 1, mirror=row.mirror
+    )
     return (*connections, unknown)
 
 
 def _opened(snapshot: TailSnapshot, event: Mapping[str, Any]) -> TailSnapshot:
     row = connection_row(event)
-    if not snapshot.filters.accepts_identity(row.identity):
+    if row.mirror:
+        snapshot = replace(snapshot, mirror_ids=snapshot.mirror_ids | {row.connection_id})
+    if not snapshot.filters.accepts_connection(row):
         return snapshot
     if any(c.connection_id == row.connection_id for c in snapshot.connections):
         return snapshot  # already in the connections list we were given
