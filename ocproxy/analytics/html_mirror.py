@@ -15,17 +15,23 @@ from ocproxy import __version__
 from ocproxy.analytics.html import CSS, JS
 from ocproxy.analytics.mirror_terminal import OUTCOME_NAMES, shown_outcomes
 from ocproxy.analytics.report_data import fmt_count, fmt_ms, fmt_stamp
-from ocproxy.analytics.report_mirror import CALLERROR, DIFFERENT, SAME, UNANSWERED, MirrorReport
+from ocproxy.analytics.report_mirror import (
+    CALLERROR,
+    CUT_OFF,
+    DIFFERENT,
+    NOT_SENT,
+    SAME,
+    UNANSWERED,
+    MirrorReport,
+)
 from ocproxy.analytics.svg import (
     ROW,
     W,
-    _legend,
     _no_data,
     _rect,
     _svg,
     _text,
     _value_axis,
-    color,
     esc,
     nice_ticks,
 )
@@ -35,9 +41,12 @@ OUTCOME_COLORS = {
     DIFFERENT: "#f28e2b",
     CALLERROR: "#e15759",
     UNANSWERED: "#9d9d9d",
+    CUT_OFF: "#c9c9c9",
+    NOT_SENT: "#b07aa1",
 }
 SIDES = ("primary", "secondary")
-_MIRROR_CSS = ".verdict{font-size:16px;font-weight:600}td.text{text-align:left}"
+SIDE_COLORS = {"primary": "#4e79a7", "secondary": "#f28e2b"}
+_MIRROR_CSS = ".verdict{font-size:16px;font-weight:600}td.text,th.text{text-align:left}"
 
 
 def render_mirror_html(report: MirrorReport) -> str:
@@ -100,7 +109,7 @@ def outcomes_chart(report: MirrorReport) -> str:
     left, right, top = 250.0, W - 60.0, 30.0
     ticks = nice_ticks(max(o.exchanges for o in report.outcomes))
     names = {k: OUTCOME_NAMES[k] for k in kinds}
-    body = [_outcome_legend(kinds, left, 18)]
+    body = [_legend_in(kinds, left, 18, OUTCOME_NAMES, OUTCOME_COLORS)]
     for i, o in enumerate(report.outcomes):
         y, x = top + i * ROW, left
         body.append(_text(left - 8, y + 16, o.action, "label", "end"))
@@ -111,25 +120,23 @@ def outcomes_chart(report: MirrorReport) -> str:
             w = n / ticks[-1] * (right - left)
             tip = f"{o.action}: {fmt_count(n)} of {fmt_count(o.exchanges)} {names[kind]}"
             attrs = f' data-series="{esc(kind)}" data-count="{n}"'
-            body.append(_rect(x, y + 3, w, ROW - 6, _color(kind), tip, attrs))
+            body.append(_rect(x, y + 3, w, ROW - 6, OUTCOME_COLORS[kind], tip, attrs))
             x += w
     bottom = top + len(report.outcomes) * ROW + 4
     body += _value_axis(ticks, left, right, bottom, "CALLs")
     return _svg("mirror-outcomes", bottom + 46, title, body)
 
 
-def _color(kind: str) -> str:
-    return OUTCOME_COLORS.get(kind) or color(kind)
-
-
-def _outcome_legend(kinds: Sequence[str], x: float, y: float) -> str:
-    """As svg's legend (a click hides the series), in the outcomes' own colours."""
+def _legend_in(
+    keys: Sequence[str], x: float, y: float, names: dict[str, str], colors: dict[str, str]
+) -> str:
+    """As svg's legend (a click hides the series), in colours of this page's own."""
     parts = []
-    for kind in kinds:
-        name = OUTCOME_NAMES[kind]
+    for key in keys:
+        name = names.get(key, key)
         parts.append(
-            f'<g class="key" data-key="{esc(kind)}" tabindex="0" role="button">'
-            f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="12" height="12" fill="{_color(kind)}"/>'
+            f'<g class="key" data-key="{esc(key)}" tabindex="0" role="button">'
+            f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="12" height="12" fill="{colors[key]}"/>'
             f"{_text(x + 16, y, name)}</g>"
         )
         x += 28 + 7.2 * len(name)
@@ -145,7 +152,7 @@ def latency_chart(report: MirrorReport) -> str:
     left, right, top, half = 250.0, W - 120.0, 30.0, ROW / 2
     biggest = max(max(r.primary_p50_ms or 0, r.secondary_p50_ms or 0) for r in rows)
     ticks = nice_ticks(biggest)
-    body = [_legend(list(SIDES), left, 18)]
+    body = [_legend_in(SIDES, left, 18, {}, SIDE_COLORS)]
     for i, r in enumerate(rows):
         y = top + i * (ROW + 4)
         body.append(_text(left - 8, y + 16, r.action, "label", "end"))
@@ -160,7 +167,7 @@ def latency_chart(report: MirrorReport) -> str:
             w = p50 / ticks[-1] * (right - left)
             tip = f"{r.action}, {side}: p50 {fmt_ms(p50)}, p99 {fmt_ms(p99)} ({fmt_count(n)})"
             attrs = f' data-series="{side}"'
-            body.append(_rect(left, y + 2 + j * half, w, half - 2, color(side), tip, attrs))
+            body.append(_rect(left, y + 2 + j * half, w, half - 2, SIDE_COLORS[side], tip, attrs))
             body.append(_text(left + w + 6, y + j * half + half - 1, fmt_ms(p50), "tick"))
     bottom = top + len(rows) * (ROW + 4) + 4
     body += _value_axis(ticks, left, right, bottom, "ms")
@@ -168,20 +175,26 @@ def latency_chart(report: MirrorReport) -> str:
 
 
 def _table(
-    headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str, text_columns: int = 1
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    empty: str,
+    text: Sequence[int] = (0,),
 ) -> str:
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="text">{esc(c)}</td>' if i < text_columns else f"<td>{esc(c)}</td>"
-            for i, c in enumerate(row)
+    """A table whose ``text`` columns are left-aligned, the numbers right-aligned."""
+
+    def cell(tag: str, i: int, value: object) -> str:
+        return (
+            f'<{tag} class="text">{esc(value)}</{tag}>'
+            if i in text
+            else f"<{tag}>{esc(value)}</{tag}>"
         )
-        + "</tr>"
-        for row in rows
+
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows
     )
     if not body:
         return f'<p class="no-data">{esc(empty)}</p>'
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -190,7 +203,7 @@ def _differences(report: MirrorReport) -> str:
         (d.action, d.what, fmt_count(d.exchanges), d.example_identity) for d in report.differences
     )
     headers = ("action", "difference", "CALLs", "e.g. charger")
-    return _table(headers, rows, "Every answer was the same, or not given.", 2)
+    return _table(headers, rows, "Every answer was the same, or not given.", (0, 1))
 
 
 def _rejected(report: MirrorReport) -> str:
@@ -205,12 +218,12 @@ def _rejected(report: MirrorReport) -> str:
         for r in report.rejected
     )
     headers = ("charger", "boots not Accepted", "tokens not Accepted", "RemoteStart refused")
-    return _table((*headers, "what it said"), rows, "It rejected nothing.")
+    return _table((*headers, "what it said"), rows, "It rejected nothing.", (0, 4))
 
 
 def _never_accepted(report: MirrorReport) -> str:
     rows = ((n.identity, fmt_count(n.legs), n.reason) for n in report.never_accepted)
-    return _table(("charger", "legs", "why"), rows, "It accepted every charger.")
+    return _table(("charger", "legs", "why"), rows, "It accepted every charger.", (0, 2))
 
 
 def _latency_table(report: MirrorReport) -> str:
@@ -251,4 +264,6 @@ def _ignored(report: MirrorReport) -> str:
     rules = ", ".join(report.ignore_rules) or "nothing (--no-default-ignore)"
     note = f'<p class="note">Not compared: {esc(rules)}.</p>'
     rows = ((i.path, fmt_count(i.exchanges), ", ".join(i.actions)) for i in report.ignored)
-    return note + _table(("field", "CALLs", "actions"), rows, "No answer differed only there.", 3)
+    return note + _table(
+        ("field", "CALLs", "actions"), rows, "No answer differed only there.", (0, 2)
+    )
