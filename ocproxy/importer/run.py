@@ -41,6 +41,8 @@ class ImportResult:
     seconds: float
     notes: tuple[str, ...] = ()
     cpu_s: float = 0.0  # CPU time of every process that worked on it (bench figures)
+    share_cpu_s: tuple[float, ...] = ()  # of each process that read and staged a share
+    merge_cpu_s: float = 0.0  # of the copy into the recording, after them
 
     @property
     def rate(self) -> float:
@@ -153,6 +155,8 @@ def import_log(
         time.time() - started,
         tuple(notes),
         sum(s.cpu_s for s in shares) + merge_cpu,
+        tuple(s.cpu_s for s in shares),
+        merge_cpu,
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import batched
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,10 @@ def stage(
     submitted = 0
     try:
         with few_collections():
-            for event in events:
-                recorder.process(event)
-                submitted += 1
-                if progress is not None and submitted % 8192 == 0:
+            for chunk in batched(events, 8192):
+                recorder.process_many(chunk)
+                submitted += len(chunk)
+                if progress is not None:
                     progress(submitted)
     finally:
         stats = recorder.finish()
