@@ -220,6 +220,10 @@ def test_rejections_own_calls_and_chargers_never_accepted(mirrored: Path) -> Non
         ("CP-C", 1, "BootNotification answered Rejected (1 sent, none Accepted)"),
         ("CP-D", 1, "handshake: secondary refused: HTTP 401"),
     ]
+    first = build_mirror_report([str(mirrored)], top=1)  # --top bounds the lists, not the counts
+    assert [(n.identity, first.never_accepted_total) for n in first.never_accepted] == [("CP-C", 2)]
+    assert first.verdict().endswith("It never accepted 2 of 4 chargers.")
+    assert [r.identity for r in first.rejected] == ["CP-B"]
 
 
 def test_latency_side_by_side(mirrored: Path) -> None:

@@ -90,7 +90,7 @@ def _cards(report: MirrorReport) -> str:
             (f"answered {OUTCOME_NAMES[k]}", fmt_count(report.total(k)), "")
             for k in shown_outcomes(report)
         ),
-        ("never accepted", fmt_count(len(report.never_accepted)), "chargers"),
+        ("never accepted", fmt_count(report.never_accepted_total), "chargers"),
     ]
     items = "".join(
         f'<div class="card" data-card="{esc(k)}"><div class="num">{esc(v)}</div>'
@@ -223,7 +223,9 @@ def _rejected(report: MirrorReport) -> str:
 
 def _never_accepted(report: MirrorReport) -> str:
     rows = ((n.identity, fmt_count(n.legs), n.reason) for n in report.never_accepted)
-    return _table(("charger", "legs", "why"), rows, "It accepted every charger.", (0, 2))
+    shown, total = len(report.never_accepted), report.never_accepted_total
+    more = f'<p class="note">The first {shown} of {total:,}.</p>' if total > shown else ""
+    return more + _table(("charger", "legs", "why"), rows, "It accepted every charger.", (0, 2))
 
 
 def _latency_table(report: MirrorReport) -> str:

@@ -129,7 +129,10 @@ def _rejected(report: MirrorReport) -> Table | None:
 def _never_accepted(report: MirrorReport) -> Table | None:
     if not report.never_accepted:
         return None
-    table = _table("Chargers the secondary never accepted", ["charger", "legs", "why"])
+    title = "Chargers the secondary never accepted"
+    if report.never_accepted_total > len(report.never_accepted):
+        title += f" (the first {len(report.never_accepted)} of {report.never_accepted_total:,})"
+    table = _table(title, ["charger", "legs", "why"])
     for n in report.never_accepted:
         _add(table, [n.identity, fmt_count(n.legs), n.reason])
     table.columns[-1].justify = "left"

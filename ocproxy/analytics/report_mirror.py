@@ -140,7 +140,8 @@ class MirrorReport:
     rejected: tuple[Rejected, ...]
     latency: tuple[LatencyPair, ...]
     own_calls: tuple[OwnCall, ...]
-    never_accepted: tuple[NeverAccepted, ...]
+    never_accepted: tuple[NeverAccepted, ...]  # the first ``top`` of them, by identity
+    never_accepted_total: int
     ignored: tuple[Ignored, ...]
     ignore_rules: tuple[str, ...]  # what was left out of the comparison, as given
     notes: tuple[str, ...] = ()
@@ -166,9 +167,9 @@ class MirrorReport:
         said[NOT_SENT] = "never reached it (its leg had closed or fallen behind)"
         parts += [f"{n:,} {said[k]}" for n, k in others if n]
         text = ", ".join(parts) + "."
-        if self.never_accepted:
+        if self.never_accepted_total:
             text += (
-                f" It never accepted {len(self.never_accepted):,} of {self.chargers:,} chargers."
+                f" It never accepted {self.never_accepted_total:,} of {self.chargers:,} chargers."
             )
         return text
 
@@ -223,6 +224,7 @@ def gather_mirror(
     (overview,) = _rows(db, sql.OVERVIEW)
     groups = _rows(db, sql.GROUPS, _normalising(rules))
     outcomes, differences, ignored = _judge(groups, rules, top)
+    never = [NeverAccepted(**r) for r in _rows(db, sql.NEVER_ACCEPTED)]
     return MirrorReport(
         sources=(),
         identity=identity,
@@ -240,7 +242,8 @@ def gather_mirror(
         ),
         latency=tuple(LatencyPair(**r) for r in _rows(db, sql.LATENCY, {"top": top})),
         own_calls=tuple(OwnCall(**r) for r in _rows(db, sql.OWN_CALLS)),
-        never_accepted=tuple(NeverAccepted(**r) for r in _rows(db, sql.NEVER_ACCEPTED)),
+        never_accepted=tuple(never[:top]),
+        never_accepted_total=len(never),
         ignored=ignored,
         ignore_rules=(),
     )
