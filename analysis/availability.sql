@@ -32,29 +32,18 @@ online AS (
     LEFT JOIN last_frames AS l USING (connection_id)
 ),
 notes AS (
-    -- Only StatusNotification and TransactionEvent CALLs are parsed, each once.
+    -- StatusNotification fields, parsed when the frames were recorded (frame_fields).
     SELECT
-        identity,
-        ts,
-        seq,
-        TRY_CAST(p.evseId AS INTEGER) AS evse_id,
-        TRY_CAST(p.connectorId AS INTEGER) AS connector_id,
-        coalesce(p.status, p.connectorStatus) AS status,
-        coalesce(TRY_CAST(p.timestamp AS TIMESTAMPTZ), ts) AS began_at
-    FROM (
-        SELECT
-            c.identity,
-            f.ts,
-            f.seq,
-            from_json(
-                f.payload,
-                '{"evseId": "VARCHAR", "connectorId": "VARCHAR", "status": "VARCHAR",
-                  "connectorStatus": "VARCHAR", "timestamp": "VARCHAR"}'
-            ) AS p
-        FROM frames AS f
-        JOIN conn AS c USING (connection_id)
-        WHERE f.action = 'StatusNotification' AND f.message_type = 2
-    )
+        c.identity,
+        f.ts,
+        f.seq,
+        TRY_CAST(f.evseId AS INTEGER) AS evse_id,
+        TRY_CAST(f.connectorId ->> '$' AS INTEGER) AS connector_id,
+        coalesce(f.status, f.connectorStatus) AS status,
+        coalesce(TRY_CAST(f.timestamp AS TIMESTAMPTZ), f.ts) AS began_at
+    FROM frame_fields AS f
+    JOIN conn AS c USING (connection_id)
+    WHERE f.action = 'StatusNotification' AND f.message_type = 2
 ),
 status_spans AS (
     SELECT
@@ -80,27 +69,16 @@ status_spans AS (
 ),
 tx_events AS (
     SELECT
-        identity,
-        ts,
-        seq,
-        p.transactionInfo.transactionId AS transaction_id,
-        p.eventType AS event_type,
-        p.transactionInfo.chargingState AS charging_state,
-        coalesce(TRY_CAST(p.timestamp AS TIMESTAMPTZ), ts) AS event_at
-    FROM (
-        SELECT
-            c.identity,
-            f.ts,
-            f.seq,
-            from_json(
-                f.payload,
-                '{"eventType": "VARCHAR", "timestamp": "VARCHAR",
-                  "transactionInfo": {"transactionId": "VARCHAR", "chargingState": "VARCHAR"}}'
-            ) AS p
-        FROM frames AS f
-        JOIN conn AS c USING (connection_id)
-        WHERE f.action = 'TransactionEvent' AND f.message_type = 2
-    )
+        c.identity,
+        f.ts,
+        f.seq,
+        f.transactionInfo.transactionId AS transaction_id,
+        f.eventType AS event_type,
+        f.transactionInfo.chargingState AS charging_state,
+        coalesce(TRY_CAST(f.timestamp AS TIMESTAMPTZ), f.ts) AS event_at
+    FROM frame_fields AS f
+    JOIN conn AS c USING (connection_id)
+    WHERE f.action = 'TransactionEvent' AND f.message_type = 2
 ),
 charging_spans AS (
     -- 2.x: the charging state holds until the transaction's next event says otherwise

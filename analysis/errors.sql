@@ -11,16 +11,41 @@ WITH conn AS (
     WHERE ($identity IS NULL OR identity = $identity)
         AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
 ),
-answered AS (
+short AS MATERIALIZED (
+    -- Unanswered CALLs are rare, and the anti-join that finds them costs seconds over
+    -- every frame: look only in the stretches of a connection (1,024 seqs each) with
+    -- more CALLs than answers the recorder paired with one. Each CALL gets at most one
+    -- "matched" answer, so a stretch whose every CALL was answered is never short.
+    SELECT connection_id, block
+    FROM (
+        SELECT connection_id, seq >> 10 AS block, 1 AS calls
+        FROM frames
+        WHERE message_type = 2
+        UNION ALL
+        SELECT connection_id, request_seq >> 10, -1
+        FROM frames
+        WHERE message_type IN (3, 4) AND pairing = 'matched'
+    )
+    GROUP BY connection_id, block
+    HAVING sum(calls) > 0
+),
+answered AS MATERIALIZED (
     SELECT connection_id, request_seq
     FROM frames
+    SEMI JOIN short AS s ON s.connection_id = frames.connection_id AND s.block = request_seq >> 10
     WHERE message_type IN (3, 4) AND request_seq IS NOT NULL
 ),
-own AS (
+own AS NOT MATERIALIZED (
     -- The proxy's own injected CALLs and their answers are not charger/CSMS traffic.
     SELECT f.*
     FROM frames AS f
     WHERE NOT coalesce(f.injected, false)
+),
+in_short AS MATERIALIZED (
+    SELECT f.*
+    FROM own AS f
+    SEMI JOIN short AS s ON s.connection_id = f.connection_id AND s.block = f.seq >> 10
+    WHERE f.message_type = 2
 ),
 problems AS (
     SELECT
@@ -42,10 +67,9 @@ problems AS (
     WHERE f.message_type IN (4, 5)
     UNION ALL
     SELECT 'unanswered', c.identity, c.source, f.action, f.direction, NULL, NULL, f.ts
-    FROM own AS f
+    FROM in_short AS f
     JOIN conn AS c USING (connection_id)
     ANTI JOIN answered AS a ON a.connection_id = f.connection_id AND a.request_seq = f.seq
-    WHERE f.message_type = 2
 )
 SELECT
     kind,

@@ -7,7 +7,8 @@
 -- param identity: only this charger (default: every charger)
 -- param legs = charger: whose connections: charger (its own), mirror (ocproxy's legs to a secondary CSMS) or all
 WITH conn AS (
-    SELECT connection_id, identity
+    -- n: a number per connection, a cheaper sort key than its id for the window below.
+    SELECT connection_id, identity, row_number() OVER () AS n
     FROM connections
     WHERE ($identity IS NULL OR identity = $identity)
         AND ($legs = 'all' OR (mirror_of IS NULL) = ($legs = 'charger'))
@@ -16,7 +17,7 @@ beats AS (
     SELECT
         c.identity,
         f.ts,
-        epoch(f.ts - lag(f.ts) OVER (PARTITION BY f.connection_id ORDER BY f.seq)) AS interval_s
+        epoch(f.ts - lag(f.ts) OVER (PARTITION BY c.n ORDER BY f.seq)) AS interval_s
     FROM frames AS f
     JOIN conn AS c USING (connection_id)
     WHERE f.action = 'Heartbeat' AND f.message_type = 2 AND NOT coalesce(f.injected, false)
@@ -36,14 +37,15 @@ stats AS (
     GROUP BY identity
 ),
 expected AS (
-    -- Only the BootNotification answers are parsed, and only their interval.
+    -- The BootNotification answers' interval, parsed when they were recorded (as JSON,
+    -- to check its type).
     SELECT
         c.identity,
-        arg_max(TRY_CAST(f.payload ->> '$.interval' AS DOUBLE), f.ts) AS expected_s,
+        arg_max(TRY_CAST(f.interval ->> '$' AS DOUBLE), f.ts) AS expected_s,
         count(*) FILTER (
-            WHERE coalesce(json_type(f.payload, '$.interval'), 'missing') NOT IN ('BIGINT', 'UBIGINT')
+            WHERE coalesce(json_type(f.interval), 'missing') NOT IN ('BIGINT', 'UBIGINT')
         ) AS bad_intervals
-    FROM frames AS f
+    FROM frame_fields AS f
     JOIN conn AS c USING (connection_id)
     WHERE f.action = 'BootNotification' AND f.message_type = 3
     GROUP BY c.identity

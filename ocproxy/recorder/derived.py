@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 TABLE = "frame_fields"
-# CALLs whose payload fields are stored, and the StartTransaction answer (1.6 gives
-# the transaction id there).
+# CALLs whose payload fields are stored.
 CALL_ACTIONS = (
     "StartTransaction",
     "StopTransaction",
@@ -34,7 +33,6 @@ CALL_ACTIONS = (
     "TransactionEvent",
     "StatusNotification",
 )
-_CALL_SET = pa.array(CALL_ACTIONS, pa.string())
 
 # Fields whose JSON type a query checks (1 or "1") are kept as JSON text; the rest are
 # read as VARCHAR and cast by the queries (TRY_CAST), as before.
@@ -49,18 +47,25 @@ _SAMPLES = _SAMPLES_16.replace(
 SPEC = f"""{{"transactionId": "JSON", "connectorId": "JSON", "evseId": "VARCHAR",
     "idTag": "VARCHAR", "meterStart": "JSON", "meterStop": "JSON", "timestamp": "VARCHAR",
     "reason": "VARCHAR", "eventType": "VARCHAR", "status": "VARCHAR",
-    "connectorStatus": "VARCHAR", "errorCode": "VARCHAR",
+    "connectorStatus": "VARCHAR", "errorCode": "VARCHAR", "interval": "JSON",
     "transactionInfo": {{"transactionId": "VARCHAR", "stoppedReason": "VARCHAR",
         "chargingState": "VARCHAR"}},
     "evse": {{"id": "JSON", "connectorId": "VARCHAR"}},
     "idToken": {{"idToken": "VARCHAR", "type": "VARCHAR"}},
     "meterValue": {_SAMPLES}, "transactionData": {_SAMPLES_16}}}"""
 
+# Answers whose payload fields are stored: 1.6 gives the transaction id in the
+# StartTransaction answer, the heartbeat interval in the BootNotification answer.
+ANSWER_ACTIONS = ("StartTransaction", "BootNotification")
+_ACTION_SET = pa.array(sorted({*CALL_ACTIONS, *ANSWER_ACTIONS}), pa.string())
+
 # The frames that get a row: one predicate for the insert, the back-fill and the check.
 _WHERE = (
-    "((message_type = 2 AND action IN ({actions})) "
-    "OR (message_type = 3 AND action = 'StartTransaction'))"
-).format(actions=", ".join(f"'{a}'" for a in CALL_ACTIONS))
+    "((message_type = 2 AND action IN ({calls})) OR (message_type = 3 AND action IN ({answers})))"
+).format(
+    calls=", ".join(f"'{a}'" for a in CALL_ACTIONS),
+    answers=", ".join(f"'{a}'" for a in ANSWER_ACTIONS),
+)
 _COLUMNS = "connection_id, seq, ts, action, message_type, request_seq"
 _SPEC_SQL = " ".join(SPEC.split()).replace("'", "''")
 
@@ -83,16 +88,18 @@ _REGISTERS = f"""list_filter(flatten(list_transform(
     lambda r: r.wh IS NOT NULL)"""
 
 
-def select_from(relation: str) -> str:
-    """The rows of ``frame_fields`` for the frames of ``relation`` (a table or view)."""
+def select_from(relation: str, also: str = "TRUE") -> str:
+    """The rows of ``frame_fields`` for the frames of ``relation`` (a table or view) that
+    also meet the condition ``also``."""
     # One column per payload field (named as in the payload), not one struct: a query
     # reading a few small fields must not read every frame's meter values.
     registers = " ".join(_REGISTERS.split())
     return (
         f"SELECT *, CASE WHEN action IN ('MeterValues', 'StopTransaction', 'TransactionEvent') "
         f"THEN {registers} END AS registers FROM ("
-        f"SELECT {_COLUMNS}, unnest(from_json(payload, '{_SPEC_SQL}')) "
-        f"FROM {relation} WHERE {_WHERE})"
+        # TRY: a payload that cannot be read gives NULL fields, never a failed batch.
+        f"SELECT {_COLUMNS}, unnest(TRY(from_json(payload, '{_SPEC_SQL}'))) "
+        f"FROM {relation} WHERE {_WHERE} AND ({also}))"
     )
 
 
@@ -104,8 +111,10 @@ def create(db: duckdb.DuckDBPyConnection) -> None:
 def backfill(db: duckdb.DuckDBPyConnection) -> int:
     """Add the rows of every frame that lacks its own; how many were added."""
     row = db.execute(
-        f"INSERT INTO {TABLE} {select_from('frames')} "
-        f"AND (connection_id, seq) NOT IN (SELECT (connection_id, seq) FROM {TABLE})"
+        f"INSERT INTO {TABLE} "
+        + select_from(
+            "frames", f"(connection_id, seq) NOT IN (SELECT (connection_id, seq) FROM {TABLE})"
+        )
         if _has_rows(db)
         else f"INSERT INTO {TABLE} {select_from('frames')}"
     ).fetchone()
@@ -116,7 +125,7 @@ def append(db: duckdb.DuckDBPyConnection, registered: str, frames: pa.Table) -> 
     """The rows of a batch just appended to ``frames``, already registered as ``registered``.
 
     A batch without any of these actions (heartbeats) costs one vectorised check."""
-    calls = pc.any(pc.is_in(frames.column("action"), value_set=_CALL_SET)).as_py()
+    calls = pc.any(pc.is_in(frames.column("action"), value_set=_ACTION_SET)).as_py()
     if calls:
         db.execute(f"INSERT INTO {TABLE} {select_from(registered)}")
 
