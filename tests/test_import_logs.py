@@ -152,6 +152,30 @@ def test_bad_logs_and_mappings_are_one_line_and_exit_2(
     assert err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"t": 1767261600, "m": "[2,\\"1\\",\\"Heartbeat\\",{}]"}\n{"t": 1767261601, "m": \n',
+         "line 2: not JSON"),
+        ('\n{"t": 1767261600, "m": "[3,\\"1\\",{}]"}\n[1, 2]\n', "line 3: not a JSON object"),
+        ('{"t": "soon", "m": "[3,\\"1\\",{}]"}\n', "line 1: cannot read the time 'soon'"),
+        ('{"t": 1767261600}\n', "line 1: no message in 'm'"),
+    ],
+)  # fmt: skip
+def test_bad_json_lines_are_named_by_number_and_exit_2(
+    tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "bad.jsonl"
+    log.write_text(content)
+    db = tmp_path / "x.duckdb"
+    argv = ["import", log, "--db", db, "--map", "time=t,message=m", "--charger", "CP-1"]
+    code, out, err = run_ocproxy(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert f"{log} {message}" in err
+    assert err.count("\n") == 1, err
+    assert not db.exists() or _rows(db, "SELECT count(*) AS n FROM frames") == [{"n": 0}]
+
+
 def test_an_import_that_fails_late_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

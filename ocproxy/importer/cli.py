@@ -47,7 +47,9 @@ def add_import_command(commands: Any) -> None:
         "message's own time: packet captures (read with tshark, Wireshark's dissectors) and "
         "logs exported by a CSMS or a charger. Frames are parsed, paired, redacted, "
         "pseudonymised and audited as ocproxy proxy records them; connections carry "
-        "source = 'import:pcap', 'import:csv' or 'import:jsonl'.",
+        "source = 'import:pcap', 'import:csv' or 'import:jsonl'. A capture that began "
+        "mid-connection (no upgrade seen) is read from the first whole frame, its "
+        "connection marked 'import:pcap:mid-connection'.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
