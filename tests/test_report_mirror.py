@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from helpers_cli import run_ocproxy
 from helpers_ws import wait_until
@@ -156,6 +157,21 @@ async def record_mirrored_fleet(path: Path) -> Path:
 def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mirror") / "site.duckdb"
     return asyncio.run(record_mirrored_fleet(path))
+
+
+def test_every_mirror_leg_is_recorded_closed(mirrored: Path) -> None:
+    """The charger hung up: its mirror leg was closed by the proxy, and recorded so."""
+    with duckdb.connect(str(mirrored), read_only=True) as con:
+        legs = con.execute(
+            "SELECT identity, handshake_status, close_code, close_reason, closed_by "
+            "FROM connections WHERE source = 'mirror' ORDER BY identity"
+        ).fetchall()
+    assert legs == [
+        ("CP-A", 101, 1001, "charger disconnected", "proxy"),
+        ("CP-B", 101, 1001, "charger disconnected", "proxy"),
+        ("CP-C", 101, 1001, "charger disconnected", "proxy"),
+        ("CP-D", 401, None, "secondary refused: HTTP 401", "csms"),
+    ]
 
 
 def _outcomes(report: MirrorReport) -> dict[str, dict[str, int]]:

@@ -72,6 +72,7 @@ class Mirror:
         self._alive = True
         # ids of the secondary's CALLs forwarded to the charger, awaiting its answer
         self._forwarded: set[str] = set()
+        self._finished = asyncio.Event()  # run() is over: the leg's close is recorded
 
     # -- called by the charger's session -----------------------------------------
 
@@ -116,6 +117,12 @@ class Mirror:
 
     async def run(self, session: Session) -> None:
         """Mirror until the charger's session ends or the secondary goes; never raises."""
+        try:
+            await self._run(session)
+        finally:
+            self._finished.set()
+
+    async def _run(self, session: Session) -> None:
         leg = await self._open(session)
         if leg is None:
             return
@@ -138,6 +145,11 @@ class Mirror:
         self._alive = False
         if self._leg is not None:
             await self._leg.close(1001, "charger disconnected")
+            # run() records the close once its reader has seen it; the session cancels
+            # run() as soon as this returns, which left mirror legs without a close.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.close_timeout):
+                    await self._finished.wait()
 
     # -- the secondary leg ----------------------------------------------------------
 
