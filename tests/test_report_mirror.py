@@ -267,6 +267,12 @@ def test_ignore_paths_are_left_out_and_listed(mirrored: Path) -> None:
     assert ("BootNotification", 'status: "Accepted" → "Rejected"') in {
         (d.action, d.what) for d in report.differences
     }
+    strict = build_mirror_report([str(mirrored)], default_ignores=False)
+    assert (strict.ignore_rules, strict.ignored) == ((), ())
+    # The secondary's own clock shows in every boot answer, now that times are compared.
+    boots = [d.what for d in strict.differences if d.action == "BootNotification"]
+    assert len(boots) >= 2
+    assert all(f'→ "{CLOCK}"' in what for what in boots)
     one = build_mirror_report([str(mirrored)], identity="CP-B")
     assert (one.chargers, one.exchanges, one.total(DIFFERENT)) == (1, 11, 2)
 

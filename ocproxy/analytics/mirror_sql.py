@@ -57,10 +57,11 @@ OVERVIEW = """SELECT
 
 # Exchanges grouped by what both CSMSs answered, with what the default rules ignore blanked.
 GROUPS = """WITH e AS (
-    SELECT *, regexp_replace(regexp_replace(p_payload, $times, '"<time>"', 'g'),
-                             $keys, '"\\1":"<id>"', 'g') AS p_norm,
-        regexp_replace(regexp_replace(s_payload, $times, '"<time>"', 'g'),
-                       $keys, '"\\1":"<id>"', 'g') AS s_norm,
+    SELECT *,
+        CASE WHEN $blank THEN regexp_replace(regexp_replace(p_payload, $times, '"<time>"', 'g'),
+            $keys, '"\\1":"<id>"', 'g') ELSE p_payload END AS p_norm,
+        CASE WHEN $blank THEN regexp_replace(regexp_replace(s_payload, $times, '"<time>"', 'g'),
+            $keys, '"\\1":"<id>"', 'g') ELSE s_payload END AS s_norm,
         p_payload IS DISTINCT FROM s_payload AS raw_diff
     FROM m_exchanges
 )

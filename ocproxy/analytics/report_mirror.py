@@ -270,10 +270,12 @@ def _normalising(rules: IgnoreRules) -> dict[str, Any]:
     """Regular expressions that blank, in SQL, what the default rules ignore anyway (any
     timestamp, the values of DEFAULT_IGNORES keys), so that answers differing only there
     fall into one group: a Heartbeat a minute is one group, not one per minute."""
-    if not rules.timestamps:
-        return {"times": "(?!)", "keys": "(?!)"}  # matches nothing: compare everything
     names = "|".join(DEFAULT_IGNORES)
-    return {"times": _TIMESTAMP_RE, "keys": f'"({names})":\\s*("(?:[^"\\\\]|\\\\.)*"|-?[0-9.eE+]+)'}
+    return {
+        "blank": rules.timestamps,  # without the default rules everything is compared
+        "times": _TIMESTAMP_RE,
+        "keys": f'"({names})":\\s*("(?:[^"\\\\]|\\\\.)*"|-?[0-9.eE+]+)',
+    }
 
 
 # -- judging groups of exchanges (pure) ---------------------------------------------------
