@@ -173,11 +173,12 @@ class ConsoleSink(Sink):
         self.quiet = quiet
         self.summary = Summary()
         self._lock = threading.Lock()
-        self._mirrors: set[str] = set()  # connection ids of mirror legs (secondary CSMS)
+        # connection id -> identity of the mirror legs (to a secondary CSMS)
+        self._mirrors: dict[str, str] = {}
 
     def on_open(self, event: ConnectionOpened) -> None:
         if event.source == "mirror":
-            self._mirrors.add(event.connection_id)
+            self._mirrors[event.connection_id] = event.identity
             if not self.quiet:
                 self.console.print(_mirror_opened(event))
             return
@@ -202,12 +203,15 @@ class ConsoleSink(Sink):
 
     def on_close(self, event: ConnectionClosed) -> None:
         if event.connection_id in self._mirrors:
-            self._mirrors.discard(event.connection_id)
+            identity = self._mirrors.pop(event.connection_id)
             behind = "dropped" in (event.reason or "") or "behind" in (event.reason or "")
             if not self.quiet or behind:  # lost copies are said even with --quiet
                 reason = f": {event.reason}" if event.reason else ""
                 self.console.print(
-                    Text(f"mirror leg closed{reason}", "bold red" if behind else "magenta")
+                    Text(
+                        f"{identity} mirror: leg closed{reason}",
+                        "bold red" if behind else "magenta",
+                    )
                 )
             return
         with self._lock:

@@ -120,5 +120,5 @@ def test_mirror_legs_are_marked_and_kept_out_of_the_summary() -> None:
     lines = console.export_text().splitlines()
     assert lines[0] == "CP-1 mirror: secondary CSMS connected"
     assert "CP-1 mirror  → csms" in lines[1]
-    assert lines[2] == "mirror leg closed: secondary fell behind: 3 copies dropped"
+    assert lines[2] == "CP-1 mirror: leg closed: secondary fell behind: 3 copies dropped"
     assert sink.summary.connections == {}  # the charger's own connections only
