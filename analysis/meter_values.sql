@@ -28,10 +28,8 @@ located AS NOT MATERIALIZED (
         TRY_CAST(coalesce(f.evseId, f.evse.id ->> '$') AS INTEGER) AS evse_id,
         TRY_CAST(coalesce(f.connectorId ->> '$', f.evse.connectorId) AS INTEGER)
             AS connector_id,
-        coalesce(
-            CASE f.action WHEN 'StopTransaction' THEN f.transactionData ELSE f.meterValue END,
-            []
-        ) AS meter_values
+        f.meterValue,
+        f.transactionData
     FROM frame_fields AS f
     JOIN conn AS c USING (connection_id)
     WHERE f.message_type = 2
@@ -47,7 +45,7 @@ evses AS (
     WHERE source = 'TransactionEvent' AND evse_id IS NOT NULL AND transaction_id IS NOT NULL
     GROUP BY identity, transaction_id
 ),
-filled AS (
+filled AS NOT MATERIALIZED (
     SELECT
         l.* EXCLUDE (evse_id, connector_id),
         coalesce(l.evse_id, e.evse_id) AS evse_id,
@@ -55,30 +53,92 @@ filled AS (
     FROM located AS l
     LEFT JOIN evses AS e USING (identity, transaction_id)
 ),
-readings AS (
+readings AS NOT MATERIALIZED (
     -- An empty list still yields one row (NULL), so a violation is counted, not lost.
+    -- meterValue and 1.6 transactionData (no unitOfMeasure) are unnested apart: one
+    -- list of both would cast every frame's list to a common type.
     SELECT
-        * EXCLUDE (meter_values),
-        unnest(CASE WHEN len(meter_values) = 0 THEN [NULL] ELSE meter_values END) AS mv
+        * EXCLUDE (meterValue, transactionData),
+        unnest(
+            CASE WHEN coalesce(len(meterValue), 0) = 0 THEN [NULL] ELSE meterValue END
+        ) AS mv
     FROM filled
+    WHERE source <> 'StopTransaction'
+),
+readings16 AS NOT MATERIALIZED (
+    SELECT * EXCLUDE (meterValue, transactionData), unnest(transactionData) AS mv
+    FROM filled
+    WHERE source = 'StopTransaction'
 ),
 samples AS (
     SELECT
-        * EXCLUDE (mv),
-        mv.timestamp AS sampled_text,
-        unnest(
-            CASE WHEN coalesce(len(mv.sampledValue), 0) = 0 THEN [NULL] ELSE mv.sampledValue END
-        ) AS sv
-    FROM readings
+        * EXCLUDE (mv, sv),
+        sv IS NULL AS no_sample,
+        sv.value AS value_json,
+        sv.measurand,
+        sv.phase,
+        sv.location,
+        sv.context,
+        sv.format,
+        sv.unit,
+        sv.unitOfMeasure.unit AS measure_unit,
+        sv.unitOfMeasure.multiplier AS measure_multiplier
+    FROM (
+        SELECT
+            *,
+            mv.timestamp AS sampled_text,
+            -- Cast once per reading, not per sample: its samples share the timestamp.
+            TRY_CAST(mv.timestamp AS TIMESTAMPTZ) AS sampled_at,
+            unnest(
+                CASE WHEN coalesce(len(mv.sampledValue), 0) = 0 THEN [NULL]
+                    ELSE mv.sampledValue END
+            ) AS sv
+        FROM readings
+    )
+    UNION ALL BY NAME
+    SELECT
+        * EXCLUDE (mv, sv),
+        sv IS NULL AS no_sample,
+        sv.value AS value_json,
+        sv.measurand,
+        sv.phase,
+        sv.location,
+        sv.context,
+        sv.format,
+        sv.unit
+    FROM (
+        SELECT
+            *,
+            mv.timestamp AS sampled_text,
+            -- Cast once per reading, not per sample: its samples share the timestamp.
+            TRY_CAST(mv.timestamp AS TIMESTAMPTZ) AS sampled_at,
+            unnest(
+                CASE WHEN coalesce(len(mv.sampledValue), 0) = 0 THEN [NULL]
+                    ELSE mv.sampledValue END
+            ) AS sv
+        FROM readings16
+    )
 ),
 valued AS (
     SELECT
         *,
         -- The value as JSON text: a 2.x number (1500) or a 1.6 string ("1500").
-        sv.value::VARCHAR AS value_text,
-        TRY_CAST(trim(sv.value::VARCHAR, '"') AS DOUBLE) AS value_number,
-        TRY_CAST(sampled_text AS TIMESTAMPTZ) AS sampled_at
+        value_json::VARCHAR AS value_text,
+        TRY_CAST(trim(value_json::VARCHAR, '"') AS DOUBLE) AS value_number
     FROM samples
+),
+checked AS (
+    SELECT
+        *,
+        no_sample AS no_sample_issue,
+        NOT no_sample AND value_text IS NULL AS missing_issue,
+        -- 1.6 signed values are not numbers, legally.
+        value_text IS NOT NULL AND value_number IS NULL
+            AND coalesce(format, 'Raw') <> 'SignedData' AS number_issue,
+        ocpp_version <> '1.6' AND starts_with(value_text, '"') AS string_issue,
+        sampled_text IS NOT NULL AND sampled_at IS NULL AS timestamp_issue,
+        NOT no_sample AND sampled_text IS NULL AS no_timestamp_issue
+    FROM valued
 )
 SELECT
     identity,
@@ -89,26 +149,28 @@ SELECT
     transaction_id,
     evse_id,
     connector_id,
-    coalesce(sv.measurand, 'Energy.Active.Import.Register') AS measurand,
-    sv.phase AS phase,
-    coalesce(sv.location, 'Outlet') AS location,
-    coalesce(sv.unit, sv.unitOfMeasure.unit, 'Wh') AS unit,
-    coalesce(TRY_CAST(sv.unitOfMeasure.multiplier AS INTEGER), 0) AS multiplier,
-    coalesce(sv.context, 'Sample.Periodic') AS context,
+    coalesce(measurand, 'Energy.Active.Import.Register') AS measurand,
+    phase,
+    coalesce(location, 'Outlet') AS location,
+    coalesce(unit, measure_unit, 'Wh') AS unit,
+    coalesce(TRY_CAST(measure_multiplier AS INTEGER), 0) AS multiplier,
+    coalesce(context, 'Sample.Periodic') AS context,
     value_number AS value,
-    list_filter(
-        [
-            CASE WHEN sv IS NULL THEN 'no sampled value' END,
-            CASE WHEN sv IS NOT NULL AND value_text IS NULL THEN 'value missing' END,
-            -- 1.6 signed values are not numbers, legally.
-            CASE WHEN value_text IS NOT NULL AND value_number IS NULL
-                AND coalesce(sv.format, 'Raw') <> 'SignedData' THEN 'value is not a number' END,
-            CASE WHEN ocpp_version <> '1.6' AND starts_with(value_text, '"')
-                THEN 'value is a string, not a number' END,
-            CASE WHEN sampled_text IS NOT NULL AND sampled_at IS NULL
-                THEN 'timestamp is not a date-time' END,
-            CASE WHEN sv IS NOT NULL AND sampled_text IS NULL THEN 'timestamp missing' END
-        ],
-        lambda x: x IS NOT NULL
-    ) AS issues
-FROM valued
+    -- Most samples are clean: their empty list costs nothing to build.
+    CASE
+        WHEN no_sample_issue OR missing_issue OR number_issue OR string_issue
+            OR timestamp_issue OR no_timestamp_issue
+            THEN list_filter(
+                [
+                    CASE WHEN no_sample_issue THEN 'no sampled value' END,
+                    CASE WHEN missing_issue THEN 'value missing' END,
+                    CASE WHEN number_issue THEN 'value is not a number' END,
+                    CASE WHEN string_issue THEN 'value is a string, not a number' END,
+                    CASE WHEN timestamp_issue THEN 'timestamp is not a date-time' END,
+                    CASE WHEN no_timestamp_issue THEN 'timestamp missing' END
+                ],
+                lambda x: x IS NOT NULL
+            )
+        ELSE []::VARCHAR[]
+    END AS issues
+FROM checked
