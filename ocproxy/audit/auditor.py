@@ -8,13 +8,13 @@ the same order it yields the same findings. It never raises on peer data.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from ocproxy.audit import checks, schemas
 from ocproxy.audit.connection import TLS_HANDSHAKE_FAILED, connection_findings
 from ocproxy.audit.finding import Finding
+from ocproxy.audit.ids import IdMemory
 from ocproxy.audit.rules import RULES, Severity
 from ocproxy.audit.violations import every_violation
 from ocproxy.core.events import ConnectionClosed, ConnectionOpened
@@ -31,7 +31,11 @@ from ocproxy.core.frames import (
 from ocproxy.core.handshake import SUBPROTOCOL_VERSIONS, OcppVersion
 from ocproxy.core.observe import ObservedFrame
 
-_ID_MEMORY = 10_000  # ids remembered per sender for the uniqueness rule
+# CALLs waiting for an answer (a peer that never answers, with no timeout), and CALLs
+# timed out whose late answer is still told apart, per connection: bounded, because
+# chargers stay connected for weeks (message ids: see ocproxy.audit.ids).
+_PENDING_MAX = 4096
+_EXPIRED_MEMORY = 256
 __all__ = ["TLS_HANDSHAKE_FAILED", "AuditSettings", "Auditor", "Finding"]
 _PARSE_RULES = {
     ParseStatus.MESSAGE_ID_NOT_STRING: "message-id-type",
@@ -52,7 +56,7 @@ class _Connection:
     connection_id: str
     identity: str
     version: OcppVersion | None
-    ids: dict[Direction, OrderedDict[str, bool]]  # message id -> answered
+    ids: dict[Direction, IdMemory]  # the ids each sender used (see ocproxy.audit.ids)
     heartbeat_interval: float | None = None
     last_heartbeat: float | None = None
     last_to_csms: float | None = None
@@ -67,7 +71,7 @@ class _Connection:
     next_deadline: float = math.inf
     # CALLs already reported as unanswered-call, so that a late answer is not a second
     # finding about the same CALL.
-    expired: OrderedDict[tuple[Direction, str], None] = field(default_factory=OrderedDict)
+    expired: dict[tuple[Direction, str], None] = field(default_factory=dict)
 
 
 _REQUESTS = (Call, Send)
@@ -80,7 +84,7 @@ class Auditor:
         self.settings = settings or AuditSettings()
         self._connections: dict[str, _Connection] = {}
         # 2.x: ids are unique per sender across every connection of an identity.
-        self._identity_ids: dict[tuple[str, Direction], OrderedDict[str, bool]] = {}
+        self._identity_ids: dict[tuple[str, Direction], IdMemory] = {}
 
     def opened(self, event: ConnectionOpened) -> list[Finding]:
         version = (
@@ -209,7 +213,7 @@ class Auditor:
             deadline = observed.ts + self.settings.response_timeout_s
             if deadline < state.next_deadline:
                 state.next_deadline = deadline
-            if len(pending) > _ID_MEMORY:  # a peer that never answers, with no timeout
+            if len(pending) > _PENDING_MAX:  # a peer that never answers, with no timeout
                 del pending[next(iter(pending))]
         if isinstance(frame, Call) and outstanding > 0:
             severity = Severity.WARNING if version is OcppVersion.V16 else Severity.ERROR
@@ -276,9 +280,7 @@ class Auditor:
             pending[direction.reverse].pop(message_id, None)
             if not pending[direction] and not pending[direction.reverse]:
                 state.next_deadline = math.inf  # nothing left to time out
-            scope = state.ids[direction.reverse]
-            if message_id in scope:
-                scope[message_id] = True
+            state.ids[direction.reverse].answered(message_id)
             timeout_ms = self.settings.response_timeout_s * 1000.0
             if observed.latency_ms > timeout_ms and (
                 state.expired.pop((direction.reverse, message_id), False) is not None
@@ -292,17 +294,15 @@ class Auditor:
     def _unique_id(
         self, state: _Connection, direction: Direction, frame: Call | Send, found: _Found
     ) -> None:
-        scope = state.ids[direction]
-        answered = scope.get(frame.message_id)
-        if answered is not None and frame.message_id != "":
-            # 2.1 lets a retry of a CALL that got no answer reuse its id.
-            retry = state.version is OcppVersion.V21 and not answered
+        memory = state.ids[direction]
+        message_id = frame.message_id
+        if message_id != "" and memory.seen(message_id):
+            # 2.1 lets a retry of a CALL that got no answer reuse its id: one still
+            # waiting, or timed out.
+            retry = state.version is OcppVersion.V21 and memory.unanswered(message_id)
             if not retry:
-                found.add("message-id-reused", _reuse_message(state, frame.message_id))
-        scope[frame.message_id] = False
-        scope.move_to_end(frame.message_id)
-        while len(scope) > _ID_MEMORY:
-            scope.popitem(last=False)
+                found.add("message-id-reused", _reuse_message(state, message_id))
+        memory.add(message_id, call=isinstance(frame, Call))
 
     def _heartbeat(self, state: _Connection, ts: float, found: _Found) -> None:
         interval, last = state.heartbeat_interval, state.last_heartbeat
@@ -322,21 +322,22 @@ class Auditor:
 
     def _id_scopes(
         self, event: ConnectionOpened, version: OcppVersion | None
-    ) -> dict[Direction, OrderedDict[str, bool]]:
+    ) -> dict[Direction, IdMemory]:
         if version in (None, OcppVersion.V16):
-            return {d: OrderedDict() for d in Direction}
+            return {d: IdMemory() for d in Direction}
         return {
-            d: self._identity_ids.setdefault((event.identity, d), OrderedDict()) for d in Direction
+            d: self._identity_ids.setdefault((event.identity, d), IdMemory()) for d in Direction
         }
 
 
 _DIRECTIONS = {d.value: d for d in Direction}  # ~5x faster than Direction(value)
 
 
-def _remember(memory: OrderedDict[tuple[Direction, str], None], key: tuple[Direction, str]) -> None:
+def _remember(memory: dict[tuple[Direction, str], None], key: tuple[Direction, str]) -> None:
+    memory.pop(key, None)  # a dict keeps insertion order: the key goes last
     memory[key] = None
-    while len(memory) > _ID_MEMORY:
-        memory.popitem(last=False)
+    while len(memory) > _EXPIRED_MEMORY:
+        del memory[next(iter(memory))]
 
 
 def _reuse_message(state: _Connection, message_id: str) -> str:

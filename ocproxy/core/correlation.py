@@ -27,7 +27,7 @@ from ocproxy.core.frames import (
 # late answer or an answer to a SEND from an unknown id. A duplicate comes within a few
 # messages of the first answer; what is remembered is held for every live connection
 # (~300 bytes an id), which a fleet of 10,000 chargers multiplies.
-_REMEMBERED = 32
+_REMEMBERED = 8
 # CALLs a peer never answers: bounded, because chargers stay connected for days.
 _PENDING_MAX = 4096
 

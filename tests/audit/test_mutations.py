@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from ocproxy.audit.auditor import AuditSettings, Finding
+from ocproxy.audit.ids import WINDOW
 from ocproxy.audit.rules import RULES, Severity
 from ocproxy.core.frames import ParseStatus
 from ocproxy.core.handshake import OcppVersion
@@ -709,6 +710,19 @@ def test_2_1_retry_on_a_new_connection_is_allowed() -> None:
     feed.close(first, 1.0)
     second, _ = feed.open("ocpp2.1", at=2.0)
     assert feed.steps(second, heartbeat("1", 3.0)) == []
+
+
+def test_2x_counter_restarting_after_a_long_connection_is_found() -> None:
+    """Ids are remembered in bounded memory (ocproxy.audit.ids): a counter is kept as a
+    range, so starting again from 1 is found after far more ids than are kept exactly."""
+    feed = Feed()
+    first, _ = feed.open("ocpp2.0.1", identity="CP-1")
+    steps = [step for i in range(1, 3 * WINDOW) for step in heartbeat(str(i), i * 60.0)]
+    assert feed.steps(first, steps) == []
+    feed.close(first, 3 * WINDOW * 60.0)
+    second, _ = feed.open("ocpp2.0.1", identity="CP-1", at=3 * WINDOW * 60.0 + 1)
+    found = feed.steps(second, heartbeat("1", 3 * WINDOW * 60.0 + 2))
+    assert rules(found) == ["message-id-reused"]
 
 
 def test_two_live_connections_of_one_identity_share_2x_ids() -> None:

@@ -10,7 +10,7 @@ from ocproxy.core.frames import Direction, parse_frame
 UP = Direction.TO_CSMS
 DOWN = Direction.TO_CHARGER
 
-_MEMORY = 32  # answered, sent and timed-out ids remembered; checked through behaviour below
+_MEMORY = 8  # answered, sent and timed-out ids remembered; checked through behaviour below
 _PENDING_MAX = 4096  # unanswered CALLs kept
 
 
