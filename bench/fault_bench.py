@@ -287,7 +287,7 @@ def _markdown(outcomes: list[Outcome]) -> str:
         "|:---|---:|---:|---:|---:|---:|:---|",
     ]
     for o in outcomes:
-        lost = "NULL" if o.lost is None else str(o.lost)
+        lost = "NULL" if o.lost is None else f"{o.lost:,}"
         window = "-" if o.window_ms is None else f"{o.window_ms:.0f} ms"
         rows.append(
             f"| {o.scenario} | {o.sent:,} | {o.recorded:,} | {lost} | {o.crash_closed} | "
