@@ -90,7 +90,10 @@ RULES: dict[str, Rule] = {
             Message ids must be unique per sender: per connection in OCPP 1.6, and across all
             connections of the same charger identity in 2.0.1 (retries included). OCPP 2.1
             lets a retry after a timeout reuse the id of the CALL it repeats; any other reuse
-            is a finding. Reused ids make responses ambiguous.""",
+            is a finding. Reused ids make responses ambiguous. ocproxy remembers, per
+            sender, the last 256 ids exactly and numeric ids (counters) as ranges, so that
+            memory stays bounded on connections that last for weeks: a counter starting
+            again is found however long ago, another id only among the last 256.""",
         ),
         _rule(
             "outstanding-call",
