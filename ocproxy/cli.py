@@ -410,7 +410,7 @@ def proxy_config(args: argparse.Namespace) -> ProxyConfig:
     if args.tls_cert or args.tls_key:
         overrides.update(tls_cert=tuple(args.tls_cert), tls_key=tuple(args.tls_key))
     if args.mirror is not None:
-        overrides["mirrors"] = (MirrorRoute("*", check_ws_url(args.mirror)),)
+        overrides["mirrors"] = (MirrorRoute("*", check_ws_url(args.mirror, "--mirror")),)
     return replace(config, **overrides).validate()
 
 

@@ -323,5 +323,5 @@ def test_a_mirror_url_that_is_not_ws_is_exit_2(capsys: pytest.CaptureFixture[str
     code, out, err = run_ocproxy(capsys, *argv)
     assert (code, out) == (2, "")
     assert err.startswith("ocproxy: error: ")
-    assert err.endswith("'http://candidate.example' is not a ws:// or wss:// URL\n")
+    assert err.endswith("--mirror 'http://candidate.example' is not a ws:// or wss:// URL\n")
     assert err.count("\n") == 1
