@@ -25,7 +25,7 @@ from ocproxy.control.token import token_path
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.errors import ConfigError
-from ocproxy.proxy.config import ProxyConfig
+from ocproxy.proxy.config import ProxyConfig, load_config
 from ocproxy.recorder.rotation import Rotation
 from ocproxy.recorder.writer import Recorder
 
@@ -164,6 +164,7 @@ async def test_live_sql_follows_the_rotation_and_names_its_file(tmp_path: Path) 
     in_files = [_count(path) for path in files]
     assert last["rows"] == [[in_files[-1]]]  # the current file's frames, all of them
     assert sum(in_files) == 2 * total
+    assert [_count(path, "connection_opens") for path in files] == [1] * len(files)
 
 
 async def _echo(ws: ServerConnection) -> None:
@@ -179,9 +180,9 @@ def _newest(paths: Iterable[Path]) -> Path:
     return max(paths, key=lambda p: p.stat().st_mtime)
 
 
-def _count(path: Path) -> int:
+def _count(path: Path, table: str = "frames") -> int:
     with duckdb.connect(str(path), read_only=True) as db:
-        ((n,),) = db.execute("SELECT count(*) FROM frames").fetchall()
+        ((n,),) = db.execute(f"SELECT count(*) FROM {table}").fetchall()
     return int(n)
 
 
@@ -189,6 +190,15 @@ def _count(path: Path) -> int:
 def test_a_malformed_recorder_memory_is_refused(bad: str) -> None:
     with pytest.raises(ConfigError, match="--recorder-memory"):
         ProxyConfig(upstream="ws://127.0.0.1:1", recorder_memory=bad).validate()
+
+
+def test_recorder_memory_in_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text('upstream = "ws://127.0.0.1:1"\nrecorder_memory = "1GB"\n')
+    assert load_config(config).validate().recorder_memory == "1GB"
+    config.write_text('upstream = "ws://127.0.0.1:1"\nrecorder_memory = 1024\n')
+    with pytest.raises(ConfigError, match="at least 32MB"):
+        load_config(config).validate()
 
 
 @pytest.mark.parametrize(("given", "limit"), [(None, "256.0 MiB"), ("48MB", "48.0 MiB")])

@@ -152,7 +152,7 @@ class ProxyConfig:
             from ocproxy.recorder.rotation import Rotation
 
             Rotation.parse(self.rotate)
-        recorder_memory(self.recorder_memory)
+        recorder_memory(str(self.recorder_memory))  # TOML may give a number of bytes
         if self.drain < 0:
             raise ConfigError("drain must be 0 or more seconds")
         if self.max_pending_dials < 0:
