@@ -11,6 +11,7 @@ not at all.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -200,8 +201,15 @@ _COUNTERS: list[Any] = []
 
 
 def _keep(counters: list[Any]) -> None:
-    """Worker initializer: shared counters reach a worker only as it starts."""
+    """Worker initializer: shared counters reach a worker only as it starts.
+
+    A worker says nothing on stdout (its progress goes through the counters), but
+    DuckDB draws a progress bar there for any statement over 2 s (a commit that
+    checkpoints, on a busy machine): it would cut through the command's own output."""
     _COUNTERS[:] = counters
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
 
 
 def _share_in_process(k: int, options: LogOptions, staged: Path, staging: StagingOptions) -> _Share:
