@@ -171,3 +171,34 @@ async def test_a_secondary_that_falls_behind_is_counted_then_let_go(
     assert "secondary fell behind" in mirror_row["close_reason"]
     dropped = int(mirror_row["close_reason"].split(": ")[1].split(" copies")[0])
     assert dropped > 0
+
+
+async def test_a_secondary_slow_to_close_does_not_move_the_chargers_close(
+    proxy_factory: Any,
+) -> None:
+    """The charger's close is recorded when its connection ended, not after the mirror's
+    close handshake with a secondary that never answers it (close_timeout later)."""
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with (
+        upstream(echo) as primary,
+        raw_csms() as secondary,  # answers the handshake, then never a close
+        proxy_factory(
+            upstream=primary.url,
+            mirrors=(MirrorRoute("CP-*", f"ws://127.0.0.1:{secondary.port}"),),
+            close_timeout=3.0,
+        ) as (proxy, box),
+    ):
+        async with connect(proxy.url + "/ocpp/CP-1") as charger:
+            await secondary.peers.get()
+            await charger.send('[2,"1","Heartbeat",{}]')
+            await charger.recv()
+        [session] = proxy.server.sessions
+        await session.finished
+    rows = box[0].rows("SELECT source, closed_at FROM connections ORDER BY opened_at")
+    assert [row["source"] for row in rows] == ["proxy", "mirror"]
+    # The secondary held its close until close_timeout; the charger's row was not held.
+    assert rows[0]["closed_at"] < rows[1]["closed_at"]

@@ -304,6 +304,9 @@ class Session:
 
     async def _end(self) -> None:
         """Both legs are closed: the mirror's leg goes too, then the close is recorded."""
+        # Now, not after the mirror's close handshake: a slow secondary must not move
+        # the time the charger's connection is recorded as closed.
+        closed_at = self.clock()
         if self.mirror is not None:
             await self.mirror.close()
         for task in list(self._tasks):
@@ -316,7 +319,7 @@ class Session:
         assert decision is not None
         self.recorder.submit(
             ClosedEvent(
-                self.connection_id, self.clock(), decision.code, decision.reason, decision.closed_by
+                self.connection_id, closed_at, decision.code, decision.reason, decision.closed_by
             )
         )
         if self._on_end is not None:
