@@ -115,6 +115,7 @@ def test_a_stream_becomes_a_connection_marked_mid_connection() -> None:
         _line(3, 11.2, csms[0], csms[1], 903, down),
         _line(3, 12.0, cp[0], cp[1], 524 + len(up), close),
         _line(4, 12.0, "10.0.0.9", 22, 1, b"SSH-2.0-OpenSSH_9.2\r\n"),  # something else
+        _line(5, 12.5, "10.0.0.7", 41000, 1, bytes.fromhex("170303002a") + b"x" * 42),  # wss
     ]
     mid = MidConnections()
     events = list(mid.read(iter(lines)))
@@ -135,6 +136,8 @@ def test_a_stream_becomes_a_connection_marked_mid_connection() -> None:
     assert mid.notes() == [
         f"1 connection(s) captured mid-connection (no upgrade seen): imported from their "
         f"first whole frame, source '{SOURCE}', the charger's address as identity",
+        "1 TLS connection(s) begun before the capture skipped: without their handshake they "
+        "cannot be decrypted",
         "1 other TCP stream(s) skipped: no WebSocket upgrade and no whole OCPP-J frame in them",
     ]
 

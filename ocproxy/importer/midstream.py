@@ -42,6 +42,8 @@ _FIELDS = (
 )  # fmt: skip
 
 Endpoint = tuple[str, str]  # address, port
+# The first byte of a TLS record: change_cipher_spec, alert, handshake, application_data.
+_TLS_RECORDS = (b"\x14", b"\x15", b"\x16", b"\x17")
 
 
 def segments_command(tshark: str, path: str, known: Collection[str]) -> list[str]:
@@ -76,6 +78,7 @@ class _Orphan:
     waiting: list[tuple[Endpoint, WsMessage]] = field(default_factory=list)
     seq: int = 0
     closed: bool = False
+    tls: bool = False  # its first segment was a TLS record: encrypted, handshake not captured
 
 
 @dataclass
@@ -114,7 +117,13 @@ class MidConnections:
                 f"imported from their first whole frame, source '{SOURCE}', the charger's "
                 "address as identity"
             )
-        others = len(self.streams) - len(found)
+        locked = sum(1 for s in self.streams.values() if s.charger is None and s.tls)
+        if locked:
+            notes.append(
+                f"{locked} TLS connection(s) begun before the capture skipped: without their "
+                "handshake they cannot be decrypted"
+            )
+        others = len(self.streams) - len(found) - locked
         if others:
             notes.append(
                 f"{others} other TCP stream(s) skipped: no WebSocket upgrade and no whole "
@@ -134,6 +143,7 @@ class MidConnections:
         stream = self.streams.get(number)
         if stream is None:
             stream = self.streams[number] = _Orphan(number, ts)
+            stream.tls = data[:1] in _TLS_RECORDS and data[1:2] == b"\x03"
         if stream.closed:
             return
         side = stream.sides.get(sender)
