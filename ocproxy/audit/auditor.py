@@ -51,7 +51,7 @@ class AuditSettings:
     heartbeat_slack_s: float = 5.0  # ... and at least this many seconds
 
 
-@dataclass
+@dataclass(slots=True)  # one per live connection: no __dict__ (~0.3 KB each)
 class _Connection:
     connection_id: str
     identity: str

@@ -16,7 +16,6 @@ closing handshake is theirs, end to end.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import time
@@ -131,6 +130,12 @@ class _Side:
         self.session.settle()
         if other.leg.paused or self.session.recorder.congested:
             self.session.stall(self)
+
+    def leg_lost(self) -> None:
+        self.session._lost(self)
+
+    def leg_resumed(self) -> None:
+        self.session._resume(self.other)
 
     # -- WireEvents ---------------------------------------------------------------
 
@@ -282,9 +287,7 @@ class Session:
         if self.mirror is not None:
             self._track(self.mirror.run(self))
         for side in (self._charger, self._csms):
-            side.leg.on_lost = functools.partial(self._lost, side)
-            side.leg.on_resume = functools.partial(self._resume, side.other)
-            side.leg.on_data = side.received
+            side.leg.user = side
         for side in (self._charger, self._csms):
             held, side.held = side.held, []
             for data in held:
