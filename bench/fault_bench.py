@@ -19,7 +19,10 @@ Each scenario runs the round-trip loader (``_workload.py load``) through a real
 - ``slow CSMS``: a CSMS of this file's own that answers each CALL ``--csms-delay`` ms
   late and stops answering for ``--duration / 4`` seconds half-way;
 - ``soak`` (not in the default set): the plain load for ``--soak-seconds``, sampling the
-  recorder's resident memory every second (``--proxy-args`` to try recorder options).
+  recorder's resident memory every second (``--proxy-args`` to try recorder options);
+- ``storm`` (not in the default set): ``--storm-chargers`` dial at once (``_fleet_load.py``
+  storm mode: no frames), then close; every attempt must leave a closed ``connections``
+  row. The open-files limit is raised (the hard one too, as root) to two per charger.
 
 After a crash a second ``ocproxy proxy`` opens the file and is stopped at once: it is what
 closes a crashed run. Then it prints, per scenario: the frames the peers exchanged
@@ -53,8 +56,9 @@ from _faults import (
     start_ocproxy_limited,
     start_slow_csms,
 )
-from _harness import Child, children, descendant_pids, run_to_exit_code
-from _peers import WORKLOAD, start_csms, start_ocproxy
+from _fleet_load import close_fleet, dial, start_fleet
+from _harness import Child, children, descendant_pids, raise_open_files, run_to_exit_code
+from _peers import NGINX_BACKLOG, WORKLOAD, start_csms, start_ocproxy
 from rich.console import Console
 from rich.table import Table
 
@@ -77,6 +81,8 @@ class Outcome:
     rate: float  # frames per second before the fault
     exit_code: int | None = None  # the proxy's, when it was stopped (not killed)
     note: str = ""
+    attempts: int | None = None  # storm: chargers that dialled; rows: their connections rows
+    rows: int | None = None
 
     @property
     def holds(self) -> bool:
@@ -88,6 +94,8 @@ class Outcome:
                 and self.recorded + (self.lost or 0) == self.sent
                 and (self.exit_code == 1)
             )
+        if self.scenario == "storm":  # every attempt has its row, closed
+            return self.lost == 0 and self.rows == self.attempts and self.open_left == 0
         return self.lost == 0 and self.recorded == self.sent and self.open_left == 0
 
     @property
@@ -122,6 +130,8 @@ async def _scenario(name: str, args: argparse.Namespace, workdir: Path) -> Outco
         return await _slow_csms(args, db)
     if name == "soak":
         return await _soak(args, db)
+    if name == "storm":
+        return await _storm(args, db)
     async with children() as started:
         csms, csms_port = await start_csms(started, "none")
         proxy, port = await start_ocproxy(started, csms_port, db, _proxy_args(args))
@@ -208,6 +218,36 @@ async def _soak(args: argparse.Namespace, db: Path) -> Outcome:
     outcome.exit_code = code
     options = f" with {args.proxy_args}" if args.proxy_args else ""
     outcome.note = f"recorder RSS{options}: {trace.summary}"
+    return outcome
+
+
+async def _storm(args: argparse.Namespace, db: Path) -> Outcome:
+    """``--storm-chargers`` dial the proxy at once (a fleet back after an outage), stay
+    a moment, and close; every attempt must leave a closed ``connections`` row."""
+    chargers = args.storm_chargers
+    limits = raise_open_files(2 * chargers + 512, raise_hard=True)
+    fleet_args = argparse.Namespace(
+        loaders=2, heartbeat=60.0, open_timeout=60.0, compression="none"
+    )
+    async with children() as started:
+        _csms, csms_port = await start_csms(started, "none", NGINX_BACKLOG, 60.0)
+        proxy, port = await start_ocproxy(started, csms_port, db, _proxy_args(args))
+        url = f"ws://127.0.0.1:{port}"
+        fleet = await start_fleet(started, url, chargers, "storm", fleet_args)
+        dialled = (await dial(fleet, fleet_args, chargers)).figures()
+        await close_fleet(fleet)
+        code = await proxy.terminate()
+    outcome = _read("storm", db, {"calls_sent": 0, "results_received": 0}, 1.0)
+    with duckdb.connect(str(db), read_only=True) as con:
+        ((rows,),) = con.execute("SELECT count(*) FROM connections").fetchall()
+    outcome.attempts, outcome.rows, outcome.exit_code = chargers, int(rows), code
+    p99 = dialled["p99_s"]
+    failures = ", ".join(f"{n:,} {why}" for why, n in dialled["failures"].items())
+    outcome.note = (
+        f"{chargers:,} at once: {dialled['connected']:,} connected"
+        f"{'' if p99 is None else f' (p99 {p99:.1f} s)'}"
+        f"{f' (failed: {failures})' if failures else ''}, {rows:,} connections rows; {limits}"
+    )
     return outcome
 
 
@@ -300,12 +340,11 @@ async def run(args: argparse.Namespace, console: Console) -> bool:
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="ocproxy-fault-bench-") as tmp:
         for name in args.scenarios.split(","):
-            when = (
-                f"{args.soak_seconds:g} s of load"
-                if name.strip() == "soak"
-                else f"fault after {args.duration / 2:g} s"
-            )
-            console.print(f"{name}: {args.chargers} chargers, {when}")
+            when = {
+                "soak": f"{args.chargers} chargers, {args.soak_seconds:g} s of load",
+                "storm": f"{args.storm_chargers} chargers at once",
+            }.get(name.strip(), f"{args.chargers} chargers, fault after {args.duration / 2:g} s")
+            console.print(f"{name}: {when}")
             outcomes.append(await _scenario(name.strip(), args, Path(tmp)))
     console.print(_table(outcomes))
     for line in _notes(outcomes):
@@ -329,6 +368,9 @@ def main() -> int:
         "--csms-delay", type=float, default=20.0, help="slow CSMS: ms per answer (20)"
     )
     parser.add_argument("--soak-seconds", type=float, default=60.0, help="soak: seconds (60)")
+    parser.add_argument(
+        "--storm-chargers", type=int, default=10_000, help="storm: chargers at once (10000)"
+    )
     parser.add_argument(
         "--proxy-args", default="", help="more ocproxy proxy options, e.g. '--recorder-memory 1GB'"
     )
