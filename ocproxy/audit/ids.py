@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from array import array
 
-WINDOW = 256  # ids remembered exactly, per sender
+WINDOW = 128  # ids remembered exactly, per sender (scanning them: ~0.4 us a CALL)
 RANGES = 16  # runs of consecutive numeric ids remembered, per sender
 UNANSWERED = 16  # ids of CALLs without an answer (yet) remembered, per sender
 _HASH = struct.Struct("<q")  # hash() is a signed 64-bit integer on 64-bit builds

@@ -91,9 +91,9 @@ RULES: dict[str, Rule] = {
             connections of the same charger identity in 2.0.1 (retries included). OCPP 2.1
             lets a retry after a timeout reuse the id of the CALL it repeats; any other reuse
             is a finding. Reused ids make responses ambiguous. ocproxy remembers, per
-            sender, the last 256 ids exactly and numeric ids (counters) as ranges, so that
+            sender, the last 128 ids exactly and numeric ids (counters) as ranges, so that
             memory stays bounded on connections that last for weeks: a counter starting
-            again is found however long ago, another id only among the last 256.""",
+            again is found however long ago, another id only among the last 128.""",
         ),
         _rule(
             "outstanding-call",
