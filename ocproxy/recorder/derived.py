@@ -3,12 +3,12 @@
 The slow named queries (``transactions``, ``meter_values``, ``availability``) used to
 parse the JSON payloads of millions of frames every time they ran. The table
 ``frame_fields`` holds, for the few actions they are about, one row per frame: its
-place (``connection_id``, ``seq``), the frame columns the queries filter on, and
-``fields``, a struct of the payload fields of both OCPP 1.6 and 2.0.1/2.1 shapes
-(transaction id, EVSE/connector, status, event type, id token, meter values with
-their energy register samples, ...), parsed leniently with ``from_json`` exactly as
-the queries did (a field of the wrong shape is NULL, its raw JSON kept where a query
-checks its type).
+place (``connection_id``, ``seq``), the frame columns the queries filter on, then one
+column per payload field of both OCPP 1.6 and 2.0.1/2.1 shapes, named as in the
+payload (transaction id, EVSE/connector, status, event type, id token, meter values,
+...), parsed leniently with ``from_json`` exactly as the queries did (a field of the
+wrong shape is NULL, its raw JSON kept where a query checks its type), and
+``registers``: the energy register samples of its meter values.
 
 Filled in DuckDB, vectorised, by one ``INSERT ... SELECT`` over the Arrow batch the
 recorder has just appended (only the rows of these actions are parsed), and for a
@@ -19,6 +19,8 @@ has no rows) and otherwise compute the same rows from ``frames`` on the fly:
 """
 
 from __future__ import annotations
+
+import functools
 
 import duckdb
 import pyarrow as pa
@@ -127,9 +129,13 @@ def append(db: duckdb.DuckDBPyConnection, registered: str, frames: pa.Table) -> 
     """The rows of a batch just appended to ``frames``, already registered as ``registered``.
 
     A batch without any of these actions (heartbeats) costs one vectorised check."""
-    calls = pc.any(pc.is_in(frames.column("action"), value_set=_ACTION_SET)).as_py()
-    if calls:
-        db.execute(f"INSERT INTO {TABLE} {select_from(registered)}")
+    if pc.any(pc.is_in(frames.column("action"), value_set=_ACTION_SET)).as_py():
+        db.execute(_insert(registered))
+
+
+@functools.cache
+def _insert(registered: str) -> str:
+    return f"INSERT INTO {TABLE} {select_from(registered)}"
 
 
 def ensure_readable(db: duckdb.DuckDBPyConnection) -> bool:
