@@ -338,7 +338,9 @@ def _markdown(outcomes: list[Outcome]) -> str:
 
 async def run(args: argparse.Namespace, console: Console) -> bool:
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="ocproxy-fault-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ocproxy-fault-bench-", delete=not args.keep) as tmp:
+        if args.keep:
+            console.print(f"recordings kept in {tmp}", highlight=False)
         for name in args.scenarios.split(","):
             when = {
                 "soak": f"{args.chargers} chargers, {args.soak_seconds:g} s of load",
@@ -360,6 +362,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds of load (4)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--keep", action="store_true", help="keep the recordings")
     parser.add_argument("--disk-mb", type=int, default=6, help="disk full: its size (6)")
     parser.add_argument(
         "--no-mount", action="store_true", help="disk full: ulimit -f instead of a tmpfs"
