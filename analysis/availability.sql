@@ -82,28 +82,42 @@ tx_events AS (
 ),
 charging_spans AS (
     -- 2.x: the charging state holds until the transaction's next event says otherwise
-    -- (an event without chargingState keeps it); Ended ends it.
-    SELECT identity, 'charging' AS state, start_at, end_at
+    -- (an event without chargingState keeps it); Ended ends it. Consecutive charging
+    -- spans of a transaction abut: each run of them is one span (a million periodic
+    -- events would otherwise each be clipped and split by day below).
+    SELECT identity, 'charging' AS state, min(start_at) AS start_at, max(end_at) AS end_at
     FROM (
         SELECT
-            identity,
-            event_type,
-            last_value(charging_state IGNORE NULLS) OVER w AS state_now,
-            event_at AS start_at,
-            coalesce(
-                lead(event_at) OVER (
-                    PARTITION BY identity, transaction_id ORDER BY event_at, ts, seq
-                ),
-                'infinity'::TIMESTAMPTZ
-            ) AS end_at
-        FROM tx_events
-        WHERE transaction_id IS NOT NULL
-        WINDOW w AS (
-            PARTITION BY identity, transaction_id ORDER BY event_at, ts, seq
-            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            *,
+            sum(CASE WHEN charging THEN 0 ELSE 1 END) OVER (
+                PARTITION BY identity, transaction_id ORDER BY start_at, ts, seq
+                ROWS UNBOUNDED PRECEDING
+            ) AS run
+        FROM (
+            SELECT
+                identity,
+                transaction_id,
+                ts,
+                seq,
+                coalesce(last_value(charging_state IGNORE NULLS) OVER w = 'Charging', false)
+                    AND event_type IS DISTINCT FROM 'Ended' AS charging,
+                event_at AS start_at,
+                coalesce(
+                    lead(event_at) OVER (
+                        PARTITION BY identity, transaction_id ORDER BY event_at, ts, seq
+                    ),
+                    'infinity'::TIMESTAMPTZ
+                ) AS end_at
+            FROM tx_events
+            WHERE transaction_id IS NOT NULL
+            WINDOW w AS (
+                PARTITION BY identity, transaction_id ORDER BY event_at, ts, seq
+                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            )
         )
     )
-    WHERE state_now = 'Charging' AND event_type IS DISTINCT FROM 'Ended'
+    WHERE charging
+    GROUP BY identity, transaction_id, run
 ),
 state_spans AS (
     SELECT identity, state, start_at, end_at FROM status_spans WHERE state IS NOT NULL
