@@ -198,8 +198,9 @@ def test_a_truncated_capture_imports_what_it_holds(
     assert _rows(db, "SELECT count(*) AS n FROM frames") == [{"n": 1}]
 
 
-def _write_pcap(path: Path) -> None:
-    """A literal capture: an upgrade, its 101, one Heartbeat each way (the last cut)."""
+def _write_pcap(path: Path, *, answered: bool = True) -> None:
+    """A literal capture: an upgrade, its 101 (unless not ``answered``: the capture
+    missed it), one Heartbeat each way."""
     import struct
 
     def packet(src: int, dst: int, seq: int, ack: int, payload: bytes, t: int) -> bytes:
@@ -225,11 +226,33 @@ def _write_pcap(path: Path) -> None:
     ws_answer = bytes([0x81, len(answer)]) + answer
     c, s = 1000, 5000
     body = packet(40000, 9000, c, s, request, 0)
-    body += packet(9000, 40000, s, c + len(request), response, 1)
+    if answered:
+        body += packet(9000, 40000, s, c + len(request), response, 1)
     body += packet(40000, 9000, c + len(request), s + len(response), ws_call, 2)
     body += packet(9000, 40000, s + len(response), c + len(request) + len(ws_call), ws_answer, 3)
     header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
     path.write_bytes(header + body)
+
+
+def test_an_upgrade_whose_answer_the_capture_missed_is_read_from_its_frames(
+    capture_tools: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = tmp_path / "unanswered.pcap"
+    _write_pcap(capture, answered=False)
+    db = tmp_path / "x.duckdb"
+    code, out, err = run_ocproxy(capsys, "import", capture, "--db", db, "--quiet")
+    assert (code, err) == (0, "")
+    assert "2 messages, 1 connections" in out
+    rows = _rows(
+        db,
+        "SELECT identity, source, direction, raw FROM frames JOIN connections "
+        "USING (connection_id) ORDER BY seq",
+    )
+    assert [(r["identity"], r["source"], r["direction"], r["raw"]) for r in rows] == [
+        ("127.0.0.1:40000", "import:pcap:mid-connection", "to_csms", b'[2,"1","Heartbeat",{}]'),
+        ("127.0.0.1:40000", "import:pcap:mid-connection", "to_charger",
+         b'[3,"1",{"currentTime":"2026-01-01T00:00:00Z"}]'),
+    ]  # fmt: skip
 
 
 async def test_wss_reads_with_the_key_log_and_says_so_without(

@@ -84,8 +84,9 @@ def import_capture(
         def events() -> Iterator[RecorderEvent]:
             assert process.stdout is not None
             yield from reader.read(process.stdout)
-            # Then the streams the first two passes could not read (no upgrade seen).
-            known = set(reader.streams) | set(ports.tls_streams)
+            # Then the streams the first two passes could not read: no upgrade seen (or
+            # its answer missed, the capture begun in between).
+            known = {n for n, s in reader.streams.items() if s.opened} | ports.tls_streams
             segments = run_segments(tshark_binary(), options.path, known)
             assert segments.stdout is not None
             yield from mid.read(segments.stdout)
