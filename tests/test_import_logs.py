@@ -215,6 +215,42 @@ def test_an_import_that_fails_late_writes_nothing(
     assert not list(tmp_path.glob(".ocproxy-import-*"))  # no staging file left behind
 
 
+def test_two_processes_import_every_line_once_each_charger_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--jobs 2 splits by charger: every line lands once, each charger's in its order."""
+    log = tmp_path / "big.csv"
+    with open(log, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["when", "cp", "frame"])
+        for n in range(40_000):
+            writer.writerow(
+                [1767261600 + n, f"CP-{n % 7}", json.dumps([2, str(n), "Heartbeat", {}])]
+            )
+    db = tmp_path / "site.duckdb"
+    argv = ["import", log, "--db", db, "--map", "time=when,identity=cp,message=frame"]
+    code, out, err = run_ocproxy(capsys, *argv, "--jobs", "2", "--quiet", "--no-audit")
+    assert (code, err) == (0, "")
+    assert "40,000 messages, 7 connections" in out
+    rows = _rows(
+        db,
+        "SELECT identity, count(*) AS n, min(seq) AS first, max(seq) AS last, "
+        "bool_and(message_id::INT % 7 = right(identity, 1)::INT) AS own, "
+        "count(DISTINCT connection_id) AS connections FROM frames JOIN connections "
+        "USING (connection_id) GROUP BY identity ORDER BY identity",
+    )
+    assert [(r["identity"], r["n"], r["first"], r["last"], r["own"], r["connections"])
+            for r in rows] == [
+        (f"CP-{k}", n, 0, n - 1, True, 1) for k, n in enumerate([5715] * 2 + [5714] * 5)
+    ]  # fmt: skip
+    order = _rows(
+        db,
+        "SELECT count(*) AS n FROM (SELECT message_id::INT - lag(message_id::INT) OVER "
+        "(PARTITION BY connection_id ORDER BY seq) AS step FROM frames) WHERE step <> 7",
+    )
+    assert order == [{"n": 0}]  # file order kept within each charger
+
+
 def test_without_tshark_one_line_says_how_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

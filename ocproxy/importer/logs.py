@@ -128,7 +128,13 @@ def _csv_rows(options: LogOptions, handle: IO[str]) -> Iterator[_Row]:
     width = len(header)
     take = itemgetter(*(width if c is None else header.index(c) for c in _mapped(columns)))
     pad = [""] * width
+    # Another process's lines are left at once (read_lines checks the share again).
+    where = -1 if columns.identity is None else header.index(columns.identity)
+    shares, share = options.shares, options.share
+    mine = where >= 0 and shares > 1
     for row in reader:
+        if mine and len(row) > where and crc32(row[where].encode()) % shares != share:
+            continue
         if len(row) != width:
             row = (row + pad[len(row) :])[:width]
         row.append(None)  # type: ignore[arg-type]
