@@ -168,7 +168,16 @@ def test_bad_json_lines_are_named_by_number_and_exit_2(
     log = tmp_path / "bad.jsonl"
     log.write_text(content)
     db = tmp_path / "x.duckdb"
-    argv = ["import", log, "--db", db, "--map", "time=t,message=m", "--charger", "CP-1"]
+    argv: list[str | Path] = [
+        "import",
+        log,
+        "--db",
+        db,
+        "--map",
+        "time=t,message=m",
+        "--charger",
+        "CP-1",
+    ]
     code, out, err = run_ocproxy(capsys, *argv)
     assert (code, out) == (2, "")
     assert f"{log} {message}" in err
@@ -228,7 +237,14 @@ def test_two_processes_import_every_line_once_each_charger_whole(
                 [1767261600 + n, f"CP-{n % 7}", json.dumps([2, str(n), "Heartbeat", {}])]
             )
     db = tmp_path / "site.duckdb"
-    argv = ["import", log, "--db", db, "--map", "time=when,identity=cp,message=frame"]
+    argv: list[str | Path] = [
+        "import",
+        log,
+        "--db",
+        db,
+        "--map",
+        "time=when,identity=cp,message=frame",
+    ]
     code, out, err = run_ocproxy(capsys, *argv, "--jobs", "2", "--quiet", "--no-audit")
     assert (code, err) == (0, "")
     assert "40,000 messages, 7 connections" in out
