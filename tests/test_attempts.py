@@ -8,7 +8,7 @@ import resource
 from dataclasses import replace
 from typing import Any
 
-from helpers_ws import upstream, wait_until
+from helpers_ws import raw_upgrade_request, upstream, wait_until
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
@@ -242,3 +242,39 @@ async def test_slow_handshakes_do_not_stop_other_chargers(proxy_factory: Any) ->
                 writer.close()
     rows = box[0].rows("SELECT handshake_status, count(*) AS n FROM connections GROUP BY ALL")
     assert {r["handshake_status"]: r["n"] for r in rows} == {101: 5, 408: 100}
+
+
+async def test_a_charger_leaving_while_its_csms_is_dialled_leaves_one_row(
+    proxy_factory: Any,
+) -> None:
+    """The charger hangs up while the proxy still waits for its CSMS's handshake, which
+    then fails: one row (the dial's outcome), not a second one for the hang-up."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # takes the TCP connection, never answers the upgrade
+
+    csms = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = csms.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            async with proxy_factory(upstream=f"ws://127.0.0.1:{port}", connect_timeout=0.5) as (
+                proxy,
+                box,
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+                writer.write(raw_upgrade_request(proxy.server.port, "/ocpp/CP-GONE"))
+                await writer.drain()
+                await wait_until(lambda: bool(held), "the proxy dialled the CSMS", 5)
+                writer.close()  # gone before the CSMS answers
+                await wait_until(lambda: proxy.recorder.stats.connections >= 1, "a row", 10)
+                await asyncio.sleep(1.0)  # time enough for a second row, were there one
+                del reader
+    finally:
+        for w in held:
+            w.close()
+        csms.close()
+    rows = _attempts(box[0])
+    assert len(rows) == 1
+    assert rows[0]["identity"] == "CP-GONE"
+    assert rows[0]["handshake_status"] in (502, 504)

@@ -282,7 +282,14 @@ class ProxyServer:
             self._record_open(charger, request, shake, response)
             self._record_refusal(shake, ClosedBy.PROXY, "no upstream for this identity")
             return response
-        outcome = await self._dial(url, request, shake)
+        # From here this request records its own row, whatever the dial's outcome: a
+        # charger hanging up meanwhile must not leave a second one (499 and then 502).
+        charger.settled = True
+        try:
+            outcome = await self._dial(url, request, shake)
+        except asyncio.CancelledError:
+            self._abandoned(charger)  # the proxy stopping mid-dial: recorded all the same
+            raise
         if isinstance(outcome, Refusal):
             self._record_open(charger, request, shake, outcome.response)
             self._record_refusal(shake, outcome.refused_by, outcome.detail)
