@@ -88,6 +88,8 @@ class Tcpdump:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
         self.process.wait(timeout=30)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
 
 
 @pytest.fixture
@@ -104,6 +106,8 @@ def tcpdump_factory(tmp_path: Path) -> Iterator[Any]:
         if dump.process.poll() is None:
             dump.process.kill()
             dump.process.wait()
+        if dump.process.stderr is not None:
+            dump.process.stderr.close()
 
 
 def _rows(db: Path, sql: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -76,27 +77,18 @@ def import_capture(
     started = time.time()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ocproxy-import-") as tmp:
         process, ports = run_tshark(options)
-        assert process.stdout is not None
-        assert process.stderr is not None
         reader = CaptureEvents(options, tls_streams=ports.tls_streams)
         mid = MidConnections()
-
-        def events() -> Iterator[RecorderEvent]:
-            assert process.stdout is not None
-            yield from reader.read(process.stdout)
-            # Then the streams the first two passes could not read: no upgrade seen (or
-            # its answer missed, the capture begun in between).
-            known = {n for n, s in reader.streams.items() if s.opened} | ports.tls_streams
-            segments = run_segments(tshark_binary(), options.path, known)
-            assert segments.stdout is not None
-            yield from mid.read(segments.stdout)
-            segments.wait()
-
         staged = Path(tmp) / "s0.duckdb"
-        stats = stage(staged, events(), staging, lambda _n: progress(None))
-        process.wait()
+        try:
+            events = _capture_events(process, ports.tls_streams, reader, mid)
+            stats = stage(staged, events, staging, lambda _n: progress(None))
+            process.wait()
+            assert process.stderr is not None
+            complaint = _tshark_complaint(process.stderr.read())
+        finally:
+            _stop(process)
         notes = [*reader.notes, *mid.notes()]
-        complaint = _tshark_complaint(process.stderr.read())
         if complaint:
             notes.insert(0, f"tshark: {complaint}; imported what came before")
         if not reader.streams and not reader.locked and not mid.found:
@@ -112,6 +104,36 @@ def import_capture(
         time.time() - started,
         tuple(notes),
     )
+
+
+def _capture_events(
+    process: subprocess.Popen[bytes],
+    tls_streams: frozenset[str],
+    reader: CaptureEvents,
+    mid: MidConnections,
+) -> Iterator[RecorderEvent]:
+    """The PDML pass's events, then those of the streams it could not read: no upgrade
+    seen (or its answer missed: the capture begun in between), from a third pass."""
+    assert process.stdout is not None
+    yield from reader.read(process.stdout)
+    known = {n for n, s in reader.streams.items() if s.opened} | tls_streams
+    segments = run_segments(tshark_binary(), reader.options.path, known)
+    assert segments.stdout is not None
+    try:
+        yield from mid.read(segments.stdout)
+        segments.wait()
+    finally:  # an import that failed on the way stops the pass too
+        _stop(segments)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """A tshark process ended (killed if it is still writing) and its pipes closed."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _tshark_complaint(stderr: bytes) -> str:
