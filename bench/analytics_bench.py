@@ -226,7 +226,7 @@ def _time_inserts(db: duckdb.DuckDBPyConnection, batch: Any, kind: str) -> Timin
         started = time.perf_counter()
         db.execute("INSERT INTO frames BY NAME SELECT * FROM _bench_batch")
         inserted = time.perf_counter()
-        derived.append(db, "_bench_batch", batch)
+        derived.append(db, batch)
         fields_s = min(fields_s, time.perf_counter() - inserted)
         frames_s = min(frames_s, inserted - started)
         db.unregister("_bench_batch")

@@ -74,7 +74,7 @@ def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: 
             frames = _frames_table(batch.frames)
             db.register("_ocproxy_frames_batch", frames)
             db.execute("INSERT INTO frames BY NAME SELECT * FROM _ocproxy_frames_batch")
-            derived.append(db, "_ocproxy_frames_batch", frames)
+            derived.append(db, frames)
             db.unregister("_ocproxy_frames_batch")
         if batch.closes:
             _append_closes(db, batch.closes)

@@ -20,8 +20,6 @@ has no rows) and otherwise compute the same rows from ``frames`` on the fly:
 
 from __future__ import annotations
 
-import functools
-
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,7 +57,8 @@ SPEC = f"""{{"transactionId": "JSON", "connectorId": "JSON", "evseId": "VARCHAR"
 # Answers whose payload fields are stored: 1.6 gives the transaction id in the
 # StartTransaction answer, the heartbeat interval in the BootNotification answer.
 ANSWER_ACTIONS = ("StartTransaction", "BootNotification")
-_ACTION_SET = pa.array(sorted({*CALL_ACTIONS, *ANSWER_ACTIONS}), pa.string())
+_CALL_SET = pa.array(CALL_ACTIONS, pa.string())
+_ANSWER_SET = pa.array(ANSWER_ACTIONS, pa.string())
 
 # The frames that get a row: one predicate for the insert, the back-fill and the check.
 _WHERE = (
@@ -90,7 +89,7 @@ _REGISTERS = f"""list_filter(flatten(list_transform(
     lambda r: r.wh IS NOT NULL)"""
 
 
-def select_from(relation: str, also: str = "TRUE") -> str:
+def select_from(relation: str, also: str = "TRUE", *, where: str = _WHERE) -> str:
     """The rows of ``frame_fields`` for the frames of ``relation`` (a table or view) that
     also meet the condition ``also``."""
     # One column per payload field (named as in the payload), not one struct: a query
@@ -103,7 +102,7 @@ def select_from(relation: str, also: str = "TRUE") -> str:
         # this one has already refused text that is not; and from_json into VARCHAR and
         # JSON fields reads any JSON (an array, a string) leniently, as NULL fields.
         f"SELECT {_COLUMNS}, unnest(from_json(payload, '{_SPEC_SQL}')) "
-        f"FROM {relation} WHERE {_WHERE} AND ({also}))"
+        f"FROM {relation} WHERE {where} AND ({also}))"
     )
 
 
@@ -125,17 +124,24 @@ def backfill(db: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def append(db: duckdb.DuckDBPyConnection, registered: str, frames: pa.Table) -> None:
-    """The rows of a batch just appended to ``frames``, already registered as ``registered``.
+def append(db: duckdb.DuckDBPyConnection, frames: pa.Table) -> None:
+    """The rows of a batch of frames just appended to ``frames`` (in the same transaction).
 
-    A batch without any of these actions (heartbeats) costs one vectorised check."""
-    if pc.any(pc.is_in(frames.column("action"), value_set=_ACTION_SET)).as_py():
-        db.execute(_insert(registered))
-
-
-@functools.cache
-def _insert(registered: str) -> str:
-    return f"INSERT INTO {TABLE} {select_from(registered)}"
+    The frames they are for are picked in Arrow (the same rule as ``_WHERE``): a batch
+    without any (heartbeats) costs that, and DuckDB plans no filter (planning one costs
+    more than running it on a few thousand rows)."""
+    action, message_type = frames.column("action"), frames.column("message_type")
+    wanted = pc.or_kleene(
+        pc.and_kleene(pc.equal(message_type, 2), pc.is_in(action, value_set=_CALL_SET)),
+        pc.and_kleene(pc.equal(message_type, 3), pc.is_in(action, value_set=_ANSWER_SET)),
+    )
+    if not pc.any(wanted).as_py():
+        return
+    db.register(_BATCH, frames.filter(wanted))
+    try:
+        db.execute(_INSERT)
+    finally:
+        db.unregister(_BATCH)
 
 
 def ensure_readable(db: duckdb.DuckDBPyConnection) -> bool:
@@ -158,3 +164,8 @@ def ensure_readable(db: duckdb.DuckDBPyConnection) -> bool:
 
 def _has_rows(db: duckdb.DuckDBPyConnection) -> bool:
     return bool(db.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchall())
+
+
+_BATCH = "_ocproxy_fields_batch"
+# The batch holds only the frames that get a row: no WHERE to plan.
+_INSERT = f"INSERT INTO {TABLE} {select_from(_BATCH, where='TRUE')}"
