@@ -185,3 +185,40 @@ def test_an_import_stores_the_fields_too(
     assert len(rows(db, "SELECT * FROM frame_fields")) == 3
     (tx,) = query(db, "transactions").rows
     assert (tx["transaction_id"], tx["energy_wh"], tx["duration_s"]) == ("5", 50, 1800.0)
+
+
+def _station(connection: str, opened: float) -> Script:
+    """A 2.0.1 station whose transaction ids restart: always "T-1"."""
+    s = Script(connection, "CS-R", "ocpp2.0.1", opened=opened)
+    for n, kind in enumerate(("Started", "Updated", "Ended")):
+        at = opened + 100 + n * 100
+        event: dict[str, Any] = {
+            "eventType": kind,
+            "timestamp": stamp(at),
+            "triggerReason": "MeterValuePeriodic",
+            "seqNo": n,
+            "transactionInfo": {"transactionId": "T-1", "chargingState": "Charging"},
+            "meterValue": [{"timestamp": stamp(at), "sampledValue": [{"value": opened + n}]}],
+        }
+        if kind == "Started":
+            event["evse"] = {"id": 1, "connectorId": 1}
+        s.call(at, "TransactionEvent", event)
+    return s
+
+
+def test_repeated_2x_transaction_ids_in_two_recordings_stay_apart(tmp_path: Path) -> None:
+    first = record(tmp_path / "a.duckdb", [_station("s-1", 0)])
+    later = record(tmp_path / "b.duckdb", [_station("s-2", 5000)])
+    rows_ = query([first, later], "transactions").rows
+    assert [(r["transaction_id"], r["duration_s"]) for r in rows_] == [("T-1", 200.0)] * 2
+    assert [(r["meter_start_wh"], r["meter_stop_wh"]) for r in rows_] == [
+        (0, 2), (5000, 5002),
+    ]  # fmt: skip
+
+
+def test_a_retried_stop_transaction_still_stops_its_transaction_once(tmp_path: Path) -> None:
+    s = _charger("CP-T", "t-1", 0, stop_reading=True)
+    retry = {"transactionId": 7, "meterStop": 1500, "timestamp": stamp(430), "reason": "Local"}
+    s.call(430, "StopTransaction", retry)
+    (tx,) = query(record(tmp_path / "r.duckdb", [s]), "transactions").rows
+    assert (tx["duration_s"], tx["stop_reason"], tx["energy_wh"]) == (300.0, "EVDisconnected", 500)
