@@ -127,9 +127,11 @@ class _Side:
             # After the frames of the same read that came before the bad one.
             self.session.violation(self, *failure)
             return
-        self.session.settle()
-        if other.leg.paused or self.session.recorder.congested:
-            self.session.stall(self)
+        session = self.session
+        if self.got_close or other.got_close:  # only then can a closing handshake be done
+            session.settle()
+        if other.leg.paused or session.recorder.congested:
+            session.stall(self)
 
     def leg_lost(self) -> None:
         self.session._lost(self)
