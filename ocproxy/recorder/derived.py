@@ -112,15 +112,24 @@ def create(db: duckdb.DuckDBPyConnection) -> None:
 
 
 def backfill(db: duckdb.DuckDBPyConnection) -> int:
-    """Add the rows of every frame that lacks its own; how many were added."""
-    row = db.execute(
-        f"INSERT INTO {TABLE} "
-        + select_from(
-            "frames", f"(connection_id, seq) NOT IN (SELECT (connection_id, seq) FROM {TABLE})"
-        )
-        if _has_rows(db)
-        else f"INSERT INTO {TABLE} {select_from('frames')}"
-    ).fetchone()
+    """Add the rows of every frame that lacks its own; how many were added.
+
+    DuckDB's own progress bar is off meanwhile: it prints to stdout, which may be the
+    proxy's (a file of 10 million frames takes half a minute)."""
+    ((shown,),) = db.execute("SELECT current_setting('enable_progress_bar')").fetchall()
+    db.execute("SET enable_progress_bar = false")
+    try:
+        row = db.execute(
+            f"INSERT INTO {TABLE} "
+            + select_from(
+                "frames",
+                f"(connection_id, seq) NOT IN (SELECT (connection_id, seq) FROM {TABLE})",
+            )
+            if _has_rows(db)
+            else f"INSERT INTO {TABLE} {select_from('frames')}"
+        ).fetchone()
+    finally:
+        db.execute(f"SET enable_progress_bar = {'true' if shown else 'false'}")
     return int(row[0]) if row else 0
 
 
