@@ -22,7 +22,7 @@ from ocproxy.control.token import new_token, publish_token, withdraw_token
 from ocproxy.core.redaction import Redactor
 from ocproxy.idkey import resolve_id_key
 from ocproxy.proxy.config import ProxyConfig, parse_control
-from ocproxy.proxy.server import ProxyServer
+from ocproxy.proxy.server import ProxyServer, collect_rarely
 from ocproxy.recorder import RecorderStats
 from ocproxy.recorder.process import ChildOptions, RecordingProcess
 
@@ -97,6 +97,7 @@ async def running_proxy(
     await asyncio.to_thread(recorder.start)
     try:
         proxy = await ProxyServer(config, recorder).start()
+        collect_rarely()
         control = None
         try:
             if feed is not None and config.control is not None:

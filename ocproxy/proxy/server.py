@@ -9,6 +9,7 @@ upstream connection outlives its charger's handshake).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import ssl
@@ -499,6 +500,21 @@ def _abandon_reason(charger: RelayedChargerLeg, timeout: float) -> tuple[int, st
             "charger closed the connection before its request was complete",
         )
     return CLIENT_CLOSED_REQUEST, "charger disconnected during handshake"
+
+
+def collect_rarely() -> None:
+    """Tune the cyclic garbage collector for a long-running relay, once it is started.
+
+    A charger's connection allocates a few hundred long-lived objects, so a reconnect
+    storm trips the collector's thresholds again and again, and each full collection
+    walks every object of every live connection: in a storm of 1,500 chargers, half the
+    relay's CPU (0.73 s of 1.48) went to the collector. What start-up built is frozen
+    out of its sight; young objects are collected every 50,000 allocations, not 700.
+    Relaying a frame allocates nothing that outlives it (measured: not one collection in
+    3 s of 100 chargers' round trips, default thresholds), so this costs nothing there."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def raise_open_files_limit(notes: list[str]) -> None:
