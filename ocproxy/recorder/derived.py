@@ -158,8 +158,9 @@ def ensure_readable(db: duckdb.DuckDBPyConnection) -> bool:
 
     For a reader: a source written before the table existed (and never opened for
     writing since), a Parquet export, or a file written around the recorder lacks
-    rows. Then a temp view of the same name computes them all from ``frames``: the
-    same results, at the old speed. Nothing is written to any source."""
+    rows. Then a temp table of the same name (in memory, for this connection) is
+    computed from ``frames``, once: the same results, after one pass over the payloads
+    (about the old speed of one query). Nothing is written to any source."""
     try:
         ((complete,),) = db.execute(
             f"SELECT (SELECT count(*) FROM frames WHERE {_WHERE}) = (SELECT count(*) FROM {TABLE})"
@@ -167,7 +168,10 @@ def ensure_readable(db: duckdb.DuckDBPyConnection) -> bool:
     except duckdb.CatalogException:
         complete = False
     if not complete:
-        db.execute(f"CREATE OR REPLACE TEMP VIEW {TABLE} AS {select_from('frames')}")
+        # A temp view would parse every payload again at each use (a query uses it
+        # several times, a report runs several queries).
+        db.execute(f"DROP VIEW IF EXISTS temp.main.{TABLE}")
+        db.execute(f"CREATE TEMP TABLE {TABLE} AS {select_from('frames')}")
     return bool(complete)
 
 
