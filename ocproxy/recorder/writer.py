@@ -400,6 +400,9 @@ class Recorder:
         except duckdb.Error as exc:
             raise RecorderError(open_failure(self.path, exc, WRITING)) from exc
         try:
+            # DuckDB draws its own progress bar on stdout for a statement over 2 s (a
+            # commit that checkpoints on a busy machine), through the command's output.
+            db.execute("SET enable_progress_bar = false")
             migrate(db)
             db.execute(
                 "INSERT INTO runs VALUES (?, now(), ?, ?, ?)",
