@@ -173,9 +173,8 @@ def _backfill(db: Path) -> list[Timing]:
     """Fill frame_fields for the frames that lack them, as m008 does for an older file."""
     with duckdb.connect(str(db)) as con:
         migrate(con)
-        if derived.ensure_readable(con):
+        if derived.is_complete(con):
             return []
-        con.execute(f"DROP VIEW IF EXISTS temp.{derived.TABLE}")
         started = time.perf_counter()
         added = derived.backfill(con)
         con.execute("CHECKPOINT")

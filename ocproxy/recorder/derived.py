@@ -161,17 +161,24 @@ def ensure_readable(db: duckdb.DuckDBPyConnection) -> bool:
     rows. Then a temp table of the same name (in memory, for this connection) is
     computed from ``frames``, once: the same results, after one pass over the payloads
     (about the old speed of one query). Nothing is written to any source."""
-    try:
-        ((complete,),) = db.execute(
-            f"SELECT (SELECT count(*) FROM frames WHERE {_WHERE}) = (SELECT count(*) FROM {TABLE})"
-        ).fetchall()
-    except duckdb.CatalogException:
-        complete = False
+    complete = is_complete(db)
     if not complete:
         # A temp view would parse every payload again at each use (a query uses it
         # several times, a report runs several queries).
         db.execute(f"DROP VIEW IF EXISTS temp.main.{TABLE}")
         db.execute(f"CREATE TEMP TABLE {TABLE} AS {select_from('frames')}")
+    return complete
+
+
+def is_complete(db: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``frame_fields`` has as many rows as the frames it is for (it is written
+    in the frames' own transaction, so a count tells a file that lacks them)."""
+    try:
+        ((complete,),) = db.execute(
+            f"SELECT (SELECT count(*) FROM frames WHERE {_WHERE}) = (SELECT count(*) FROM {TABLE})"
+        ).fetchall()
+    except duckdb.CatalogException:
+        return False
     return bool(complete)
 
 
