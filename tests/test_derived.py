@@ -222,3 +222,51 @@ def test_a_retried_stop_transaction_still_stops_its_transaction_once(tmp_path: P
     s.call(430, "StopTransaction", retry)
     (tx,) = query(record(tmp_path / "r.duckdb", [s]), "transactions").rows
     assert (tx["duration_s"], tx["stop_reason"], tx["energy_wh"]) == (300.0, "EVDisconnected", 500)
+
+
+def _complete(path: Path) -> bool:
+    return rows(path, _FIELDS_OF.format(table=derived.TABLE)) == rows(path, _EXPECTED_FRAMES)
+
+
+def test_fields_are_gathered_and_stored_at_the_latest_when_the_file_closes(
+    tmp_path: Path,
+) -> None:
+    """Written every few seconds (derived.Pending), not with each flush of frames: before
+    that, readers compute the missing ones; once the file is closed, all are there."""
+    path = tmp_path / "deferred.duckdb"
+    before = _results(record(tmp_path / "reference.duckdb", [*field_16(), *field_201()]))
+    recorder = Recorder(path).open_here()
+    for script in [*field_16(), *field_201()]:
+        for event in script.events:
+            recorder.process(event)
+    here = recorder._here
+    assert here is not None
+    here.deadline = 0.0
+    recorder.flush_due()  # the frames are written; their fields wait (5 s, 20,000 rows)
+    (n,) = here.db.execute(f"SELECT count(*) FROM {derived.TABLE}").fetchone() or (None,)
+    assert n == 0
+    assert here.db.execute("SELECT count(*) FROM frames").fetchone() != (0,)
+    recorder.finish()
+    assert _complete(path)
+    assert _results(path) == before
+
+
+def test_fields_a_crash_lost_are_added_when_the_file_is_next_opened_for_writing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "crashed.duckdb"
+    recorder = Recorder(path).open_here()
+    for script in field_16():
+        for event in script.events:
+            recorder.process(event)
+    here = recorder._here
+    assert here is not None
+    here.deadline = 0.0
+    recorder.flush_due()
+    here.db.close()  # as kill -9 leaves it: frames stored, fields and run_stats not
+    assert not _complete(path)
+    reference = _results(record(tmp_path / "reference.duckdb", field_16()))
+    with Recorder(path) as again:
+        assert len(again.recovered) == 1  # the crashed run, said in one line
+    assert _complete(path)
+    assert _results(path) == reference

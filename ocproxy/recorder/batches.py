@@ -64,8 +64,19 @@ class Batch:
         )
 
 
-def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: str) -> None:
-    """Append one batch in one transaction: opens, then frames, then closes."""
+def append(
+    db: duckdb.DuckDBPyConnection,
+    batch: Batch,
+    *,
+    run_id: str,
+    source: str,
+    fields: derived.Pending | None = None,
+    now: float = 0.0,
+) -> None:
+    """Append one batch in one transaction: opens, then frames, then closes.
+
+    ``fields``: gather the frames' payload fields there and store them when it is due
+    (``now``: monotonic seconds), instead of with each batch."""
     db.execute("BEGIN TRANSACTION")
     try:
         if batch.opens:
@@ -74,7 +85,12 @@ def append(db: duckdb.DuckDBPyConnection, batch: Batch, *, run_id: str, source: 
             frames = _frames_table(batch.frames)
             db.register("_ocproxy_frames_batch", frames)
             db.execute("INSERT INTO frames BY NAME SELECT * FROM _ocproxy_frames_batch")
-            derived.append(db, frames)
+            if fields is None:
+                derived.append(db, frames)
+            else:
+                fields.add(frames, now)
+                if fields.due(now):
+                    fields.flush(db)
             db.unregister("_ocproxy_frames_batch")
         if batch.closes:
             _append_closes(db, batch.closes)

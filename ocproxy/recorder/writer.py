@@ -12,6 +12,7 @@ the event loop, and appends batches through Arrow, flushed by size and by age.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import threading
@@ -35,7 +36,7 @@ from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.observe import observe
 from ocproxy.core.redaction import Redactor
 from ocproxy.errors import WRITING, RecorderError, first_line, open_failure
-from ocproxy.recorder import batches
+from ocproxy.recorder import batches, derived
 from ocproxy.recorder.crashes import close_crashed_run, crashed_runs
 from ocproxy.recorder.migrations import migrate
 from ocproxy.recorder.rotation import (
@@ -166,6 +167,8 @@ class Recorder:
         # With a rotation: the live connections' opens (each new file gets them again),
         # when the current file ends by time, and the stats when it began.
         self._live: dict[str, ConnectionOpened] = {}
+        # Payload fields of frames already written, stored every few seconds (see there).
+        self._fields = derived.Pending()
         self._rotate_at: datetime | None = None
         self._file_base = RecorderStats(run_id="")
         self._empty_size = 0
@@ -361,6 +364,7 @@ class Recorder:
             self._flush(here.db, here.buffer)
         finally:
             if orphaned:
+                self._store_fields(here.db)
                 try:
                     close_crashed_run(here.db, self.run_id)
                 except duckdb.Error as exc:
@@ -411,6 +415,9 @@ class Recorder:
             for run in crashed_runs(db, self.run_id):
                 close_crashed_run(db, run.run_id)
                 self.recovered.append(run.line())
+            if self.recovered:
+                # A crash loses the payload fields not yet stored (derived.Pending).
+                derived.backfill(db)
         except duckdb.Error as exc:
             db.close()
             raise RecorderError(open_failure(self.path, exc, WRITING)) from exc
@@ -447,6 +454,7 @@ class Recorder:
                     buffer, deadline = self._flushed(here.db, buffer)
                     self._rotate_if_due()
                     item.file = str(self.path)
+                    self._store_fields(here.db)
                     item.run(here.db)
                     continue
                 self._handle(item, buffer, correlators)  # type: ignore[arg-type]
@@ -510,7 +518,14 @@ class Recorder:
         if not buffer.size:
             return
         try:
-            batches.append(db, buffer, run_id=self.run_id, source=self.source)
+            batches.append(
+                db,
+                buffer,
+                run_id=self.run_id,
+                source=self.source,
+                fields=self._fields,
+                now=time.monotonic(),
+            )
         except Exception as exc:  # disk full, file gone: fail loudly, count, keep relaying
             self.stats.frames_lost += len(buffer.frames)
             message = (
@@ -523,8 +538,21 @@ class Recorder:
             return
         self.stats.frames_recorded += len(buffer.frames)
 
+    def _store_fields(self, db: duckdb.DuckDBPyConnection) -> None:
+        """Store the payload fields still gathered (before a file is closed or read)."""
+        try:
+            db.execute("BEGIN TRANSACTION")
+            self._fields.flush(db)
+            db.execute("COMMIT")
+        except duckdb.Error as exc:
+            # The frames are stored: readers compute the fields that are missing.
+            with contextlib.suppress(duckdb.Error):
+                db.execute("ROLLBACK")
+            self.stats.errors.append(f"cannot store payload fields: {first_line(exc)}")
+
     def _write_stats(self, db: duckdb.DuckDBPyConnection) -> None:
         """The run's stats in this file: since the file began, with a rotation."""
+        self._store_fields(db)
         stats, base = self.stats, self._file_base
         try:
             db.execute(
