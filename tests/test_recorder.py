@@ -246,3 +246,5 @@ def test_full_disk_is_reported_with_its_own_reason(tmp_path: Path) -> None:
     assert all("no transaction is active" not in error for error in errors), errors
     assert "File too large" in errors[0], errors
     assert "frames lost" in errors[0]
+    # The connection's open row went down with the first batch, and is said so.
+    assert "frames lost (and 1 connection open/close rows)" in errors[0], errors

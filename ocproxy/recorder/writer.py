@@ -528,8 +528,11 @@ class Recorder:
             )
         except Exception as exc:  # disk full, file gone: fail loudly, count, keep relaying
             self.stats.frames_lost += len(buffer.frames)
+            # frames_lost counts frames; the connection rows lost with them are said here.
+            rows = len(buffer.opens) + len(buffer.closes)
+            also = f" (and {rows} connection open/close rows)" if rows else ""
             message = (
-                f"recording to {self.path} failed, {len(buffer.frames)} frames lost: "
+                f"recording to {self.path} failed, {len(buffer.frames)} frames lost{also}: "
                 f"{first_line(exc)}"
             )
             self.stats.errors.append(message)
