@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ from rich.console import Console
 from textual.widgets import Button, Select, Static, TextArea
 
 from ocproxy.app import running_proxy
-from ocproxy.control.token import token_path
 from ocproxy.inspect.app import InspectApp
 from ocproxy.inspect.filters import parse
 from ocproxy.inspect.live import KEEP, LiveSource, item_from_event
@@ -28,11 +28,12 @@ from tests.test_inspect_app import rows, shot, status, text_of, until
 
 async def _live(db: Path) -> None:
     async with SimCsms() as csms:
+        # A port of its own: the newest token file may be another proxy's (tests run
+        # beside other proxies with a control endpoint).
+        port = _free_port()
         config = ProxyConfig(listen_host="127.0.0.1", listen_port=0, upstream=csms.url,
-                             db=str(db), quiet=True, control="127.0.0.1:0")  # fmt: skip
+                             db=str(db), quiet=True, control=f"127.0.0.1:{port}")  # fmt: skip
         async with running_proxy(config, Console(file=io.StringIO())) as (proxy, _):
-            tokens = token_path(0).parent.glob("control-*.token")
-            port = int(max(tokens, key=lambda p: p.stat().st_mtime).stem.split("-")[1])
             # Chargers that stay, heartbeat every 0.2 s, and wait long before reconnecting:
             # one that is disconnected stays closed for the rest of the test.
             options = FleetOptions(url=f"ws://127.0.0.1:{proxy.port}/ocpp", count=2,
@@ -46,6 +47,12 @@ async def _live(db: Path) -> None:
                 fleet.cancel()
                 await asyncio.gather(fleet, return_exceptions=True)
                 await source.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def _drive(app: InspectApp) -> None:
