@@ -202,3 +202,47 @@ async def test_a_secondary_slow_to_close_does_not_move_the_chargers_close(
     assert [row["source"] for row in rows] == ["proxy", "mirror"]
     # The secondary held its close until close_timeout; the charger's row was not held.
     assert rows[0]["closed_at"] < rows[1]["closed_at"]
+
+
+async def test_the_secondarys_answer_owed_when_the_charger_leaves_is_still_recorded(
+    proxy_factory: Any,
+) -> None:
+    """The charger leaves right after its primary's answer; the secondary answers a
+    little later: its leg stays open for that answer (up to close_timeout), so the
+    evaluation does not count it as never given."""
+
+    async def answer(ws: ServerConnection, delay: float) -> None:
+        async for message in ws:
+            frame = json.loads(message)
+            await asyncio.sleep(delay)
+            await ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+
+    async def primary_handler(ws: ServerConnection) -> None:
+        await answer(ws, 0.0)
+
+    async def secondary_handler(ws: ServerConnection) -> None:
+        await answer(ws, 0.5)
+
+    async with (
+        upstream(primary_handler) as primary,
+        upstream(secondary_handler) as secondary,
+        proxy_factory(
+            upstream=primary.url,
+            mirrors=(MirrorRoute("CP-*", secondary.url),),
+            close_timeout=3.0,
+        ) as (proxy, box),
+    ):
+        async with connect(proxy.url + "/ocpp/CP-1") as charger:
+            await charger.send('[2,"d1","DataTransfer",{"vendorId":"acme"}]')
+            await charger.recv()
+        [session] = proxy.server.sessions
+        await session.finished
+    rows = box[0].rows(
+        "SELECT c.source, f.direction, f.message_type, c.close_reason FROM frames f "
+        "JOIN connections c USING (connection_id) WHERE c.source = 'mirror' ORDER BY f.seq"
+    )
+    assert [(r["direction"], r["message_type"]) for r in rows] == [
+        ("to_csms", 2),
+        ("to_charger", 3),
+    ]
+    assert rows[0]["close_reason"] == "charger disconnected"

@@ -112,9 +112,11 @@ async def record_mirrored_fleet(path: Path) -> Path:
 
             return script
 
+        # The secondary's leg waits close_timeout for the answers it owes once the
+        # charger is gone; the held DataTransfer answers come only after that: cut off.
         config = ProxyConfig(
             listen_host="127.0.0.1", listen_port=0, db=str(path), quiet=True,
-            upstream=primary.url,
+            upstream=primary.url, close_timeout=0.5,
             mirrors=(
                 MirrorRoute("CP-A", secondary.url, allow_actions=("RemoteStartTransaction",)),
                 MirrorRoute("*", secondary.url),
@@ -146,8 +148,8 @@ async def record_mirrored_fleet(path: Path) -> Path:
             go.set()
             await asyncio.gather(*sessions)
         finally:
-            release.set()
             await server.stop()
+            release.set()
             stats = recorder.close()
     assert stats.frames_lost == 0
     return path

@@ -72,6 +72,11 @@ class Mirror:
         self._alive = True
         # ids of the secondary's CALLs forwarded to the charger, awaiting its answer
         self._forwarded: set[str] = set()
+        # ids of the charger's CALLs copied to the secondary, awaiting the secondary's
+        # answer; when none is (and no copy waits to go), the leg may close without
+        # cutting an answer off
+        self._awaiting: set[str] = set()
+        self._settled = asyncio.Event()
         self._finished = asyncio.Event()  # run() is over: the leg's close is recorded
 
     # -- called by the charger's session -----------------------------------------
@@ -141,7 +146,18 @@ class Mirror:
     def connected(self) -> bool:
         return self._leg is not None
 
+    def _check_settled(self) -> None:
+        if not self._awaiting and self._queue.empty():
+            self._settled.set()
+
     async def close(self) -> None:
+        """The charger is gone: close the secondary's leg, once it has answered what it
+        was sent (for at most close_timeout), so that no answer is cut off."""
+        if self._leg is not None and self._alive:
+            self._check_settled()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.close_timeout):
+                    await self._settled.wait()
         self._alive = False
         if self._leg is not None:
             await self._leg.close(1001, "charger disconnected")
@@ -193,7 +209,12 @@ class Mirror:
             while True:
                 data, opcode = await self._queue.get()
                 self._record(Direction.TO_CSMS, data, opcode)
+                frame = parse_frame(data)
+                if isinstance(frame, Call):
+                    self._awaiting.add(frame.message_id)
+                    self._settled.clear()
                 await leg.send_message(data, opcode)
+                self._check_settled()
 
     async def _receive(self, leg: CsmsLeg, session: Session) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -203,6 +224,9 @@ class Mirror:
                 frame = parse_frame(data)
                 if isinstance(frame, Call):
                     await self._secondary_call(leg, session, frame, data)
+                elif isinstance(frame, CallResult | CallError):
+                    self._awaiting.discard(frame.message_id)
+                    self._check_settled()
         self._alive = False
 
     async def _secondary_call(
