@@ -213,6 +213,9 @@ class OcproxyRecorder:
         if recording is not None:
             self._worker.close(recording)
         self._worker.shutdown()
+        if recording is not None and recording.failed:
+            # Its opening failed on the worker just now: the loop has not said so yet.
+            self._open_failed(recording)
         if self.unrecorded_frames:
             logger.error(
                 f"ocproxy: {self.unrecorded_frames} OCPP frames were relayed but not recorded "
@@ -253,12 +256,14 @@ class OcproxyRecorder:
         else:
             self._worker.open(new)
 
-    def _open_failed(self, recording: Recording, message: str) -> None:
+    def _open_failed(self, recording: Recording) -> None:
         """On the loop: the frames already submitted to it are lost; later ones are counted."""
-        recording.failed = True
+        if recording.reported:
+            return
+        recording.reported = True
         self.unrecorded_frames += recording.frames
         # A warning: mitmproxy exits when an error is logged during its start-up.
-        logger.warning(f"ocproxy: {message}; OCPP traffic is relayed but NOT recorded")
+        logger.warning(f"ocproxy: {recording.error}; OCPP traffic is relayed but NOT recorded")
 
     def _submit(self, live: Live, event: RecorderEvent) -> None:
         recording = live.recording

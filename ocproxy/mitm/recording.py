@@ -41,7 +41,11 @@ class Recording:
     """One Recorder as the addon uses it: opened on the worker thread, fed from the loop."""
 
     recorder: Recorder
-    failed: bool = False  # opening failed: what was submitted is lost and counted
+    # Opening failed (set on the worker thread as it fails, so that frames from then on
+    # are counted as lost at once): what was submitted is lost and counted.
+    failed: bool = False
+    error: str = ""  # why opening failed
+    reported: bool = False  # the failure was said and its frames counted (on the loop)
     frames: int = 0  # frames submitted, to count them as lost if opening fails
 
     @property
@@ -78,7 +82,7 @@ class Worker:
     ``on_open_failed`` runs on mitmproxy's event loop, where the addon's state lives.
     """
 
-    def __init__(self, on_open_failed: Callable[[Recording, str], None]) -> None:
+    def __init__(self, on_open_failed: Callable[[Recording], None]) -> None:
         self._on_open_failed = on_open_failed
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -108,9 +112,12 @@ class Worker:
         try:
             recording.recorder.start()
         except RecorderError as exc:
+            recording.error = str(exc)
+            recording.failed = True
             loop = self._loop
             assert loop is not None
-            loop.call_soon_threadsafe(self._on_open_failed, recording, str(exc))
+            # The addon's done() says it itself if the loop is past running this.
+            loop.call_soon_threadsafe(self._on_open_failed, recording)
             return
         logger.info(f"ocproxy: recording OCPP WebSocket traffic to {recording.recorder.path}")
 
