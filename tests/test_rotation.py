@@ -16,6 +16,7 @@ import duckdb
 import pytest
 from helpers_ws import upstream
 from rich.console import Console
+from test_control import _ocproxy
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection
 
@@ -156,10 +157,17 @@ async def test_live_sql_follows_the_rotation_and_names_its_file(tmp_path: Path) 
                     await charger.recv()
                     if seq in (0, total - 1):
                         answers.append(await control.request("sql", query=count))
+            # The command line says which file a live query saw.
+            code, _out, err = await _ocproxy(
+                "query", "--live", count, "--control", f"127.0.0.1:{port}"
+            )
     files = _rotated(tmp_path)
     assert len(files) >= 2, files
     first, last = answers
     assert (first["file"], last["file"]) == (str(files[0]), str(files[-1]))
+    assert first["rotating"] is True
+    assert code == 0
+    assert err.startswith(f"ocproxy: live, on {files[-1]} only (the current file of --rotate")
     assert first["rows"] == [[2]]  # the CALL and its echo, before the query
     in_files = [_count(path) for path in files]
     assert last["rows"] == [[in_files[-1]]]  # the current file's frames, all of them

@@ -169,6 +169,14 @@ def _live_query(
         if _NOT_LIVE in exc.reason:
             raise
         raise ConfigError(f"{what} failed: {exc.reason}") from exc
+    if answer.get("rotating"):
+        # Only the writer may open the current file; the earlier ones are readable as
+        # they are: say so, or a count looks like the whole recording's.
+        print(
+            f"ocproxy: live, on {answer.get('file')} only (the current file of --rotate; "
+            "query the earlier files, or all of them with a glob, without --live)",
+            file=sys.stderr,
+        )
     columns = [str(c) for c in answer["columns"]]
     rows = answer["rows"]
     table = pa.table({c: [row[i] for row in rows] for i, c in enumerate(columns)})

@@ -211,6 +211,7 @@ class ControlServer:
             "rows": result.rows,
             "truncated": result.truncated,
             "file": result.file,
+            "rotating": recorder.rotation is not None,
         }
 
     async def _inject(self, request: protocol.Request) -> dict[str, Any]:
