@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,7 +77,12 @@ def _kind_style(frame: ObservedFrame, style: str) -> str:
     return f"bold {style}"
 
 
-@dataclass
+# Closed connections kept apart in the exit table; earlier ones are summed in one row,
+# so that a proxy running for weeks with chargers reconnecting does not grow with them.
+CLOSED_KEPT = 1_000
+
+
+@dataclass(slots=True)
 class ConnectionSummary:
     identity: str
     subprotocol: str | None = None
@@ -94,6 +100,10 @@ class Summary:
     """Per-connection counts gathered while recording, for the exit table."""
 
     connections: dict[str, ConnectionSummary] = field(default_factory=dict)
+    # The closed connections beyond the last CLOSED_KEPT, summed; and how many.
+    earlier: ConnectionSummary | None = None
+    folded: int = 0
+    _closed: deque[str] = field(default_factory=deque)
 
     def opened(self, event: ConnectionOpened) -> None:
         self.connections[event.connection_id] = ConnectionSummary(
@@ -117,6 +127,21 @@ class Summary:
         if row is not None:
             code = "-" if event.code is None else str(event.code)
             row.close = f"{code} by {event.closed_by}"
+            self._closed.append(event.connection_id)
+            while len(self._closed) > CLOSED_KEPT:
+                self._fold(self.connections.pop(self._closed.popleft()))
+
+    def _fold(self, row: ConnectionSummary) -> None:
+        earlier = self.earlier
+        if earlier is None:
+            earlier = self.earlier = ConnectionSummary("", None, 0, close="closed")
+        self.folded += 1
+        earlier.identity = f"({self.folded} earlier connections)"
+        earlier.frames_to_csms += row.frames_to_csms
+        earlier.frames_to_charger += row.frames_to_charger
+        earlier.bytes += row.bytes
+        earlier.call_errors += row.call_errors
+        earlier.malformed += row.malformed
 
 
 def backpressure_note(stats: RecorderStats, audit: bool) -> str | None:
@@ -146,11 +171,14 @@ def summary_table(summary: Summary, stats: RecorderStats | None = None) -> Group
         table.add_column(name, justify="right" if name.startswith(("→", "b")) else "left")
     for name in ("errors", "malformed", "closed"):
         table.add_column(name, justify="right" if name != "closed" else "left")
-    for row in summary.connections.values():
+    rows = list(summary.connections.values())
+    if summary.earlier is not None:
+        rows.insert(0, summary.earlier)
+    for row in rows:
         table.add_row(
             row.identity,
             row.subprotocol or "-",
-            str(row.handshake_status),
+            str(row.handshake_status) if row.handshake_status else "-",
             str(row.frames_to_csms),
             str(row.frames_to_charger),
             str(row.bytes),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from ocproxy.console import Summary, backpressure_note, frame_line, summary_table
+from ocproxy.console import CLOSED_KEPT, Summary, backpressure_note, frame_line, summary_table
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ClosedBy, ConnectionClosed, ConnectionOpened, FrameReceived
 from ocproxy.core.frames import Direction, Opcode
@@ -88,6 +88,45 @@ def test_summary_table() -> None:
     row = next(line for line in text.splitlines() if "CP-1" in line)
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
     assert cells == ["CP-1", "ocpp1.6", "101", "1", "1", "30", "0", "1", "1000 by charger"]
+
+
+def test_summary_keeps_the_last_closed_connections_and_sums_the_earlier_ones() -> None:
+    """A proxy running for weeks sees chargers reconnect again and again: the exit
+    table keeps every live connection and the last CLOSED_KEPT closed ones, and one row
+    sums the closed connections before them."""
+    summary = Summary()
+    extra = 5
+    for n in range(CLOSED_KEPT + extra + 1):
+        cid = f"c{n}"
+        summary.opened(
+            ConnectionOpened(
+                cid, T0, f"CP-{n}", f"/CP-{n}", None, ("ocpp1.6",), "ocpp1.6", "ws://x", 101
+            )
+        )
+        heartbeat = _observed(Correlator(), 0, b'[2,"7","Heartbeat",{}]', Direction.TO_CSMS, T0)
+        heartbeat.connection_id = cid
+        summary.frame(heartbeat)
+        if n < CLOSED_KEPT + extra:  # the last one stays open
+            summary.closed(ConnectionClosed(cid, T0 + 1, 1000, "", ClosedBy.CHARGER))
+    assert len(summary.connections) == CLOSED_KEPT + 1
+    assert summary.folded == extra
+    assert "c0" not in summary.connections
+    assert f"c{CLOSED_KEPT + extra}" in summary.connections  # open: never folded
+    text = _render(summary_table(summary), width=140)
+    row = next(line for line in text.splitlines() if "earlier" in line)
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    # Each of the 5 sent one 22-byte Heartbeat.
+    assert cells == [
+        f"({extra} earlier connections)",
+        "-",
+        "-",
+        "5",
+        "0",
+        "110",
+        "0",
+        "0",
+        "closed",
+    ]
 
 
 def test_mirror_legs_are_marked_and_kept_out_of_the_summary() -> None:

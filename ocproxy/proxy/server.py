@@ -57,6 +57,7 @@ from ocproxy.recorder.process import EventSink
 # Recorded as the handshake status of a charger that hung up before it got an answer
 # (the CSMS leg was open by then and is closed at once); nginx's convention.
 CLIENT_CLOSED_REQUEST = 499
+_COLLECT_AT_LEAST_S = 900.0  # see _keep_alive
 # Recorded as the handshake status of a charger whose TLS handshake failed (nginx's 495,
 # "SSL certificate error"); close_reason says what OpenSSL objected to.
 TLS_HANDSHAKE_FAILED = 495
@@ -92,6 +93,7 @@ class ProxyServer:
         self.recorder = recorder
         self.clock = clock
         self.sessions: set[Session] = set()
+        self.opened = 0  # connections relayed since the start
         self._handshakes: dict[ServerConnection, _Handshake] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
@@ -165,11 +167,23 @@ class ProxyServer:
         interval = self.config.ping_interval or 20.0
         timeout = self.config.ping_timeout or float("inf")
         loop = asyncio.get_running_loop()
+        opened, churned, collected = self.opened, False, loop.time()
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
             for session in list(self.sessions):
                 session.keepalive(now, timeout)
+            # Handshakes leave reference cycles (websockets' connection objects) that the
+            # rarely-run collector (collect_rarely) would keep for long: collect them in
+            # the first sweep without new connections (not during a storm), or every 15
+            # minutes while chargers keep coming.
+            if self.opened != opened:
+                opened, churned = self.opened, True
+                if now - collected < _COLLECT_AT_LEAST_S:
+                    continue
+            if churned:
+                gc.collect()
+                churned, collected = False, now
 
     @staticmethod
     def _tls_context(config: ProxyConfig) -> ssl.SSLContext | None:
@@ -418,6 +432,7 @@ class ProxyServer:
             timeouts=Timeouts(self.config.close_timeout, self.config.max_message_size),
         )
         self.sessions.add(session)
+        self.opened += 1
         # Callbacks drive the session from here; websockets' handler (this) ends now and
         # its connection objects are freed: a live charger costs a few small objects.
         session.start(self.sessions.discard)
