@@ -248,3 +248,29 @@ def test_full_disk_is_reported_with_its_own_reason(tmp_path: Path) -> None:
     assert "frames lost" in errors[0]
     # The connection's open row went down with the first batch, and is said so.
     assert "frames lost (and 1 connection open/close rows)" in errors[0], errors
+
+
+def test_failed_writes_are_counted_without_growing_the_runs_errors(tmp_path: Path) -> None:
+    """A disk full for a day fails every flush: the first ERRORS_KEPT failures are said
+    as they are, the rest counted in one line; every lost frame is in frames_lost."""
+    from ocproxy.recorder.writer import ERRORS_KEPT
+
+    recorder = Recorder(tmp_path / "gone.duckdb").open_here()
+    here = recorder._here
+    assert here is not None
+    recorder.process(_opened())
+    here.deadline = 0.0
+    recorder.flush_due()
+    here.db.close()  # every write from now on fails
+    batches = ERRORS_KEPT + 15
+    for n in range(batches):
+        recorder.process(_frame(n + 1, b'[2,"%d","Heartbeat",{}]' % n))
+        here.deadline = 0.0
+        recorder.flush_due()
+    stats = recorder.stats
+    assert stats.frames_lost == batches
+    assert len(stats.errors) == ERRORS_KEPT + 1
+    assert all("1 frames lost" in error for error in stats.errors[:ERRORS_KEPT])
+    assert stats.errors[-1] == (
+        "... and 15 more failed writes like these (frames_lost counts all their frames)"
+    )

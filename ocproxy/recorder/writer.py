@@ -101,6 +101,7 @@ class _Here:
 
 
 _STOP = object()
+ERRORS_KEPT = 20  # failed writes said one by one in the run's errors
 # DuckDB checkpoints (compresses the WAL into the file) every 16 MB by default. With
 # ~600 bytes a frame that rewrites the same partly filled row group (122,880 rows)
 # several times: measured on 100,000 frames, 15 us of writing per frame and 580 bytes
@@ -169,6 +170,7 @@ class Recorder:
         self._live: dict[str, ConnectionOpened] = {}
         # Payload fields of frames already written, stored every few seconds (see there).
         self._fields = derived.Pending()
+        self._more_failures = 0  # failed writes beyond the first ERRORS_KEPT
         self._rotate_at: datetime | None = None
         self._file_base = RecorderStats(run_id="")
         self._empty_size = 0
@@ -535,11 +537,28 @@ class Recorder:
                 f"recording to {self.path} failed, {len(buffer.frames)} frames lost{also}: "
                 f"{first_line(exc)}"
             )
-            self.stats.errors.append(message)
+            self._failed(message)
             for sink in self.sinks:
                 sink.on_error(message)
             return
         self.stats.frames_recorded += len(buffer.frames)
+
+    def _failed(self, message: str) -> None:
+        """Keep the first failed writes as they are and count the rest: a disk full for a
+        day fails every flush, and the run's errors must not grow with it."""
+        errors = self.stats.errors
+        if len(errors) < ERRORS_KEPT:
+            errors.append(message)
+            return
+        self._more_failures += 1
+        more = (
+            f"... and {self._more_failures} more failed writes like these "
+            "(frames_lost counts all their frames)"
+        )
+        if len(errors) > ERRORS_KEPT:
+            errors[-1] = more
+        else:
+            errors.append(more)
 
     def _store_fields(self, db: duckdb.DuckDBPyConnection) -> None:
         """Store the payload fields still gathered (before a file is closed or read)."""
