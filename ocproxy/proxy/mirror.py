@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ocproxy.proxy.relay import Session
 
 _BACKLOG = 1_000
+_AWAITED = 64  # the secondary's answers owed that closing waits for (see Mirror)
 
 
 class Mirror:
@@ -74,8 +75,9 @@ class Mirror:
         self._forwarded: set[str] = set()
         # ids of the charger's CALLs copied to the secondary, awaiting the secondary's
         # answer; when none is (and no copy waits to go), the leg may close without
-        # cutting an answer off
-        self._awaiting: set[str] = set()
+        # cutting an answer off. The latest _AWAITED only: a secondary that never answers
+        # must not grow it for the weeks a charger stays.
+        self._awaiting: dict[str, None] = {}
         self._settled = asyncio.Event()
         self._finished = asyncio.Event()  # run() is over: the leg's close is recorded
 
@@ -211,7 +213,9 @@ class Mirror:
                 self._record(Direction.TO_CSMS, data, opcode)
                 frame = parse_frame(data)
                 if isinstance(frame, Call):
-                    self._awaiting.add(frame.message_id)
+                    self._awaiting[frame.message_id] = None
+                    if len(self._awaiting) > _AWAITED:
+                        del self._awaiting[next(iter(self._awaiting))]
                     self._settled.clear()
                 await leg.send_message(data, opcode)
                 self._check_settled()
@@ -225,7 +229,7 @@ class Mirror:
                 if isinstance(frame, Call):
                     await self._secondary_call(leg, session, frame, data)
                 elif isinstance(frame, CallResult | CallError):
-                    self._awaiting.discard(frame.message_id)
+                    self._awaiting.pop(frame.message_id, None)
                     self._check_settled()
         self._alive = False
 
