@@ -271,7 +271,9 @@ class Session:
         self._seq = 0
         self._decision: CloseDecision | None = None
         self.finished: asyncio.Future[CloseDecision] = asyncio.get_running_loop().create_future()
-        self._tasks: set[asyncio.Task[None]] = set()  # the mirror's, the recorder wait
+        # The mirror's, the recorder wait; made when first needed (an empty set is 216
+        # bytes, per charger).
+        self._tasks: set[asyncio.Task[None]] | None = None
         self._waiting = False
         self._ending = False
         self._on_end: Callable[[Session], None] | None = None
@@ -304,6 +306,8 @@ class Session:
 
     def _track(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -314,7 +318,7 @@ class Session:
         closed_at = self.clock()
         if self.mirror is not None:
             await self.mirror.close()
-        for task in list(self._tasks):
+        for task in list(self._tasks or ()):
             if task is not asyncio.current_task():
                 task.cancel()  # a mirror still dialling, a wait for the recorder
         for _message_id, answer in self._injected.values():
