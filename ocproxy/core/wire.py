@@ -27,6 +27,7 @@ from typing import Protocol
 from websockets.speedups import apply_mask
 
 _TAIL = b"\x00\x00\xff\xff"  # RFC 7692 7.2.2: removed by the sender, appended to inflate
+_NOTHING: list[bytes] = []  # shared by every reader with nothing pending: never appended to
 
 
 class WireOpcode(IntEnum):
@@ -93,10 +94,13 @@ class WireReader:
         self._masked = masked
         self.deflate = deflate
         self._max_size = max_size
-        self._buf: list[bytes] = []  # the pieces of an unfinished frame
+        # The pieces of an unfinished frame, and of an unfinished fragmented message. Both
+        # start as the shared _NOTHING (never appended to: each gets a list of its own when
+        # it has pieces): two empty lists per leg are 224 bytes per charger.
+        self._buf: list[bytes] = _NOTHING
         self._have = 0
         self._need = 0
-        self._parts: list[bytes] = []
+        self._parts: list[bytes] = _NOTHING
         self._part_opcode = 0
         self._part_size = 0
         self._part_compressed = False
@@ -126,7 +130,7 @@ class WireReader:
             if self._have < self._need:
                 return []
             data = b"".join(self._buf)
-            self._buf = []
+            self._buf = _NOTHING
         out: list[bytes] = []
         start = pos = 0
         n = len(data)
@@ -239,7 +243,10 @@ class WireReader:
                 self._part_compressed = bool(b0 & 0x40)
                 if self.hold:
                     self._held = []
-            self._parts.append(payload)
+            if self._parts:
+                self._parts.append(payload)
+            else:
+                self._parts = [payload]
             self._part_size += len(payload)
             if self._held is not None:
                 self._held.append(data[pos:end])
@@ -250,7 +257,7 @@ class WireReader:
             self._parts.append(payload)
             message = b"".join(self._parts)
             opcode, compressed = self._part_opcode, self._part_compressed
-            self._parts = []
+            self._parts = _NOTHING
             self._part_size = 0
         else:
             message, compressed = payload, bool(b0 & 0x40)
@@ -283,7 +290,7 @@ class WireReader:
 
     def _fail(self, code: int, reason: str, size: int | None) -> None:
         self.stopped = True
-        self._parts = []
+        self._parts = _NOTHING
         self._held = None
         self._events.failed(code, reason, size)
 

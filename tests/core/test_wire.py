@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from helpers_ws import ws_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocproxy.core import wire
 from ocproxy.core.wire import (
     Deflate,
     WireOpcode,
@@ -35,6 +36,15 @@ RSV1, RSV2, RSV3 = 0x40, 0x20, 0x10
 KEY = b"\x37\xfa\x21\x3d"
 TAIL = b"\x00\x00\xff\xff"
 LIMIT = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _shared_empty_list_stays_empty() -> Iterator[None]:
+    """Readers with nothing pending share one empty list (memory per charger): no test
+    may find it appended to."""
+    yield
+    assert wire._NOTHING == []
+
 
 # -- frames written by hand --------------------------------------------------------------
 
