@@ -57,6 +57,12 @@ class Timeouts:
     max_size: int = 16 * 1024 * 1024
 
 
+# Shared by every leg with nothing waiting (never appended to: a leg gets a list of its
+# own when it has something): four empty lists per charger were 224 bytes.
+_NO_PENDING: list[tuple[bytes, Callable[[], None] | None]] = []
+_NO_HELD: list[bytes] = []
+
+
 class _Side:
     """One leg as the relay drives it; the reader of what its peer sends."""
 
@@ -98,7 +104,7 @@ class _Side:
         self.other: _Side = self
         # Own data frames for this leg waiting for a message boundary, and what to do as
         # each goes out.
-        self.pending: list[tuple[bytes, Callable[[], None] | None]] = []
+        self.pending: list[tuple[bytes, Callable[[], None] | None]] = _NO_PENDING
         self.failure: tuple[int, str, int | None] | None = None
         self.sent_close = False
         self.got_close = False
@@ -175,11 +181,13 @@ class _Side:
             if sent is not None:
                 sent()
             self.leg.transport.write(data)
-        else:
+        elif self.pending:
             self.pending.append((data, sent))
+        else:
+            self.pending = [(data, sent)]
 
     def flush_pending(self) -> None:
-        pending, self.pending = self.pending, []
+        pending, self.pending = self.pending, _NO_PENDING
         if self.lost or self.sent_close:
             return  # never sent, so never recorded
         for data, sent in pending:
@@ -293,7 +301,7 @@ class Session:
         for side in (self._charger, self._csms):
             side.leg.user = side
         for side in (self._charger, self._csms):
-            held, side.held = side.held, []
+            held, side.held = side.held, _NO_HELD
             for data in held:
                 side.received(data)
             if side.leg.lost:  # gone before the relay took it over
