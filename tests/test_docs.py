@@ -246,6 +246,17 @@ def test_every_sh_block_is_at_the_start_of_a_line() -> None:
         assert not indented, f"{_name(page)} has an indented ```sh block"
 
 
+def test_no_page_waits_on_a_log_an_earlier_background_job_wrote() -> None:
+    """``cmd > x.log &`` then ``until grep -qs ... x.log``: when a later block of the
+    same page starts another job into the same file, the grep can read the earlier job's
+    line before the new job has truncated the file, and go on too soon (it made the
+    replay page fail once, under load). Each background job gets a log of its own."""
+    for page in _pages():
+        logs = re.findall(r"> ([\w.-]+\.log)(?: 2>&1)? &", page.read_text())
+        reused = sorted({log for log in logs if logs.count(log) > 1})
+        assert not reused, f"{_name(page)} reuses {reused} for background jobs"
+
+
 def test_exit_annotations_are_checked() -> None:
     script = _with_exit_checks("ocproxy audit x.duckdb  # exit 2: no such file\necho ok")
     done = subprocess.run(
