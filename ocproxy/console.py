@@ -111,16 +111,25 @@ class Summary:
         )
 
     def frame(self, frame: ObservedFrame) -> None:
-        row = self.connections.get(frame.connection_id)
+        row = self.plain_frame(frame.connection_id, frame.direction, frame.size)
+        if row is not None:
+            row.call_errors += frame.message_type == MessageType.CALLERROR
+            row.malformed += frame.parse_status != ParseStatus.OK
+
+    def plain_frame(
+        self, connection_id: str, direction: str, size: int
+    ) -> ConnectionSummary | None:
+        """:meth:`frame` for a well-formed CALL or CALLRESULT (no error, not malformed);
+        the connection's row, if it is counted."""
+        row = self.connections.get(connection_id)
         if row is None:
-            return
-        if frame.direction == "to_csms":
+            return None
+        if direction == "to_csms":
             row.frames_to_csms += 1
         else:
             row.frames_to_charger += 1
-        row.bytes += frame.size
-        row.call_errors += frame.message_type == MessageType.CALLERROR
-        row.malformed += frame.parse_status != ParseStatus.OK
+        row.bytes += size
+        return row
 
     def closed(self, event: ConnectionClosed) -> None:
         row = self.connections.get(event.connection_id)
@@ -220,6 +229,15 @@ class ConsoleSink(Sink):
         else:
             text = f"{event.identity} refused: HTTP {event.handshake_status}"
             self.console.print(Text(text, "yellow"))
+
+    @property
+    def wants_rows(self) -> bool:  # type: ignore[override]
+        return not self.quiet  # a printed line needs the row; the summary does not
+
+    def on_plain_frame(self, connection_id: str, direction: str, size: int) -> None:
+        if connection_id not in self._mirrors:
+            with self._lock:
+                self.summary.plain_frame(connection_id, direction, size)
 
     def on_frame(self, frame: ObservedFrame, findings: Sequence[Finding] = ()) -> None:
         mirror = frame.connection_id in self._mirrors

@@ -94,9 +94,9 @@ class Correlator:
         # Call and CallResult first, one class per isinstance: nearly every frame is one,
         # and a check against a union of classes costs 4x more.
         if isinstance(frame, Call):
-            return self._call(frame.message_id, frame.action, direction, seq, ts)
+            return self.call(frame.message_id, frame.action, direction, seq, ts)
         if isinstance(frame, CallResult):
-            return self._response(frame.message_id, direction, seq, ts)
+            return self.response(frame.message_id, direction, seq, ts)
         if isinstance(frame, Send):
             _remember(
                 self._sent,
@@ -105,7 +105,7 @@ class Correlator:
             )
             return Correlation(action=frame.action)
         if isinstance(frame, CallError) and not frame.result_error:
-            return self._response(frame.message_id, direction, seq, ts)
+            return self.response(frame.message_id, direction, seq, ts)
         if isinstance(frame, CallError):
             return self._result_error(frame.message_id, direction)
         return self._malformed(frame, direction, seq, ts)
@@ -125,9 +125,10 @@ class Correlator:
             _remember(self._timed_out, (call.direction, call.message_id), call)
         return sorted(expired, key=lambda c: c.seq)
 
-    def _call(
+    def call(
         self, message_id: str, action: str, direction: Direction, seq: int, ts: float
     ) -> Correlation:
+        """:meth:`observe` for a CALL already read (the recorder's short cut)."""
         slot = _SLOT[direction]
         outstanding = self._open[slot]
         key = (direction, message_id)
@@ -151,7 +152,8 @@ class Correlator:
             self._open[_SLOT[call.direction]] -= 1
         return call
 
-    def _response(self, message_id: str, direction: Direction, seq: int, ts: float) -> Correlation:
+    def response(self, message_id: str, direction: Direction, seq: int, ts: float) -> Correlation:
+        """:meth:`observe` for a CALLRESULT (or CALLERROR) already read."""
         key = (direction.reverse, message_id)
         call = self._take(key)
         if call is not None:
@@ -188,7 +190,7 @@ class Correlator:
         if frame.message_id is None:
             return _NOTHING
         if frame.message_type in (MessageType.CALLRESULT, MessageType.CALLERROR):
-            return self._response(frame.message_id, direction, seq, ts)
+            return self.response(frame.message_id, direction, seq, ts)
         return _NOTHING
 
 

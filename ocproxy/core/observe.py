@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ocproxy.core.correlation import Correlator, Pairing
+from ocproxy.core.correlation import Correlation, Correlator, Pairing
 from ocproxy.core.events import FrameReceived
 from ocproxy.core.frames import (
     Call,
@@ -79,10 +79,22 @@ def observe(
     data = event.data
     if event.too_large or data is None:
         return _too_large(event, _raw_bytes(data))
-    raw = _raw_bytes(data)
-    text = _utf8(data)
     frame = parse_frame(data)
     correlation = correlator.observe(frame, event.direction, event.seq, event.ts)
+    return observed(event, frame, correlation, redactor)
+
+
+def observed(
+    event: FrameReceived,
+    frame: Frame,
+    correlation: Correlation,
+    redactor: Redactor | None = None,
+) -> ObservedFrame:
+    """:func:`observe`'s row for a message already parsed (``frame``) and correlated."""
+    data = event.data
+    assert data is not None
+    raw = _raw_bytes(data)
+    text = _utf8(data)
     # Without a \u escape the text holds no lone surrogate (it is valid UTF-8), so the
     # strings taken from it need no check and the payload can be sliced from it.
     plain = (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import operator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -14,41 +13,14 @@ import pyarrow as pa
 from ocproxy.audit.auditor import Finding
 from ocproxy.core.events import ConfigReloaded, ConnectionClosed, ConnectionOpened
 from ocproxy.core.handshake import ocpp_version
-from ocproxy.core.observe import ObservedFrame
 from ocproxy.recorder import derived
-
-_TS = pa.timestamp("us", tz="UTC")
-
-_FRAME_SCHEMA = pa.schema(
-    [
-        ("connection_id", pa.string()),
-        ("seq", pa.int64()),
-        ("ts", _TS),
-        ("direction", pa.string()),
-        ("opcode", pa.string()),
-        ("raw", pa.binary()),
-        ("size", pa.int64()),
-        ("message_type", pa.int16()),
-        ("message_id", pa.string()),
-        ("action", pa.string()),
-        ("parse_status", pa.string()),
-        ("parse_detail", pa.string()),
-        ("payload", pa.string()),
-        ("error_code", pa.string()),
-        ("error_description", pa.string()),
-        ("request_seq", pa.int64()),
-        ("latency_ms", pa.float64()),
-        ("pairing", pa.string()),
-        ("injected", pa.bool_()),
-        ("redacted", pa.list_(pa.string())),
-    ]
-)
+from ocproxy.recorder.rows import TS, FrameRows
 
 
 @dataclass
 class Batch:
     opens: list[ConnectionOpened] = field(default_factory=list)
-    frames: list[ObservedFrame] = field(default_factory=list)
+    frames: FrameRows = field(default_factory=FrameRows)
     closes: list[ConnectionClosed] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     reloads: list[ConfigReloaded] = field(default_factory=list)
@@ -82,7 +54,7 @@ def append(
         if batch.opens:
             _append_opens(db, batch.opens, run_id, source)
         if batch.frames:
-            frames = _frames_table(batch.frames)
+            frames = batch.frames.table()
             db.register("_ocproxy_frames_batch", frames)
             db.execute("INSERT INTO frames BY NAME SELECT * FROM _ocproxy_frames_batch")
             if fields is None:
@@ -112,25 +84,12 @@ def append(
         raise
 
 
-# One C call per frame for all its columns; zip then turns the rows into columns.
-_ROW = operator.attrgetter(*_FRAME_SCHEMA.names)
-
-
-def _frames_table(frames: list[ObservedFrame]) -> pa.Table:
-    columns: dict[str, object] = dict(
-        zip(_FRAME_SCHEMA.names, zip(*map(_ROW, frames), strict=True), strict=True)
-    )
-    # Whole microseconds through an int64 column: a datetime per frame costs 4x more.
-    columns["ts"] = pa.array([round(f.ts * 1e6) for f in frames], pa.int64()).cast(_TS)
-    return pa.table(columns, schema=_FRAME_SCHEMA)
-
-
 def _findings_table(findings: list[Finding]) -> pa.Table:
     return pa.table(
         {
             "connection_id": [f.connection_id for f in findings],
             "seq": pa.array([f.seq for f in findings], pa.int64()),
-            "ts": pa.array([_utc(f.ts) for f in findings], _TS),
+            "ts": pa.array([_utc(f.ts) for f in findings], TS),
             "rule": [f.rule for f in findings],
             "severity": [str(f.severity) for f in findings],
             "message": [f.message for f in findings],

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ocproxy.core.events import FrameReceived, RecorderEvent
+from ocproxy.core.events import RecorderEvent
 from ocproxy.core.frames import Direction, Opcode
 from ocproxy.core.redaction import Redactor
 from ocproxy.errors import RecorderError
+from ocproxy.recorder.packed import DIRECTION_VALUES, OPCODE_VALUES, Packed, pack
 from ocproxy.recorder.sink import RecorderStats, Sink
 
 if TYPE_CHECKING:  # the child's; the relaying process never loads DuckDB or the audit
@@ -40,7 +41,6 @@ if TYPE_CHECKING:  # the child's; the relaying process never loads DuckDB or the
 _BATCH = 256
 _MAX_AGE_S = 0.05
 _SLOW_SEND_S = 0.001  # a send that took longer waited for the child: count it
-_Packed = tuple[Any, ...]
 
 
 class EventSink(Protocol):
@@ -101,7 +101,7 @@ class RecordingProcess:
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._run_id = ""
-        self._buffer: list[_Packed] = []
+        self._buffer: list[Packed] = []
         self._timer: asyncio.TimerHandle | None = None
         self._lost = 0  # frames that never reached the child
         self._sent = 0  # frames the child received
@@ -148,7 +148,7 @@ class RecordingProcess:
         return None
 
     def submit(self, event: RecorderEvent) -> None:
-        self._add(_pack(event))
+        self._add(pack(event))
 
     def submit_frame(
         self,
@@ -163,12 +163,12 @@ class RecordingProcess:
     ) -> None:
         # The relay's path, once per frame: straight to the tuple that is pickled.
         item = (
-            "f", connection_id, seq, ts, _DIRECTION_VALUES[direction], _OPCODE_VALUES[opcode],
+            "f", connection_id, seq, ts, DIRECTION_VALUES[direction], OPCODE_VALUES[opcode],
             data, len(data), False, identity, injected,
         )  # fmt: skip
         self._add(item)
 
-    def _add(self, item: _Packed) -> None:
+    def _add(self, item: Packed) -> None:
         self._buffer.append(item)
         if len(self._buffer) >= _BATCH:
             self._send()
@@ -250,52 +250,6 @@ def _frames_in_file(path: str, run_id: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _pack(event: RecorderEvent) -> _Packed:
-    # Plain tuples pickle several times faster than the frozen dataclasses.
-    if isinstance(event, FrameReceived):
-        opcode = None if event.opcode is None else event.opcode.value
-        return (
-            "f",
-            event.connection_id,
-            event.seq,
-            event.ts,
-            event.direction.value,
-            opcode,
-            event.data,
-            event.size,
-            event.too_large,
-            event.identity,
-            event.injected,
-        )
-    return ("e", event)
-
-
-_DIRECTIONS = {d.value: d for d in Direction}  # a dict is ~5x faster than Direction(value)
-_OPCODES = {o.value: o for o in Opcode}
-# ... and ~3x faster than a member's ``.value`` (a property), on the relay's path.
-_DIRECTION_VALUES = {d: d.value for d in Direction}
-_OPCODE_VALUES = {o: o.value for o in Opcode}
-
-
-def _unpack(item: _Packed) -> RecorderEvent:
-    if item[0] == "e":
-        event: RecorderEvent = item[1]
-        return event
-    _, connection_id, seq, ts, direction, opcode, data, size, too_large, identity, injected = item
-    return FrameReceived(
-        connection_id,
-        seq,
-        ts,
-        _DIRECTIONS[direction],
-        None if opcode is None else _OPCODES[opcode],
-        data,
-        size,
-        too_large=too_large,
-        identity=identity,
-        injected=injected,
-    )
-
-
 def child_main(fd: int) -> None:
     """The recorder process: ``python -m ocproxy.recorder.child FD`` (see ``start``)."""
     conn = Connection(fd)
@@ -365,7 +319,7 @@ def _serve(conn: Connection, recorder: Recorder, collect: Any) -> None:
             # In flight here: at most the batch in hand (the pipe holds the rest).
             stats = recorder.stats
             stats.max_queue_depth = max(stats.max_queue_depth, len(message))
-            recorder.process_many(map(_unpack, message))
+            recorder.process_packed(message)
     except EOFError:
         # The relay is gone without a word: keep what arrived, and say the run crashed.
         recorder.finish(orphaned=True)

@@ -22,6 +22,15 @@ DEFAULT_DB = "ocproxy.duckdb"
 class Sink:
     """Receives what the recorder processed, on the writer thread. Override what you need."""
 
+    #: Whether :meth:`on_frame` must see every frame's row. A sink that sets this False
+    #: gets :meth:`on_plain_frame` for a well-formed CALL or CALLRESULT instead, and
+    #: (with no audit) lets the recorder skip building that row: its short cut.
+    wants_rows = True
+
+    def on_plain_frame(self, connection_id: str, direction: str, size: int) -> None:
+        """A well-formed CALL or CALLRESULT was recorded without a row object (see
+        :attr:`wants_rows`); ``direction`` is ``to_csms`` or ``to_charger``."""
+
     def on_open(self, event: ConnectionOpened) -> None:
         """A connection was opened (or refused: see ``handshake_status``)."""
 

@@ -33,12 +33,13 @@ from ocproxy.audit.auditor import Auditor
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ConfigReloaded, ConnectionOpened, FrameReceived, RecorderEvent
 from ocproxy.core.frames import Direction, Opcode
-from ocproxy.core.observe import observe
 from ocproxy.core.redaction import Redactor
 from ocproxy.errors import WRITING, RecorderError, first_line, open_failure
 from ocproxy.recorder import batches, derived
 from ocproxy.recorder.crashes import close_crashed_run, crashed_runs
+from ocproxy.recorder.intake import Intake
 from ocproxy.recorder.migrations import migrate
+from ocproxy.recorder.packed import Packed
 from ocproxy.recorder.rotation import (
     DEFAULT_RECORDER_MEMORY,
     Rotation,
@@ -149,6 +150,7 @@ class Recorder:
         self.auditor = auditor
         # Secrets are always kept out; driver ids only with a key (see Redactor).
         self.redactor = redactor
+        self._intake = Intake(redactor, auditor, self.sinks)
         # Every so many events the writer hands the GIL to the event loop sharing this
         # process; 0 when no loop does (the recorder's own process).
         self.yield_every = yield_every
@@ -341,6 +343,26 @@ class Recorder:
                 here.buffer, here.deadline = self._flushed(here.db, here.buffer)
                 self._rotate_if_due()
 
+    def process_packed(self, items: Iterable[Packed]) -> None:
+        """:meth:`process_many` for events packed as tuples (:mod:`ocproxy.recorder.packed`),
+        as the relay sends them to the recorder process: no event is built for a frame."""
+        here = self._here
+        assert here is not None, "open_here() first"
+        packed, limit = self._intake.packed, self.batch_rows
+        buffer = here.buffer
+        for item in items:
+            if item[0] == "f":
+                packed(item, buffer.frames, buffer.findings, here.correlators)
+            else:
+                self._handle(item[1], buffer, here.correlators)
+            if here.deadline is None:
+                here.deadline = time.monotonic() + self.flush_interval
+            # Frames and findings are nearly all the rows: see process_many.
+            if len(buffer.frames) + len(buffer.findings) >= limit:
+                here.buffer, here.deadline = self._flushed(here.db, buffer)
+                self._rotate_if_due()
+                buffer = here.buffer
+
     def flush_due(self) -> float | None:
         """Write the batch if it is due; seconds until the next one is (None: empty)."""
         here = self._here
@@ -480,21 +502,7 @@ class Recorder:
         self, event: RecorderEvent, buffer: batches.Batch, correlators: dict[str, Correlator]
     ) -> None:
         if isinstance(event, FrameReceived):  # nearly every event
-            correlator = correlators.get(event.connection_id)
-            if correlator is None:
-                correlator = correlators[event.connection_id] = Correlator()
-            frame = observe(event, correlator, self.redactor)
-            buffer.frames.append(frame)
-            if self.auditor is None:
-                if self.sinks:
-                    for sink in self.sinks:
-                        sink.on_frame(frame, [])
-                return
-            findings = self.auditor.frame(frame)
-            if findings:
-                buffer.findings.extend(findings)
-            for sink in self.sinks:
-                sink.on_frame(frame, findings)
+            self._intake.event(event, buffer.frames, buffer.findings, correlators)
         elif isinstance(event, ConnectionOpened):
             correlators[event.connection_id] = Correlator()
             if self.rotation is not None and event.handshake_status == 101:
