@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -98,47 +100,94 @@ def _findings_table(findings: list[Finding]) -> pa.Table:
     )
 
 
+_OPEN_SCHEMA = pa.schema(
+    [
+        ("connection_id", pa.string()),
+        ("run_id", pa.string()),
+        ("source", pa.string()),
+        ("identity", pa.string()),
+        ("path", pa.string()),
+        ("remote_addr", pa.string()),
+        ("offered_subprotocols", pa.list_(pa.string())),
+        ("subprotocol", pa.string()),
+        ("ocpp_version", pa.string()),
+        ("upstream_url", pa.string()),
+        ("opened_at", TS),
+        ("handshake_status", pa.int32()),
+        ("request_headers", pa.string()),
+        ("response_headers", pa.string()),
+        ("replay_of", pa.string()),
+        ("tls_version", pa.string()),
+        ("client_cert_subject", pa.string()),
+        ("client_cert_common_name", pa.string()),
+        ("client_cert_serial", pa.string()),
+        ("client_cert_fingerprint", pa.string()),
+        ("insecure_upstream", pa.bool_()),
+        ("mirror_of", pa.string()),
+    ]
+)
+_CLOSE_SCHEMA = pa.schema(
+    [
+        ("connection_id", pa.string()),
+        ("closed_at", TS),
+        ("close_code", pa.int32()),
+        ("close_reason", pa.string()),
+        ("closed_by", pa.string()),
+    ]
+)
+
+
 def _append_opens(
     db: duckdb.DuckDBPyConnection, opens: list[ConnectionOpened], run_id: str, source: str
 ) -> None:
-    # Opens and closes are few (one per connection), so executemany is fast enough.
-    db.executemany(
-        f"INSERT INTO connection_opens VALUES ({', '.join('?' * 22)})",
-        [
-            [
-                e.connection_id,
-                e.run_id or run_id,
-                e.source or source,
-                e.identity,
-                e.path,
-                e.remote_addr,
-                list(e.offered_subprotocols),
-                e.subprotocol,
-                None if ocpp_version(e.subprotocol) is None else str(ocpp_version(e.subprotocol)),
-                e.upstream_url,
-                _utc(e.ts),
-                e.handshake_status,
-                json.dumps([list(h) for h in e.request_headers]),
-                json.dumps([list(h) for h in e.response_headers]),
-                e.replay_of,
-                e.tls_version,
-                e.client_cert_subject,
-                e.client_cert_common_name,
-                e.client_cert_serial,
-                e.client_cert_fingerprint,
-                e.insecure_upstream,
-                e.mirror_of,
-            ]
-            for e in opens
-        ],
-    )
+    # Through Arrow, like the frames: a reconnect storm opens thousands at once, and
+    # executemany cost ~460 us a row (measured: 10,000 opens, 4.6 s of the recorder's
+    # CPU, on the cores the relay and the CSMS were handshaking on).
+    rows = [
+        (
+            e.connection_id,
+            e.run_id or run_id,
+            e.source or source,
+            e.identity,
+            e.path,
+            e.remote_addr,
+            list(e.offered_subprotocols),
+            e.subprotocol,
+            None if ocpp_version(e.subprotocol) is None else str(ocpp_version(e.subprotocol)),
+            e.upstream_url,
+            _utc(e.ts),
+            e.handshake_status,
+            json.dumps([list(h) for h in e.request_headers]),
+            json.dumps([list(h) for h in e.response_headers]),
+            e.replay_of,
+            e.tls_version,
+            e.client_cert_subject,
+            e.client_cert_common_name,
+            e.client_cert_serial,
+            e.client_cert_fingerprint,
+            e.insecure_upstream,
+            e.mirror_of,
+        )
+        for e in opens
+    ]
+    _insert(db, "connection_opens", _OPEN_SCHEMA, rows)
 
 
 def _append_closes(db: duckdb.DuckDBPyConnection, closes: list[ConnectionClosed]) -> None:
-    db.executemany(
-        "INSERT INTO connection_closes VALUES (?, ?, ?, ?, ?)",
-        [[e.connection_id, _utc(e.ts), e.code, e.reason, str(e.closed_by)] for e in closes],
-    )
+    rows = [(e.connection_id, _utc(e.ts), e.code, e.reason, str(e.closed_by)) for e in closes]
+    _insert(db, "connection_closes", _CLOSE_SCHEMA, rows)
+
+
+def _insert(
+    db: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    columns = zip(*rows, strict=True)
+    batch = pa.table(dict(zip(schema.names, columns, strict=True)), schema=schema)
+    db.register("_ocproxy_rows_batch", batch)
+    try:
+        db.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _ocproxy_rows_batch")
+    finally:
+        db.unregister("_ocproxy_rows_batch")
 
 
 def _utc(ts: float) -> datetime:
