@@ -34,6 +34,7 @@ from ocproxy.core.handshake import (
 )
 from ocproxy.core.handshake import upstream_url as build_upstream_url
 from ocproxy.errors import ConfigError, ProxyError
+from ocproxy.memory import release_free_memory
 from ocproxy.proxy.config import ProxyConfig
 from ocproxy.proxy.deflate import accepted, charger_answer, deflate_of
 from ocproxy.proxy.legs import RelayedChargerLeg, RelayedCsmsLeg, tls_charger_leg
@@ -183,6 +184,7 @@ class ProxyServer:
                     continue
             if churned:
                 gc.collect()
+                release_free_memory()  # what the handshakes left in the allocator's arenas
                 churned, collected = False, now
 
     @staticmethod
