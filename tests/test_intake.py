@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocproxy.audit.auditor import Auditor, AuditSettings
 from ocproxy.console import Summary
 from ocproxy.core.correlation import Correlator
 from ocproxy.core.events import ConnectionOpened, FrameReceived
@@ -27,30 +28,43 @@ from ocproxy.recorder.sink import Sink
 UP, DOWN = Direction.TO_CSMS, Direction.TO_CHARGER
 
 
+OPENED = ConnectionOpened("c1", 0.0, "CP1", "/CP1", "127.0.0.1:1", (), "ocpp1.6", "ws://x", 101)
+
+
 class Counting(Sink):
-    """The console's summary, fed like the console sink feeds it."""
+    """The console's summary, fed like the console sink feeds it; ``wants_rows`` like
+    the console without ``--quiet``."""
 
     def __init__(self, wants_rows: bool) -> None:
         self.wants_rows = wants_rows
         self.summary = Summary()
-        self.summary.opened(
-            ConnectionOpened("c1", 0.0, "CP1", "/CP1", "127.0.0.1:1", (), "ocpp1.6", "ws://x", 101)
-        )
+        self.summary.opened(OPENED)
+        self.findings: list[Any] = []
 
     def on_frame(self, frame: ObservedFrame, findings: Any = ()) -> None:
         self.summary.frame(frame)
+        self.findings.extend(findings)
 
     def on_plain_frame(self, connection_id: str, direction: str, size: int) -> None:
         self.summary.plain_frame(connection_id, direction, size)
 
 
+# The ways through the intake: the general path alone, the lean short cut (no audit,
+# quiet), the short cut building rows for a sink, and for the audit.
+GENERAL, LEAN, ROWS, AUDITED, AUDITED_GENERAL = range(5)
+
+
 def record(
-    frames: list[tuple[Direction, bytes]], *, quick: bool, redactor: Redactor | None
-) -> tuple[list[dict[str, Any]], Summary]:
-    sink = Counting(wants_rows=not quick)
-    intake = Intake(redactor, None, [sink])
-    assert intake.quick is quick
+    frames: list[tuple[Direction, bytes]], way: int, redactor: Redactor | None
+) -> tuple[list[dict[str, Any]], Summary, list[Any]]:
+    sink = Counting(wants_rows=way != LEAN)
+    auditor = Auditor(AuditSettings()) if way in (AUDITED, AUDITED_GENERAL) else None
+    if auditor is not None:
+        auditor.opened(OPENED)
+    intake = Intake(redactor, auditor, [sink], short_cut=way not in (GENERAL, AUDITED_GENERAL))
+    assert intake.lean is (way == LEAN)
     rows = FrameRows()
+    findings: list[Any] = []
     correlators: dict[str, Correlator] = {}
     for seq, (direction, data) in enumerate(frames):
         event = FrameReceived(
@@ -58,19 +72,27 @@ def record(
         )
         # Both entries: the relay's tuples, and events (the importer's, the addon's).
         if seq % 2:
-            intake.event(event, rows, [], correlators)
+            intake.event(event, rows, findings, correlators)
         else:
-            intake.packed(pack(event), rows, [], correlators)
+            intake.packed(pack(event), rows, findings, correlators)
     assert len(rows) == len(frames)
-    return rows.table().to_pylist(), sink.summary
+    assert sink.findings == findings
+    return rows.table().to_pylist(), sink.summary, findings
 
 
-def assert_same(frames: list[tuple[Direction, bytes]], redactor: Redactor | None) -> list[Any]:
-    quick, quick_summary = record(frames, quick=True, redactor=redactor)
-    general, general_summary = record(frames, quick=False, redactor=redactor)
-    assert quick == general
-    assert quick_summary.connections == general_summary.connections
-    return quick
+def assert_same(
+    frames: list[tuple[Direction, bytes]], redactor: Redactor | None
+) -> tuple[list[Any], list[Any]]:
+    general, general_summary, _ = record(frames, GENERAL, redactor)
+    for way in (LEAN, ROWS):
+        rows, summary, _ = record(frames, way, redactor)
+        assert rows == general
+        assert summary.connections == general_summary.connections
+    audited, _, findings = record(frames, AUDITED, redactor)
+    audited_general, _, general_findings = record(frames, AUDITED_GENERAL, redactor)
+    assert audited == audited_general == general
+    assert findings == general_findings
+    return general, findings
 
 
 def test_a_session_with_secrets_and_errors() -> None:
@@ -92,7 +114,14 @@ def test_a_session_with_secrets_and_errors() -> None:
         (UP, b"not json"),
         (UP, b'[2,"\\u0034","Heartbeat",{}]'),
     ]  # fmt: skip
-    rows = assert_same(frames, Redactor(b"key"))
+    rows, findings = assert_same(frames, Redactor(b"key"))
+    assert {f.rule for f in findings} == {
+        "callerror-without-call",
+        "duplicate-response",
+        "heartbeat-drift",
+        "malformed-frame",
+        "unknown-response-id",
+    }
     # The secrets are out of the short cut's rows too, the driver id pseudonymised.
     assert MARKER in rows[2]["payload"]
     assert b"0011" not in rows[2]["raw"]
