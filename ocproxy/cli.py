@@ -331,7 +331,11 @@ def _add_proxy(commands: Any) -> None:
         action="store_true",
         help="record idTag/idToken as sent instead of pseudonymised (for a lab)",
     )
-    cmd.add_argument("--quiet", action="store_true", help="no line per frame, summary only")
+    cmd.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no line per frame, summary only (in front of a fleet: recording costs less)",
+    )
     cmd.set_defaults(func=_run_proxy)
 
 
