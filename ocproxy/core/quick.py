@@ -48,6 +48,10 @@ def quick_frame(data: bytes) -> Quick | None:
     # The general path's conditions for a CALL or CALLRESULT (an object payload, an id
     # within the limit) and for taking strings as they are (no \u escape, which may
     # hold a lone surrogate no UTF-8 column can store).
-    if payload[:1] != "{" or len(message_id) > MAX_MESSAGE_ID_LENGTH or b"\\u" in data:
+    if payload[:1] != "{" or len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        return None
+    # find() looks for one byte with memchr; ``in``, and find() of two bytes, cost ~4x
+    # as much on a 300-byte frame (measured), and nearly no frame has a backslash.
+    if data.find(b"\\") != -1 and data.find(b"\\u") != -1:
         return None
     return kind, message_id, action, payload
