@@ -1,10 +1,11 @@
 """The recorder in a child process: the same :class:`Recorder`, off the relay's GIL.
 
 Why a process and not only the writer thread: the writer parses, correlates, redacts,
-audits and batches every frame (~35 µs of Python each) holding the GIL; in the relaying
-process that work serializes with the event loop and every frame waits behind it. In a
-child it runs on another core; the relay only pickles batches of plain tuples (~2 µs a
-frame). The child runs the same Recorder, so the rows are identical.
+audits and writes every frame (10-15 µs of CPU each, DuckDB's part included) holding the
+GIL; in the relaying process that work serializes with the event loop and every frame
+waits behind it. In a child it runs on another core; the relay only pickles batches of
+plain tuples (~1 µs a frame, see :mod:`ocproxy.recorder.packed`). The child runs the
+same Recorder, so the rows are identical.
 
 Backpressure is the pipe: when the child is behind, sending a batch waits, and so does
 forwarding; such waits are counted in the run's stats. A child that dies is reported in
