@@ -57,15 +57,13 @@ def append(
             _append_opens(db, batch.opens, run_id, source)
         if batch.frames:
             frames = batch.frames.table()
-            db.register("_ocproxy_frames_batch", frames)
-            db.execute("INSERT INTO frames BY NAME SELECT * FROM _ocproxy_frames_batch")
+            _insert(db, "frames", frames)
             if fields is None:
                 derived.append(db, frames)
             else:
                 fields.add(frames, now)
                 if fields.due(now):
                     fields.flush(db)
-            db.unregister("_ocproxy_frames_batch")
         if batch.closes:
             _append_closes(db, batch.closes)
         if batch.reloads:
@@ -74,9 +72,7 @@ def append(
                 [[run_id, _utc(r.ts), r.ok, list(r.changes), r.error] for r in batch.reloads],
             )
         if batch.findings:
-            db.register("_ocproxy_findings_batch", _findings_table(batch.findings))
-            db.execute("INSERT INTO findings BY NAME SELECT * FROM _ocproxy_findings_batch")
-            db.unregister("_ocproxy_findings_batch")
+            _insert(db, "findings", _findings_table(batch.findings))
         db.execute("COMMIT")
     except BaseException:
         # A failed COMMIT (disk full) has already ended the transaction, and a closed
@@ -170,24 +166,26 @@ def _append_opens(
         )
         for e in opens
     ]
-    _insert(db, "connection_opens", _OPEN_SCHEMA, rows)
+    _insert(db, "connection_opens", _rows_table(_OPEN_SCHEMA, rows))
 
 
 def _append_closes(db: duckdb.DuckDBPyConnection, closes: list[ConnectionClosed]) -> None:
     rows = [(e.connection_id, _utc(e.ts), e.code, e.reason, str(e.closed_by)) for e in closes]
-    _insert(db, "connection_closes", _CLOSE_SCHEMA, rows)
+    _insert(db, "connection_closes", _rows_table(_CLOSE_SCHEMA, rows))
 
 
-def _insert(
-    db: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, rows: Sequence[tuple[Any, ...]]
-) -> None:
+def _rows_table(schema: pa.Schema, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
     columns = zip(*rows, strict=True)
-    batch = pa.table(dict(zip(schema.names, columns, strict=True)), schema=schema)
-    db.register("_ocproxy_rows_batch", batch)
+    return pa.table(dict(zip(schema.names, columns, strict=True)), schema=schema)
+
+
+def _insert(db: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    """Append an Arrow table's rows to ``table``, matching columns by name."""
+    db.register("_ocproxy_batch", rows)
     try:
-        db.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _ocproxy_rows_batch")
+        db.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _ocproxy_batch")
     finally:
-        db.unregister("_ocproxy_rows_batch")
+        db.unregister("_ocproxy_batch")
 
 
 def _utc(ts: float) -> datetime:
