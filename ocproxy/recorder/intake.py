@@ -20,21 +20,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ocproxy.core.correlation import Correlation, Correlator, Pairing
+from ocproxy.core.correlation import Correlation, Correlator
 from ocproxy.core.events import FrameReceived
-from ocproxy.core.frames import Call, CallResult, ParseStatus, decode_json, parse_frame
-from ocproxy.core.observe import ObservedFrame, observe, observed
+from ocproxy.core.frames import Call, CallResult, decode_json, parse_frame
+from ocproxy.core.observe import PAIRING_VALUES, ObservedFrame, observe, observed
 from ocproxy.core.quick import Quick, quick_frame
 from ocproxy.core.redaction import Redactor
 from ocproxy.recorder.packed import DATA, DIRECTIONS, TOO_LARGE, Packed, pack, unpack
-from ocproxy.recorder.rows import FrameRows
+from ocproxy.recorder.rows import OK, FrameRows
 from ocproxy.recorder.sink import Sink
 
 if TYPE_CHECKING:  # the audit is loaded only by a recorder that audits
     from ocproxy.audit.auditor import Auditor, Finding
-
-_PAIRINGS = {p: p.value for p in Pairing}
-_OK = ParseStatus.OK.value
 
 
 class Intake:
@@ -128,7 +125,7 @@ class Intake:
         rows.request_seq.append(correlation.request_seq)
         rows.latency_ms.append(correlation.latency_ms)
         pairing = correlation.pairing
-        rows.pairing.append(None if pairing is None else _PAIRINGS[pairing])
+        rows.pairing.append(None if pairing is None else PAIRING_VALUES[pairing])
         for sink in self.sinks:
             sink.on_plain_frame(connection_id, direction, size)
 
@@ -168,8 +165,8 @@ def _row_of(item: Packed, parsed: Quick, correlation: Correlation) -> ObservedFr
     pairing = correlation.pairing
     # Positional, in ObservedFrame's order (see observe).
     return ObservedFrame(
-        item[1], item[2], item[3], item[4], item[5], item[6], item[7], _OK, None, kind,
+        item[1], item[2], item[3], item[4], item[5], item[6], item[7], OK, None, kind,
         message_id, correlation.action, payload, None, None, correlation.request_seq,
-        correlation.latency_ms, None if pairing is None else _PAIRINGS[pairing], item[9],
+        correlation.latency_ms, None if pairing is None else PAIRING_VALUES[pairing], item[9],
         item[10], None, frame, correlation.outstanding,
     )  # fmt: skip
